@@ -1,0 +1,6 @@
+"""nomoat's shared core: run specs, model and data loading, adapter layout, DHT records, the CLI.
+
+The Python pull API lives here too (``swarm.pull``) so users can fetch a published adapter without the CLI.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""RunSpec: everything that defines a community training run, validated on construction.
+
+A RunSpec is immutable once launched; its ``content_hash`` names it exactly, and workers refuse to train a run
+whose spec hash differs from the one they were assigned.
+
+Usage::
+
+    spec = RunSpec(name="demo", base_model="tiny", dataset="sample")
+    spec = load_spec_file(Path("run.toml"), overrides={"shards": 2})
+    spec.content_hash  # "sha256:..."
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RUN_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class SpecError(ValueError):
+    """A RunSpec (or a spec file) is invalid; the message says which field and why."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraSpec(_Frozen):
+    """The LoRA adapter every worker of the run trains."""
+
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1,
+        description="Names of the base model's linear modules that get a LoRA adapter.",
+    )
+
+
+class AveragingSpec(_Frozen):
+    """hivemind.Optimizer settings that every peer of a shard's group must share."""
+
+    matchmaking_time: float = Field(3.0, gt=0, le=600, description="Seconds to gather a group before averaging.")
+    averaging_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before an all-reduce is abandoned.")
+    progress_refresh_s: float = Field(
+        3.0, gt=0, le=60, description="How often a peer re-reads the swarm's progress when it knows of no peers."
+    )
+
+
+class RunSpec(_Frozen):
+    """One community training run. Every field is fixed at launch."""
+
+    name: str = Field(description="Run name: lowercase letters, digits, '-' and '_', up to 63 characters.")
+    base_model: str = Field("tiny", description="'tiny' (built-in preset), a Hugging Face model id or a local path.")
+    dataset: str = Field("sample", description="'sample' (built-in) or a local .jsonl ({'text': ...}) or .txt file.")
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    shards: int = Field(1, ge=1, le=64, description="Number of adapter shards (by layer ranges), each averaged apart.")
+    batch_size_per_step: int = Field(4, ge=1, description="Samples one worker processes per local step.")
+    target_batch_size: int = Field(32, ge=1, description="Samples the whole swarm accumulates per optimizer epoch.")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Torch optimizer of every shard.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (adamw and sgd).")
+    seq_len: int = Field(64, ge=8, le=32768, description="Tokens per training sample (longer ones are cut).")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the dataset held out for eval loss.")
+    data_slices: int = Field(4, ge=1, le=4096, description="The train split is cut into this many slices for workers.")
+    publish_interval_s: float = Field(30.0, gt=0, description="Seconds between adapter snapshots by the coordinator.")
+    seed: int = Field(0, ge=0, description="Seed of the LoRA initialisation and the data split.")
+    averaging: AveragingSpec = Field(default_factory=AveragingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not RUN_NAME_PATTERN.match(value):
+            raise ValueError("must be 1-63 characters of lowercase letters, digits, '-' or '_', starting alphanumeric")
+        return value
+
+    @field_validator("base_model", "dataset")
+    @classmethod
+    def _check_nonempty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> "RunSpec":
+        if self.target_batch_size < self.batch_size_per_step:
+            raise ValueError(
+                f"target_batch_size ({self.target_batch_size}) must be at least "
+                f"batch_size_per_step ({self.batch_size_per_step})"
+            )
+        return self
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of this spec."""
+        return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        return build_spec(json.loads(text))
+
+    def shard_run_id(self, shard: int) -> str:
+        """The hivemind run_id of one adapter shard's averaging group."""
+        return f"{self.name}_shard{shard}"
+
+
+def build_spec(fields: dict[str, Any]) -> RunSpec:
+    """Validate ``fields`` into a RunSpec, turning pydantic's report into one readable SpecError."""
+    try:
+        return RunSpec(**fields)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "spec"
+            problems.append(f"{where}: {error['msg']}")
+        raise SpecError("invalid run spec: " + "; ".join(problems)) from None
+    except TypeError as exc:
+        raise SpecError(f"invalid run spec: {exc}") from None
+
+
+def load_spec_file(path: Path, overrides: dict[str, Any] | None = None) -> RunSpec:
+    """Read a RunSpec from a .toml, .yaml/.yml or .json file; ``overrides`` (e.g. CLI flags) win."""
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            fields = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            fields = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            fields = json.loads(text)
+        else:
+            raise SpecError(f"spec file must be .toml, .yaml, .yml or .json, not {path.suffix or 'no suffix'}: {path}")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError(f"cannot parse spec file {path}: {exc}") from None
+    if not isinstance(fields, dict):
+        raise SpecError(f"spec file {path} must hold a table/mapping of fields")
+    return build_spec(merge_fields(fields, overrides or {}))
+
+
+def merge_fields(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge where ``overrides`` wins; None values in overrides are ignored (unset flags)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_fields(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

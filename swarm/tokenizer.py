@@ -1,0 +1,48 @@
+"""Tokenizers behind one small interface: a byte-level one for the built-in ``tiny`` preset (no download), and a
+wrapper around Hugging Face tokenizers for real models."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class TextTokenizer(Protocol):
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 0..255, then BOS, EOS and PAD. Identical everywhere, nothing to download."""
+
+    vocab_size = 259
+    bos_token_id = 256
+    eos_token_id = 257
+    pad_token_id = 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class HuggingFaceTokenizer:
+    """Adapts a ``transformers`` tokenizer to TextTokenizer (special tokens added by us, not by it)."""
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        self.eos_token_id = hf_tokenizer.eos_token_id if hf_tokenizer.eos_token_id is not None else 0
+        self.bos_token_id = hf_tokenizer.bos_token_id if hf_tokenizer.bos_token_id is not None else self.eos_token_id
+        pad = hf_tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
