@@ -1,0 +1,1 @@
+"""The nomoat coordinator: tracks runs, workers and contributions, and publishes merged adapter versions."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for the coordinator database (see coordinator/alembic.ini)."""

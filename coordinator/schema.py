@@ -1,0 +1,144 @@
+"""SQLAlchemy 2 declarative models of the coordinator database.
+
+Only ``coordinator.storage`` and the Alembic migrations use these; the rest of the coordinator talks to the
+frozen records that ``Storage`` returns. A schema change here needs a new revision in ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Explicit constraint names, so that migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite has no timezone type and would silently drop (not convert) the offset, so values are converted to
+    UTC before binding and tagged as UTC when read back.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class JSONTuple(TypeDecorator[tuple[Any, ...]]):
+    """A sequence stored as JSON text and read back as a tuple (records are frozen, so no lists)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(list(value))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> tuple[Any, ...] | None:
+        return None if value is None else tuple(json.loads(value))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    spec_hash: Mapped[str] = mapped_column(String(128))
+    base_model_fingerprint: Mapped[str] = mapped_column(String(256))
+    dataset_digest: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_run_name_last_seen", "run_name", "last_seen"),)
+
+    worker_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
+    peer_id: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str] = mapped_column(String(256))
+    shards: Mapped[tuple[int, ...]] = mapped_column("shards_json", JSONTuple())
+    data_slice: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(128))
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    left: Mapped[bool] = mapped_column("has_left", Boolean, default=False)
+
+
+class Contribution(Base):
+    __tablename__ = "contributions"
+    __table_args__ = (
+        Index("ix_contributions_run_name_shard", "run_name", "shard"),
+        Index("ix_contributions_run_name_created_at", "run_name", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    worker_id: Mapped[str] = mapped_column(String(32), ForeignKey("workers.worker_id"))
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
+    shard: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    steps: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float] = mapped_column(Float)
+    compute_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AdapterVersion(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("run_name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    eval_loss: Mapped[float] = mapped_column(Float)
+    base_eval_loss: Mapped[float] = mapped_column(Float)
+    contributors: Mapped[tuple[str, ...]] = mapped_column("contributors_json", JSONTuple())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
