@@ -1,0 +1,83 @@
+"""The on-disk store of published adapter versions: written atomically, never half.
+
+A version is assembled in a temporary directory beside its final place, fsynced, then renamed into place in
+one step; the DB row is added only after the rename. A crash before the rename leaves a ``.partial-*`` folder
+that ``AdapterStore`` removes on start; a crash between rename and DB row leaves an unreferenced folder that the
+next publish of that number replaces. Served versions are only those with a DB row, so readers never see a
+partial version.
+
+Usage::
+
+    store = AdapterStore(Path("~/.nomoat/store"))
+    stored = store.put("demo", 3, peft_dir)   # StoredVersion(path, sha256, files)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from swarm.adapter_files import ADAPTER_FILES, FileDigest, describe_files, version_digest
+from swarm.log import get_logger
+
+logger = get_logger(__name__)
+PARTIAL_PREFIX = ".partial-"
+
+
+class StoreError(RuntimeError):
+    """The store could not write a version; earlier versions are untouched."""
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    path: Path
+    sha256: str
+    files: list[FileDigest]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AdapterStore:
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(f"*/{PARTIAL_PREFIX}*"):
+            logger.warning("removing a partial version left by an interrupted publish: %s", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def version_path(self, run_name: str, version: int) -> Path:
+        return self.root / run_name / f"v{version:06d}"
+
+    def put(self, run_name: str, version: int, source: Path) -> StoredVersion:
+        """Copy the PEFT adapter in ``source`` into the store as ``version`` of ``run_name``, atomically."""
+        final = self.version_path(run_name, version)
+        partial = final.parent / f"{PARTIAL_PREFIX}{version:06d}-{uuid.uuid4().hex[:8]}"
+        try:
+            partial.mkdir(parents=True)
+            for name in ADAPTER_FILES:
+                shutil.copyfile(source / name, partial / name)
+                with (partial / name).open("rb+") as handle:
+                    os.fsync(handle.fileno())
+            files = describe_files(partial)
+            _fsync_dir(partial)
+            if final.exists():  # left by a crash after rename but before its DB row: never served, replace it
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StoreError(f"could not store version {version} of '{run_name}' in {self.root}: {exc}") from None
+        return StoredVersion(path=final, sha256=version_digest(files), files=files)
+
+    def files(self, path: Path) -> list[FileDigest]:
+        """The files of a stored version as they are on disk now (sizes for streaming; hashes recomputed)."""
+        return describe_files(Path(path))

@@ -1,0 +1,104 @@
+"""The coordinator process: database, adapter store, bootstrap DHT peer, publisher thread, gRPC server.
+
+Usage::
+
+    with Coordinator(CoordinatorConfig(data_dir=Path("/tmp/nomoat"))) as coordinator:
+        print(coordinator.address, coordinator.initial_peers)
+        coordinator.wait()
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from coordinator.adapter_store import AdapterStore
+from coordinator.publisher import Publisher
+from coordinator.registry import RunContext, RunRegistry
+from coordinator.service import CoordinatorService
+from coordinator.servicer import CoordinatorServicer
+from coordinator.storage import Storage
+from proto import coordinator_pb2_grpc as pb_grpc
+from swarm.client import CHANNEL_OPTIONS
+from swarm.dht import RunAnnouncement, announce_run, start_dht, visible_addresses
+from swarm.log import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class CoordinatorConfig:
+    """Where and how the coordinator runs."""
+
+    data_dir: Path = field(default_factory=lambda: Path("~/.nomoat/coordinator"))  # DB (default) and store
+    db_url: str | None = None  # any SQLAlchemy URL; None: SQLite file in data_dir
+    host: str = "127.0.0.1"  # gRPC and DHT listen address (0.0.0.0 to serve other machines)
+    port: int = 50051  # gRPC port (0: any free port)
+    dht_port: int = 0  # DHT port (0: any free port)
+    announce_host: str | None = None  # address other machines dial when host is 0.0.0.0
+    publisher_poll_s: float = 1.0  # how often the publisher checks whether a run is due
+    publish: bool = True  # run the periodic publisher (PublishNow works either way)
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig):
+        self.config = config
+        data_dir = Path(config.data_dir).expanduser()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
+        self.store = AdapterStore(data_dir / "store")
+        self.registry = RunRegistry(self.storage)
+        self.dht = start_dht(host=config.host, port=config.dht_port, announce_host=config.announce_host)
+        self.initial_peers = visible_addresses(self.dht)
+        self.publisher = Publisher(self.storage, self.registry, self.store, self.dht)
+        self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.initial_peers,
+                                          announce=self._announce)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
+        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
+        bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if bound == 0:
+            raise RuntimeError(f"cannot listen on {config.host}:{config.port} (port in use?)")
+        public_host = config.announce_host or config.host
+        self.address = f"{public_host}:{bound}"
+        self._stopped = threading.Event()
+        self._announcer = threading.Thread(target=self._announce_loop, name="announcer", daemon=True)
+
+    def _announce(self, context: RunContext) -> None:
+        announce_run(self.dht, RunAnnouncement(context.spec.name, context.spec.content_hash, self.address))
+
+    def _announce_loop(self) -> None:
+        while not self._stopped.wait(60.0):
+            for record in self.storage.list_runs():
+                self._announce(self.registry.context(record.name))
+
+    def start(self) -> "Coordinator":
+        self.server.start()
+        if self.config.publish:
+            self.publisher.start(self.config.publisher_poll_s)
+        self._announcer.start()
+        for record in self.storage.list_runs():  # re-announce runs after a restart
+            self._announce(self.registry.context(record.name))
+        logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
+        return self
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.server.stop(grace=2).wait()
+        self.publisher.stop()
+        self.dht.shutdown()
+        self.storage.close()
+
+    def __enter__(self) -> "Coordinator":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

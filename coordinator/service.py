@@ -1,0 +1,172 @@
+"""The coordinator's logic as plain functions over storage, registry, store and publisher; the gRPC servicer
+only translates messages to and from these calls.
+
+Errors a client caused raise ``RequestError`` (mapped to INVALID_ARGUMENT / NOT_FOUND by the servicer).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from coordinator.publisher import PublishOutcome, Publisher
+from coordinator.registry import LaunchError, RunContext, RunRegistry
+from coordinator.storage import Storage, StorageError, UnknownRunError, UnknownWorkerError, VersionRecord, WorkerRecord
+from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
+from swarm.data import data_slice
+from swarm.spec import RunSpec, SpecError
+
+LIVE_WINDOW_S = 60.0
+REPORT_INTERVAL_S = 5.0
+
+
+class RequestError(ValueError):
+    """The request is invalid; ``not_found`` tells the servicer which status code fits."""
+
+    def __init__(self, message: str, not_found: bool = False):
+        super().__init__(message)
+        self.not_found = not_found
+
+
+@dataclass(frozen=True)
+class AssignmentPlan:
+    worker: WorkerRecord
+    context: RunContext
+    initial_peers: list[str]
+    slice_samples: int
+
+
+@dataclass
+class ShardState:
+    shard: int
+    live_workers: int = 0
+    epoch: int = 0
+    samples: int = 0
+
+
+@dataclass
+class RunState:
+    context: RunContext
+    live_workers: int
+    samples_trained: int
+    shards: list[ShardState] = field(default_factory=list)
+    versions: list[VersionRecord] = field(default_factory=list)
+
+
+class CoordinatorService:
+    def __init__(self, storage: Storage, registry: RunRegistry, publisher: Publisher, initial_peers: list[str],
+                 announce=lambda context: None):
+        self.storage, self.registry, self.publisher = storage, registry, publisher
+        self.initial_peers = initial_peers
+        self.announce = announce
+
+    def _context(self, run_name: str) -> RunContext:
+        try:
+            return self.registry.context(run_name)
+        except UnknownRunError as exc:
+            raise RequestError(str(exc), not_found=True) from None
+
+    def launch(self, spec_json: str) -> RunContext:
+        try:
+            spec = RunSpec.from_json(spec_json)
+            context = self.registry.launch(spec)
+        except (SpecError, LaunchError, ValueError) as exc:
+            raise RequestError(str(exc)) from None
+        self.announce(context)
+        return context
+
+    def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> AssignmentPlan:
+        if not peer_id:
+            raise RequestError("join needs the worker's peer_id")
+        if not run_name:
+            newest = self.storage.newest_run()
+            if newest is None:
+                raise RequestError("no run has been launched on this coordinator yet", not_found=True)
+            run_name = newest.name
+        context = self._context(run_name)
+        spec = context.spec
+        live = self.storage.live_workers(run_name, LIVE_WINDOW_S)
+        shard_load = Counter(shard for worker in live for shard in worker.shards)
+        wanted = spec.shards if max_shards <= 0 else min(max_shards, spec.shards)
+        shards = sorted(sorted(range(spec.shards), key=lambda shard: (shard_load[shard], shard))[:wanted])
+        slice_load = Counter(worker.data_slice for worker in live)
+        chosen_slice = min(range(spec.data_slices), key=lambda index: (slice_load[index], index))
+        worker = self.storage.register_worker(run_name, peer_id, display_name or peer_id[:12], shards,
+                                              chosen_slice, device)
+        samples = len(data_slice(context.split.train, spec.data_slices, chosen_slice))
+        return AssignmentPlan(worker, context, self.initial_peers, samples)
+
+    def data_slice(self, run_name: str, index: int, batch: int = 256) -> Iterator[list[str]]:
+        context = self._context(run_name)
+        if not 0 <= index < context.spec.data_slices:
+            raise RequestError(f"data slice {index} is outside 0..{context.spec.data_slices - 1}")
+        texts = data_slice(context.split.train, context.spec.data_slices, index)
+        for start in range(0, len(texts), batch):
+            yield texts[start : start + batch]
+
+    def report(self, worker_id: str, run_name: str, shard: int, samples: int, steps: int, epoch: int, loss: float,
+               compute_seconds: float) -> None:
+        context = self._context(run_name)
+        try:
+            worker = self.storage.get_worker(worker_id)
+        except UnknownWorkerError as exc:
+            raise RequestError(str(exc), not_found=True) from None
+        if shard not in worker.shards:
+            raise RequestError(f"worker {worker_id} is not assigned shard {shard} of run '{run_name}'")
+        if not 0 <= shard < context.spec.shards:
+            raise RequestError(f"run '{run_name}' has no shard {shard}")
+        try:
+            self.storage.add_contribution(worker_id, run_name, shard, samples, steps, epoch, loss, compute_seconds)
+        except (ValueError, StorageError) as exc:
+            raise RequestError(f"contribution refused: {exc}") from None
+
+    def leave(self, worker_id: str) -> None:
+        try:
+            self.storage.mark_worker_left(worker_id)
+        except UnknownWorkerError as exc:
+            raise RequestError(str(exc), not_found=True) from None
+
+    def status(self, run_name: str = "") -> list[RunState]:
+        records = [self.storage.get_run(run_name)] if run_name else self.storage.list_runs()
+        states = []
+        for record in records:
+            context = self._context(record.name)
+            live = self.storage.live_workers(record.name, LIVE_WINDOW_S)
+            samples = self.storage.samples_by_shard(record.name)
+            epochs = self.storage.latest_epoch_by_shard(record.name)
+            shards = [
+                ShardState(shard, sum(shard in worker.shards for worker in live), epochs.get(shard, 0),
+                           samples.get(shard, 0))
+                for shard in range(context.spec.shards)
+            ]
+            states.append(RunState(context, len(live), sum(samples.values()), shards,
+                                   self.storage.list_versions(record.name)))
+        return states
+
+    def publish_now(self, run_name: str) -> PublishOutcome:
+        self._context(run_name)
+        return self.publisher.publish(run_name)
+
+    def pull(self, run_name: str, version: int = 0) -> tuple[VersionRecord, list[FileDigest], Iterator[tuple[str, int, bytes]]]:
+        self._context(run_name)
+        record = self.storage.get_version(run_name, version or None)
+        if record is None:
+            which = f"version {version}" if version else "any version"
+            raise RequestError(f"run '{run_name}' has not published {which}", not_found=True)
+        path = Path(record.path)
+        try:
+            files = describe_files(path)
+        except OSError as exc:
+            raise RequestError(f"version {record.version} of '{run_name}' is missing from the store: {exc}") from None
+
+        def chunks() -> Iterator[tuple[str, int, bytes]]:
+            for entry in files:
+                with (path / entry.name).open("rb") as handle:
+                    offset = 0
+                    while block := handle.read(CHUNK_BYTES):
+                        yield entry.name, offset, block
+                        offset += len(block)
+
+        return record, files, chunks()

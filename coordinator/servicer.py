@@ -1,0 +1,120 @@
+"""The gRPC servicer: translates coordinator.proto messages to CoordinatorService calls and back, nothing more."""
+
+from __future__ import annotations
+
+import grpc
+
+from coordinator.service import CoordinatorService, RequestError, RunState
+from coordinator.storage import UnknownRunError, VersionRecord
+from proto import coordinator_pb2 as pb
+from proto import coordinator_pb2_grpc as pb_grpc
+from swarm.log import get_logger
+
+logger = get_logger(__name__)
+
+
+def version_message(record: VersionRecord) -> pb.VersionInfo:
+    return pb.VersionInfo(
+        run_name=record.run_name, version=record.version, sha256=record.sha256, epoch=record.epoch,
+        samples=record.samples, eval_loss=record.eval_loss, base_eval_loss=record.base_eval_loss,
+        created_at=record.created_at.isoformat(), contributors=list(record.contributors),
+    )
+
+
+def run_message(state: RunState) -> pb.RunStatus:
+    spec = state.context.spec
+    return pb.RunStatus(
+        run_name=spec.name, spec_hash=spec.content_hash, base_model=spec.base_model, dataset=spec.dataset,
+        shards=spec.shards, created_at=state.context.record.created_at.isoformat(),
+        samples_trained=state.samples_trained, live_workers=state.live_workers,
+        shard_status=[pb.ShardStatus(shard=s.shard, live_workers=s.live_workers, epoch=s.epoch, samples=s.samples)
+                      for s in state.shards],
+        versions=[version_message(record) for record in state.versions],
+    )
+
+
+def _abort_on_request_errors(method):
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except RequestError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except UnknownRunError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+def _abort_on_request_errors_stream(method):
+    def wrapper(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except RequestError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    def __init__(self, service: CoordinatorService):
+        self.service = service
+
+    @_abort_on_request_errors
+    def LaunchRun(self, request, context):
+        run = self.service.launch(request.spec_json)
+        return pb.LaunchRunResponse(
+            run_name=run.spec.name, spec_hash=run.spec.content_hash,
+            base_model_fingerprint=run.record.base_model_fingerprint, dataset_digest=run.record.dataset_digest,
+            train_samples=len(run.split.train), eval_samples=len(run.split.eval),
+        )
+
+    @_abort_on_request_errors
+    def Join(self, request, context):
+        plan = self.service.join(request.run_name, request.peer_id, request.display_name, request.max_shards,
+                                 request.device)
+        spec = plan.context.spec
+        return pb.Assignment(
+            worker_id=plan.worker.worker_id, run_name=spec.name, spec_json=spec.to_json(),
+            spec_hash=spec.content_hash, base_model_fingerprint=plan.context.record.base_model_fingerprint,
+            shards=list(plan.worker.shards), initial_peers=plan.initial_peers, data_slice=plan.worker.data_slice,
+            data_slices=spec.data_slices, slice_samples=plan.slice_samples, report_interval_s=5.0,
+        )
+
+    @_abort_on_request_errors_stream
+    def StreamDataSlice(self, request, context):
+        for texts in self.service.data_slice(request.run_name, request.data_slice):
+            yield pb.DataChunk(texts=texts)
+
+    @_abort_on_request_errors
+    def ReportContribution(self, request, context):
+        self.service.report(request.worker_id, request.run_name, request.shard, request.samples, request.steps,
+                            request.epoch, request.loss, request.compute_seconds)
+        return pb.ReportAck(ok=True)
+
+    @_abort_on_request_errors
+    def Leave(self, request, context):
+        self.service.leave(request.worker_id)
+        return pb.ReportAck(ok=True)
+
+    @_abort_on_request_errors
+    def GetStatus(self, request, context):
+        return pb.StatusResponse(runs=[run_message(state) for state in self.service.status(request.run_name)])
+
+    @_abort_on_request_errors
+    def PublishNow(self, request, context):
+        outcome = self.service.publish_now(request.run_name)
+        response = pb.PublishResponse(published=outcome.published, message=outcome.message)
+        if outcome.version is not None:
+            response.version.CopyFrom(version_message(outcome.version))
+        return response
+
+    @_abort_on_request_errors_stream
+    def PullAdapter(self, request, context):
+        record, files, chunks = self.service.pull(request.run_name, request.version)
+        header = pb.PullHeader(version=version_message(record),
+                               files=[pb.FileEntry(name=f.name, size=f.size, sha256=f.sha256) for f in files])
+        yield pb.PullChunk(header=header)
+        for name, offset, data in chunks:
+            yield pb.PullChunk(chunk=pb.FileChunk(name=name, offset=offset, data=data))

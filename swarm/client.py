@@ -1,0 +1,95 @@
+"""A typed client of the coordinator's gRPC API, used by the CLI, workers and the pull API.
+
+Usage::
+
+    with CoordinatorClient("127.0.0.1:50051") as client:
+        launched = client.launch_run(spec)
+        assignment = client.join(peer_id="12D3Koo...", run_name="demo")
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+
+from proto import coordinator_pb2 as pb
+from proto import coordinator_pb2_grpc as pb_grpc
+from swarm.spec import RunSpec
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class CoordinatorError(RuntimeError):
+    """The coordinator refused a request or could not be reached; the message is the coordinator's own."""
+
+
+def _explain(exc: grpc.RpcError, address: str) -> CoordinatorError:
+    code = exc.code() if hasattr(exc, "code") else None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CoordinatorError(f"coordinator at {address} is unreachable ({exc.details()})")
+    return CoordinatorError(exc.details() if hasattr(exc, "details") and exc.details() else str(exc))
+
+
+class CoordinatorClient:
+    def __init__(self, address: str, timeout: float = 30.0):
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def __enter__(self) -> "CoordinatorClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request, timeout: float | None = None):
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _explain(exc, self.address) from None
+
+    def _stream(self, method: str, request, timeout: float | None = None) -> Iterator:
+        try:
+            yield from getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _explain(exc, self.address) from None
+
+    def launch_run(self, spec: RunSpec, timeout: float = 600.0) -> pb.LaunchRunResponse:
+        return self._call("LaunchRun", pb.LaunchRunRequest(spec_json=spec.to_json()), timeout=timeout)
+
+    def join(self, peer_id: str, run_name: str = "", display_name: str = "", max_shards: int = 0,
+             device: str = "cpu") -> pb.Assignment:
+        request = pb.JoinRequest(run_name=run_name, peer_id=peer_id, display_name=display_name,
+                                 max_shards=max_shards, device=device)
+        return self._call("Join", request)
+
+    def data_slice(self, run_name: str, data_slice: int) -> list[str]:
+        texts: list[str] = []
+        for chunk in self._stream("StreamDataSlice", pb.DataSliceRequest(run_name=run_name, data_slice=data_slice),
+                                  timeout=self.timeout * 10):
+            texts.extend(chunk.texts)
+        return texts
+
+    def report(self, report: pb.ContributionReport) -> pb.ReportAck:
+        return self._call("ReportContribution", report)
+
+    def leave(self, worker_id: str) -> pb.ReportAck:
+        return self._call("Leave", pb.LeaveRequest(worker_id=worker_id))
+
+    def status(self, run_name: str = "") -> pb.StatusResponse:
+        return self._call("GetStatus", pb.StatusRequest(run_name=run_name))
+
+    def publish_now(self, run_name: str, timeout: float = 600.0) -> pb.PublishResponse:
+        return self._call("PublishNow", pb.PublishRequest(run_name=run_name), timeout=timeout)
+
+    def pull_stream(self, run_name: str, version: int = 0) -> Iterator[pb.PullChunk]:
+        return self._stream("PullAdapter", pb.PullRequest(run_name=run_name, version=version), timeout=3600)

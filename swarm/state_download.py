@@ -1,0 +1,96 @@
+"""Download a shard's averaged training state from the swarm, the way hivemind's own newcomers do.
+
+Every non-client worker's hivemind.Optimizer serves its TrainingStateAverager state (``rpc_download_state``):
+msgpack metadata (``epoch``, optimizer metadata) and a flat tensor list that starts with the optimized
+parameters, in the order the worker passed them (the shard's LoRA parameter order). This module lists the peers
+that advertise their state for a shard and downloads from each, so the coordinator never depends on files
+uploaded by one worker and can compare several peers.
+
+Usage::
+
+    sharers = list_state_sharers(dht, "demo/shard0")
+    state = download_state(dht, "demo/shard0", sharers[0], num_parameters=48, timeout=30)
+    state.epoch, state.parameters[0].shape
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+import hivemind
+import torch
+from hivemind.compression import deserialize_torch_tensor
+from hivemind.optim.state_averager import TrainingStateAverager
+from hivemind.p2p import PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.streaming import combine_from_streaming
+
+from swarm.dht import shard_state_prefix, shard_state_sharers_key
+
+
+class StateDownloadError(RuntimeError):
+    """No usable state could be downloaded from a peer."""
+
+
+@dataclass(frozen=True)
+class DownloadedState:
+    peer_id: str
+    epoch: int
+    parameters: list[torch.Tensor]
+
+
+def list_state_sharers(dht: hivemind.DHT, shard_run_id: str) -> list[str]:
+    """Peer IDs (base58) that currently serve this shard's state, highest priority (most trained) first."""
+    found = dht.get(shard_state_sharers_key(shard_run_id), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return []
+    priority = {
+        peer_id: entry.value
+        for peer_id, entry in found.value.items()
+        if isinstance(getattr(entry, "value", None), (int, float))
+    }
+    return [str(PeerID(peer_id)) for peer_id in sorted(priority, key=priority.get, reverse=True)]
+
+
+def download_state(
+    dht: hivemind.DHT, shard_run_id: str, peer_id: str, num_parameters: int, timeout: float = 60.0
+) -> DownloadedState:
+    """Download one peer's state for a shard; keep the first ``num_parameters`` tensors (the parameters)."""
+    coroutine = functools.partial(
+        _download_in_dht_process, prefix=shard_state_prefix(shard_run_id), peer_id=peer_id, timeout=timeout
+    )
+    metadata, tensors = dht.run_coroutine(coroutine)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("epoch"), int):
+        raise StateDownloadError(f"peer {peer_id} sent no state for {shard_run_id}")
+    if len(tensors) < num_parameters:
+        raise StateDownloadError(
+            f"peer {peer_id} sent {len(tensors)} tensors for {shard_run_id}, expected at least {num_parameters}"
+        )
+    return DownloadedState(peer_id=peer_id, epoch=metadata["epoch"], parameters=tensors[:num_parameters])
+
+
+async def _download_in_dht_process(_dht, node, *, prefix: str, peer_id: str, timeout: float):
+    """Runs inside the DHT process (hivemind.DHT.run_coroutine), where the libp2p connection lives."""
+    stub = TrainingStateAverager.get_stub(node.p2p, PeerID.from_base58(peer_id), namespace=prefix)
+
+    async def receive():
+        metadata, parts, tensors = None, [], []
+        stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+        async for message in stream:
+            if message.metadata:
+                metadata = MSGPackSerializer.loads(message.metadata)
+            if message.tensor_part.dtype and parts:  # a set dtype marks the first part of the next tensor
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                parts = []
+            parts.append(message.tensor_part)
+        if parts:
+            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+        return metadata, tensors
+
+    try:
+        return await asyncio.wait_for(receive(), timeout=timeout)
+    except Exception as exc:  # sent back to the caller's process as a readable error
+        raise StateDownloadError(f"download from {peer_id} failed: {exc!r}") from None

@@ -1,0 +1,1 @@
+"""The donating worker: join a run, set up the base model + LoRA, train shards with hivemind.Optimizer, report."""

@@ -1,0 +1,125 @@
+"""``swarm donate``: join a run through the coordinator, train the assigned shards with the swarm, report.
+
+Usage::
+
+    summary = donate(DonateConfig(coordinator="127.0.0.1:50051", run="demo", limits=TrainingLimits(max_epochs=3)))
+"""
+
+from __future__ import annotations
+
+import signal
+import zlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from proto import coordinator_pb2 as pb
+from swarm.client import CoordinatorClient
+from swarm.dht import start_dht
+from swarm.identity import load_or_create_identity
+from swarm.log import get_logger
+from swarm.model import pick_device
+from swarm.spec import RunSpec
+from worker.model_setup import build_run_model
+from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
+from worker.training import ShardReport, TrainingLimits, TrainingLoop, TrainingSummary
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class DonateConfig:
+    """How one worker donates its time."""
+
+    coordinator: str  # host:port of the coordinator's gRPC API
+    run: str = ""  # run name; empty: the coordinator's newest run
+    name: str = ""  # display name on the leaderboard
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_shards: int = 0  # train at most this many shards (0: all)
+    host: str = "127.0.0.1"  # DHT listen address
+    announce_host: str | None = None  # address other peers dial, when host is 0.0.0.0
+    client_mode: bool = False  # behind NAT: dial out only, never accept connections
+    identity: Path | None = None  # libp2p key file; default ~/.config/nomoat/identity.key
+    wait_for_peers: int = 1  # wait until this many peers (self included) serve each shard before training
+    wait_timeout_s: float = 60.0
+    limits: TrainingLimits = field(default_factory=TrainingLimits)
+    show_progress: bool = True
+    save_lora_to: Path | None = None  # write the final LoRA tensors here (torch.save), for inspection
+    linger_s: float = 0.0  # after training, keep serving the averaged state to peers and the coordinator
+
+
+def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
+    stop = stop or threading.Event()
+    identity = load_or_create_identity(config.identity)
+    device = pick_device(config.device)
+    client = CoordinatorClient(config.coordinator)
+    assignment = client.join(identity.peer_id, run_name=config.run, display_name=config.name,
+                             max_shards=config.max_shards, device=str(device))
+    spec = RunSpec.from_json(assignment.spec_json)
+    if spec.content_hash != assignment.spec_hash:
+        raise RuntimeError(f"run spec hash mismatch: coordinator says {assignment.spec_hash}, "
+                           f"spec hashes to {spec.content_hash}")
+    logger.info("joined run %s as %s: shards %s, data slice %d/%d (%d samples)", spec.name, identity.peer_id,
+                list(assignment.shards), assignment.data_slice, assignment.data_slices, assignment.slice_samples)
+    run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint)
+    texts = client.data_slice(spec.name, assignment.data_slice)
+    shards = list(assignment.shards)
+    for shard in range(spec.shards):  # shards this worker does not train stay fixed
+        if shard not in shards:
+            for param in run_model.shard_parameters(shard):
+                param.requires_grad_(False)
+    dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
+                    announce_host=config.announce_host, identity_path=str(identity.path))
+    optimizers = {}
+    try:
+        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht)
+                      for shard in shards}
+        if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
+                                                            config.wait_timeout_s):
+            logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
+                           config.wait_timeout_s)
+
+        def send(reports: list[ShardReport]) -> None:
+            for report in reports:
+                client.report(pb.ContributionReport(
+                    worker_id=assignment.worker_id, run_name=spec.name, shard=report.shard,
+                    samples=report.samples, steps=report.steps, epoch=report.epoch, loss=report.mean_loss,
+                    compute_seconds=report.compute_seconds,
+                ))
+
+        loop = TrainingLoop(spec, run_model, optimizers, texts, device, on_report=send,
+                            report_interval_s=assignment.report_interval_s or 5.0,
+                            show_progress=config.show_progress, data_seed=zlib.crc32(identity.peer_id.encode()))
+        summary = loop.run(config.limits, stop)
+        if config.save_lora_to:
+            torch.save({name: param.detach().cpu().clone() for name, param in run_model.model.named_parameters()
+                        if "lora_" in name}, config.save_lora_to)
+        logger.info("stopped (%s) after %d steps, %d samples, epochs %s", summary.stopped_by, summary.steps,
+                    summary.samples, summary.epochs)
+        if config.linger_s > 0 and not stop.is_set():
+            logger.info("serving the averaged state for %.0fs more", config.linger_s)
+            stop.wait(config.linger_s)
+        return summary
+    finally:
+        try:
+            client.leave(assignment.worker_id)
+        except Exception as exc:
+            logger.warning("could not tell the coordinator we left: %s", exc)
+        for optimizer in optimizers.values():
+            optimizer.shutdown()
+        dht.shutdown()
+        client.close()
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """Ctrl-C / SIGTERM finish the current step, report, and leave cleanly; a second Ctrl-C aborts."""
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.info("stopping after this step (press Ctrl-C again to abort)")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

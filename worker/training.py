@@ -1,0 +1,151 @@
+"""The worker's training loop around hivemind.Optimizer: local steps on the worker's data slice, one optimizer
+step per assigned shard, a live progress line, and periodic per-shard reports of what was trained.
+
+Usage::
+
+    loop = TrainingLoop(spec, run_model, optimizers, texts, device, on_report=send_reports)
+    summary = loop.run(TrainingLimits(max_epochs=3), stop_event)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import hivemind
+import torch
+from tqdm import tqdm
+
+from swarm.data import iterate_batches
+from swarm.log import get_logger
+from swarm.spec import RunSpec
+from worker.model_setup import RunModel
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingLimits:
+    """When a worker stops on its own (Ctrl-C always stops it). None: no limit."""
+
+    max_steps: int | None = None  # local steps
+    max_seconds: float | None = None  # wall time of the loop
+    max_epochs: int | None = None  # stop once every assigned shard's hivemind epoch reaches this
+
+
+@dataclass
+class ShardReport:
+    """What one worker trained on one shard since its previous report."""
+
+    shard: int
+    samples: int = 0
+    steps: int = 0
+    epoch: int = 0
+    loss_sum: float = 0.0
+    compute_seconds: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.steps if self.steps else 0.0
+
+
+@dataclass
+class TrainingSummary:
+    steps: int = 0
+    samples: int = 0
+    last_loss: float = math.nan
+    epochs: dict[int, int] = field(default_factory=dict)
+    stopped_by: str = ""
+
+
+class TrainingLoop:
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_model: RunModel,
+        optimizers: dict[int, hivemind.Optimizer],
+        texts: list[str],
+        device: torch.device,
+        on_report: Callable[[list[ShardReport]], None] = lambda reports: None,
+        report_interval_s: float = 5.0,
+        show_progress: bool = True,
+        data_seed: int = 0,
+    ):
+        self.spec, self.run_model, self.optimizers = spec, run_model, optimizers
+        self.texts, self.device = texts, device
+        self.on_report, self.report_interval_s = on_report, report_interval_s
+        self.show_progress, self.data_seed = show_progress, data_seed
+        self._pending = {shard: ShardReport(shard) for shard in optimizers}
+
+    def _flush_reports(self) -> None:
+        reports = [report for report in self._pending.values() if report.steps]
+        for shard, optimizer in self.optimizers.items():
+            self._pending[shard].epoch = optimizer.local_epoch
+        if not reports:
+            return
+        try:
+            self.on_report(reports)
+        except Exception as exc:  # training never stops because the coordinator is unreachable
+            logger.warning("could not report contribution (will retry with the next report): %s", exc)
+            return
+        self._pending = {shard: ShardReport(shard, epoch=opt.local_epoch) for shard, opt in self.optimizers.items()}
+
+    def _done(self, limits: TrainingLimits, steps: int, started: float) -> str:
+        if limits.max_steps is not None and steps >= limits.max_steps:
+            return "max_steps"
+        if limits.max_seconds is not None and time.monotonic() - started >= limits.max_seconds:
+            return "max_seconds"
+        if limits.max_epochs is not None and all(o.local_epoch >= limits.max_epochs for o in self.optimizers.values()):
+            return "max_epochs"
+        return ""
+
+    def run(self, limits: TrainingLimits, stop: threading.Event | None = None) -> TrainingSummary:
+        stop = stop or threading.Event()
+        model = self.run_model.model.to(self.device)
+        model.train()
+        batches = iterate_batches(self.texts, self.run_model.tokenizer, self.spec.seq_len,
+                                  self.spec.batch_size_per_step, seed=self.data_seed)
+        summary = TrainingSummary()
+        started = last_report = time.monotonic()
+        progress = tqdm(desc=f"{self.spec.name}", unit="step", disable=not self.show_progress, dynamic_ncols=True)
+        try:
+            while not stop.is_set() and not (stopped_by := self._done(limits, summary.steps, started)):
+                data_epoch, input_ids, labels = next(batches)
+                step_started = time.monotonic()
+                loss = model(input_ids=input_ids.to(self.device), labels=labels.to(self.device)).loss
+                loss.backward()
+                for optimizer in self.optimizers.values():
+                    optimizer.step()
+                    optimizer.zero_grad()
+                step_seconds = time.monotonic() - step_started
+                loss_value = float(loss.detach())
+                summary.steps += 1
+                summary.samples += self.spec.batch_size_per_step
+                summary.last_loss = loss_value
+                for shard, report in self._pending.items():
+                    report.samples += self.spec.batch_size_per_step
+                    report.steps += 1
+                    report.loss_sum += loss_value
+                    report.compute_seconds += step_seconds / len(self._pending)
+                elapsed = max(time.monotonic() - started, 1e-9)
+                any_optimizer = next(iter(self.optimizers.values()))
+                progress.update(1)
+                progress.set_postfix(
+                    epoch=",".join(str(o.local_epoch) for o in self.optimizers.values()),
+                    loss=f"{loss_value:.3f}",
+                    samples_s=f"{summary.samples / elapsed:.1f}",
+                    peers=any_optimizer.tracker.global_progress.num_peers,
+                    data_epoch=data_epoch,
+                )
+                if time.monotonic() - last_report >= self.report_interval_s:
+                    self._flush_reports()
+                    last_report = time.monotonic()
+            summary.stopped_by = "interrupted" if stop.is_set() else stopped_by
+        finally:
+            progress.close()
+            self._flush_reports()
+            summary.epochs = {shard: optimizer.local_epoch for shard, optimizer in self.optimizers.items()}
+        return summary
