@@ -1,0 +1,219 @@
+"""The ``swarm`` command line: one small typed function per command, assembled in one Typer app."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from swarm.client import CoordinatorClient, CoordinatorError
+from swarm.spec import SpecError, build_spec, load_spec_file, merge_fields
+
+app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def coordinator(
+    data_dir: Path = typer.Option(Path("~/.nomoat/coordinator"), help="Folder of the SQLite DB and adapter store."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: SQLite file in --data-dir)."),
+    host: str = typer.Option("127.0.0.1", help="Listen address (0.0.0.0 to serve other machines)."),
+    port: int = typer.Option(50051, help="gRPC port."),
+    dht_port: int = typer.Option(0, help="DHT port (0: any free port)."),
+    announce_host: Optional[str] = typer.Option(None, help="Address other machines dial when --host is 0.0.0.0."),
+    no_publish: bool = typer.Option(False, help="Do not publish on the runs' intervals (PublishNow still works)."),
+) -> None:
+    """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
+    from coordinator.server import Coordinator, CoordinatorConfig
+
+    config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
+                               announce_host=announce_host, publish=not no_publish)
+    try:
+        service = Coordinator(config).start()
+    except Exception as exc:
+        _fail(f"coordinator did not start: {exc}")
+    typer.echo(f"coordinator: {service.address}", err=False)
+    typer.echo(f"initial peers: {' '.join(service.initial_peers)}")
+    sys.stdout.flush()
+    stop = threading.Event()
+    from worker.donate import install_stop_signals  # same clean-stop handling as workers
+
+    install_stop_signals(stop)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        service.stop()
+
+
+@app.command()
+def launch(
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    spec: Optional[Path] = typer.Option(None, help="RunSpec file (.toml, .yaml, .json); flags override it."),
+    name: Optional[str] = typer.Option(None, help="Run name."),
+    base_model: Optional[str] = typer.Option(None, help="'tiny', a Hugging Face id or a local model folder."),
+    dataset: Optional[str] = typer.Option(None, help="'sample', or a local .jsonl / .txt file."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
+    dropout: Optional[float] = typer.Option(None, help="LoRA dropout."),
+    target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names, e.g. q_proj,v_proj."),
+    shards: Optional[int] = typer.Option(None, help="Number of adapter shards."),
+    batch_size: Optional[int] = typer.Option(None, help="Samples per local step."),
+    target_batch_size: Optional[int] = typer.Option(None, help="Samples the swarm accumulates per epoch."),
+    optimizer: Optional[str] = typer.Option(None, help="adamw, adam or sgd."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sample."),
+    data_slices: Optional[int] = typer.Option(None, help="Slices the train split is cut into."),
+    publish_interval: Optional[float] = typer.Option(None, help="Seconds between published versions."),
+    seed: Optional[int] = typer.Option(None, help="Seed of LoRA init and data split."),
+    matchmaking_time: Optional[float] = typer.Option(None, help="hivemind matchmaking time (s)."),
+    averaging_timeout: Optional[float] = typer.Option(None, help="hivemind averaging timeout (s)."),
+) -> None:
+    """Launch a community training run."""
+    flags = {
+        "name": name, "base_model": base_model, "dataset": dataset, "shards": shards,
+        "batch_size_per_step": batch_size, "target_batch_size": target_batch_size, "optimizer": optimizer,
+        "lr": lr, "seq_len": seq_len, "data_slices": data_slices, "publish_interval_s": publish_interval,
+        "seed": seed,
+        "lora": {"rank": rank, "alpha": alpha, "dropout": dropout,
+                 "target_modules": target_modules.split(",") if target_modules else None},
+        "averaging": {"matchmaking_time": matchmaking_time, "averaging_timeout": averaging_timeout},
+    }
+    try:
+        run_spec = load_spec_file(spec, flags) if spec else build_spec(merge_fields({}, _drop_empty(flags)))
+    except SpecError as exc:
+        _fail(str(exc))
+    try:
+        with CoordinatorClient(coordinator) as client:
+            launched = client.launch_run(run_spec)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    typer.echo(f"launched run '{launched.run_name}' ({launched.spec_hash})")
+    typer.echo(f"  base model fingerprint {launched.base_model_fingerprint}")
+    typer.echo(f"  dataset {launched.dataset_digest}: {launched.train_samples} train / {launched.eval_samples} eval")
+
+
+def _drop_empty(fields: dict) -> dict:
+    cleaned = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = _drop_empty(value)
+            if not value:
+                continue
+        if value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+@app.command()
+def donate(
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    run: str = typer.Option("", help="Run name (default: the coordinator's newest run)."),
+    name: str = typer.Option("", help="Your display name."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    max_shards: int = typer.Option(0, help="Train at most this many shards (0: all)."),
+    host: str = typer.Option("127.0.0.1", help="DHT listen address."),
+    announce_host: Optional[str] = typer.Option(None, help="Address other peers dial when --host is 0.0.0.0."),
+    client_mode: bool = typer.Option(False, help="Behind NAT: only dial out."),
+    identity: Optional[Path] = typer.Option(None, help="libp2p key file (default ~/.config/nomoat/identity.key)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many local steps."),
+    max_seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    max_epochs: Optional[int] = typer.Option(None, help="Stop once every shard reaches this epoch."),
+    wait_for_peers: int = typer.Option(1, help="Wait until this many peers serve each shard before training."),
+    progress: bool = typer.Option(True, help="Show the live progress line."),
+    save_lora: Optional[Path] = typer.Option(None, help="Save the final LoRA tensors here (torch.save)."),
+    linger: float = typer.Option(0.0, help="After training, keep serving the averaged state this many seconds."),
+) -> None:
+    """Donate compute: join a run and train its LoRA shards with the swarm."""
+    from worker.donate import DonateConfig, donate as run_donate, install_stop_signals
+    from worker.training import TrainingLimits
+
+    stop = threading.Event()
+    install_stop_signals(stop)
+    config = DonateConfig(
+        coordinator=coordinator, run=run, name=name, device=device, max_shards=max_shards, host=host,
+        announce_host=announce_host, client_mode=client_mode, identity=identity, wait_for_peers=wait_for_peers,
+        limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
+        show_progress=progress, save_lora_to=save_lora, linger_s=linger,
+    )
+    try:
+        summary = run_donate(config, stop)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"trained {summary.steps} steps ({summary.samples} samples), epochs {summary.epochs}, "
+               f"last loss {summary.last_loss:.4f}, stopped by {summary.stopped_by}")
+
+
+@app.command()
+def pull(
+    run: str = typer.Option(..., help="Run name."),
+    out: Path = typer.Option(..., help="Output folder (a PEFT adapter directory)."),
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    version: int = typer.Option(0, help="Version number (0: latest)."),
+) -> None:
+    """Download a published adapter version, verified, as a PEFT adapter directory."""
+    from swarm.pull import PullError, pull as run_pull
+
+    try:
+        pulled = run_pull(coordinator, run, out, version=version, show_progress=True)
+    except (CoordinatorError, PullError) as exc:
+        _fail(str(exc))
+    typer.echo(f"pulled {pulled.run_name} version {pulled.version} (sha256 {pulled.sha256[:16]}..., "
+               f"eval loss {pulled.eval_loss:.4f} vs base {pulled.base_eval_loss:.4f}) into {pulled.path}")
+
+
+@app.command()
+def status(
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    run: str = typer.Option("", help="Only this run."),
+) -> None:
+    """List runs, live workers per shard, samples trained and published versions."""
+    try:
+        with CoordinatorClient(coordinator) as client:
+            response = client.status(run)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    if not response.runs:
+        typer.echo("no runs")
+    for state in response.runs:
+        typer.echo(f"run {state.run_name}: base {state.base_model}, dataset {state.dataset}, {state.shards} shard(s), "
+                   f"{state.live_workers} live worker(s), {state.samples_trained} samples trained")
+        for shard in state.shard_status:
+            typer.echo(f"  shard {shard.shard}: {shard.live_workers} worker(s), epoch {shard.epoch}, "
+                       f"{shard.samples} samples")
+        for version in state.versions:
+            typer.echo(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f} "
+                       f"(base {version.base_eval_loss:.4f}), {len(version.contributors)} contributor(s), "
+                       f"sha256 {version.sha256[:16]}...")
+
+
+@app.command()
+def demo(
+    workers: int = typer.Option(2, help="Worker processes (2-3 fit two cores)."),
+    seconds: float = typer.Option(60.0, help="Training time of each worker."),
+    shards: int = typer.Option(2, help="Adapter shards of the demo run."),
+    workdir: Optional[Path] = typer.Option(None, help="Where the demo keeps its files (default: a temp folder)."),
+) -> None:
+    """Run the whole swarm on this machine: coordinator, a run on the tiny preset, workers, versions, a pull."""
+    from swarm.demo import DemoConfig, run_demo
+
+    try:
+        result = run_demo(DemoConfig(workers=workers, seconds=seconds, shards=shards, workdir=workdir))
+    except RuntimeError as exc:
+        _fail(str(exc))
+    if not result.improved:
+        _fail("the pulled adapter did not lower the eval loss")
+
+
+if __name__ == "__main__":
+    app()

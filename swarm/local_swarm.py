@@ -1,0 +1,111 @@
+"""Start a coordinator and workers as local processes of the ``swarm`` CLI: the demo, the end-to-end tests
+and ``deploy/local_swarm.sh`` all use these pieces. Every process is started in its own process group and
+``LocalSwarm.close`` reaps the whole group (hivemind's p2pd daemons included).
+
+Usage::
+
+    with LocalSwarm(workdir) as swarm:
+        address = swarm.start_coordinator()
+        swarm.start_worker(address, "demo", index=0, extra=["--max-seconds", "30"])
+        swarm.wait_workers(timeout=120)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "swarm.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalSwarm:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+                    # several processes share few cores: one torch thread each leaves room for hivemind's averagers
+                    "OMP_NUM_THREADS": "1", **(env or {})}
+        self.coordinator: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        log = (self.workdir / log_name).open("ab")
+        return subprocess.Popen(CLI + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+
+    def start_coordinator(self, extra: list[str] = (), timeout: float = 120.0) -> str:
+        port = free_port()
+        self.coordinator = self._spawn(["coordinator", "--data-dir", str(self.workdir / "coordinator"),
+                                        "--port", str(port), *extra], "coordinator.log")
+        log = self.workdir / "coordinator.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            match = re.search(r"^coordinator: (\S+)$", text, re.MULTILINE)
+            if match:
+                return match.group(1)
+            if self.coordinator.poll() is not None:
+                raise RuntimeError(f"coordinator exited early; see {log}:\n{text[-2000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"coordinator did not start within {timeout:.0f}s; see {log}")
+
+    def start_worker(self, coordinator: str, run: str, index: int, extra: list[str] = ()) -> subprocess.Popen:
+        process = self._spawn(["donate", "--coordinator", coordinator, "--run", run, "--name", f"worker{index}",
+                               "--identity", str(self.workdir / f"worker{index}.key"), "--no-progress", *extra],
+                              f"worker{index}.log")
+        self.workers.append(process)
+        return process
+
+    def wait_workers(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for process in self.workers:
+            try:
+                codes.append(process.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"a worker did not finish within {timeout:.0f}s; logs in {self.workdir}") from None
+        return codes
+
+    def log(self, name: str) -> str:
+        path = self.workdir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        try:  # reap children left in the group (p2pd, averager processes)
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+    def close(self) -> None:
+        for process in self.workers:
+            self._stop(process)
+        if self.coordinator is not None:
+            self._stop(self.coordinator)
+
+    def __enter__(self) -> "LocalSwarm":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
