@@ -76,6 +76,7 @@ def launch(
     seed: Optional[int] = typer.Option(None, help="Seed of LoRA init and data split."),
     matchmaking_time: Optional[float] = typer.Option(None, help="hivemind matchmaking time (s)."),
     averaging_timeout: Optional[float] = typer.Option(None, help="hivemind averaging timeout (s)."),
+    progress_refresh: Optional[float] = typer.Option(None, help="How often peers re-read swarm progress (s)."),
 ) -> None:
     """Launch a community training run."""
     flags = {
@@ -85,7 +86,8 @@ def launch(
         "seed": seed,
         "lora": {"rank": rank, "alpha": alpha, "dropout": dropout,
                  "target_modules": target_modules.split(",") if target_modules else None},
-        "averaging": {"matchmaking_time": matchmaking_time, "averaging_timeout": averaging_timeout},
+        "averaging": {"matchmaking_time": matchmaking_time, "averaging_timeout": averaging_timeout,
+                      "progress_refresh_s": progress_refresh},
     }
     try:
         run_spec = load_spec_file(spec, flags) if spec else build_spec(merge_fields({}, _drop_empty(flags)))

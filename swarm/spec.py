@@ -51,6 +51,10 @@ class AveragingSpec(_Frozen):
 
     matchmaking_time: float = Field(3.0, gt=0, le=600, description="Seconds to gather a group before averaging.")
     averaging_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before an all-reduce is abandoned.")
+    average_state_every: int = Field(
+        10, ge=1, description="Epochs between parameter/optimizer-state averaging rounds, which repair peers that "
+        "stepped alone; gradients are averaged every epoch.",
+    )
     progress_refresh_s: float = Field(
         3.0, gt=0, le=60, description="How often a peer re-reads the swarm's progress when it knows of no peers."
     )

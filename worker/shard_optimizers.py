@@ -41,7 +41,11 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
         batch_size_per_step=spec.batch_size_per_step,
         matchmaking_time=spec.averaging.matchmaking_time,
         averaging_timeout=spec.averaging.averaging_timeout,
+        # on busy machines a peer's part can arrive late; waiting only matchmaking_time for it (hivemind's
+        # default) drops it from the average and leaves peers with different parameters
+        next_chunk_timeout=spec.averaging.averaging_timeout,
         use_local_updates=False,
+        average_state_every=spec.averaging.average_state_every,
         verbose=verbose,
         tracker_opts=dict(
             default_refresh_period=spec.averaging.progress_refresh_s,

@@ -118,7 +118,9 @@ class TrainingLoop:
                 loss = model(input_ids=input_ids.to(self.device), labels=labels.to(self.device)).loss
                 loss.backward()
                 for optimizer in self.optimizers.values():
-                    optimizer.step()
+                    # a shard that reached max_epochs stops stepping, so its parameters stay those of that epoch
+                    if limits.max_epochs is None or optimizer.local_epoch < limits.max_epochs:
+                        optimizer.step()
                     optimizer.zero_grad()
                 step_seconds = time.monotonic() - step_started
                 loss_value = float(loss.detach())

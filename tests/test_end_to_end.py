@@ -1,0 +1,116 @@
+"""launch -> donate (2 worker processes, 2 shards) -> publish -> pull -> load with PEFT and generate, through the
+real CLI, a real coordinator, hivemind on loopback and SQLite. One swarm is shared by the tests of this module."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+
+from swarm.client import CoordinatorClient
+from swarm.data import load_texts, split_dataset
+from swarm.evaluation import eval_loss
+from swarm.local_swarm import LocalSwarm
+from swarm.model import build_tiny_model, lora_parameters
+from swarm.spec import RunSpec
+from swarm.tokenizer import ByteTokenizer
+
+RUN = "e2e"
+EPOCHS = 3
+
+
+def cli(*args, check=True, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True,
+                            timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"swarm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("swarm")
+    with LocalSwarm(workdir) as local:
+        address = local.start_coordinator(["--no-publish"])
+        cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "2",
+            "--batch-size", "8", "--target-batch-size", "256", "--lr", "0.02", "--data-slices", "2",
+            "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+        for index in range(2):
+            local.start_worker(address, RUN, index, ["--max-epochs", str(EPOCHS), "--wait-for-peers", "2",
+                                                     "--save-lora", str(workdir / f"lora{index}.pt"),
+                                                     "--linger", "120"])
+        saved = [workdir / f"lora{index}.pt" for index in range(2)]
+        deadline = time.monotonic() + 240
+        while not all(path.exists() for path in saved):
+            assert time.monotonic() < deadline, local.log("worker0.log")[-3000:] + local.log("worker1.log")[-3000:]
+            assert all(p.poll() is None for p in local.workers), local.log("worker0.log")[-3000:]
+            time.sleep(0.5)
+        time.sleep(1.0)  # let torch.save finish writing
+        with CoordinatorClient(address) as client:
+            published = client.publish_now(RUN)
+            assert published.published, published.message
+            again = client.publish_now(RUN)
+        yield {"address": address, "workdir": workdir, "saved": saved, "published": published, "again": again,
+               "local": local}
+
+
+def test_two_workers_hold_identical_lora_after_synchronized_epochs(swarm):
+    first, second = (torch.load(path) for path in swarm["saved"])
+    initial = lora_parameters(__import__("swarm.model", fromlist=["x"]).build_lora_model(
+        build_tiny_model(), RunSpec(name=RUN).lora, seed=0))
+    assert first.keys() == second.keys() and len(first) > 0
+    for name in first:
+        assert torch.allclose(first[name], second[name], atol=1e-6, rtol=0), name
+    moved = max((first[name] - initial[name].detach()).abs().max().item() for name in first)
+    assert moved > 1e-4  # they trained, not just kept the initial values
+
+
+def test_published_adapter_merges_both_shards_from_the_swarm(swarm, tmp_path):
+    version = swarm["published"].version
+    assert version.version == 1 and version.epoch >= EPOCHS
+    assert version.eval_loss < version.base_eval_loss
+    out = tmp_path / "adapter"
+    result = cli("pull", "-c", swarm["address"], "--run", RUN, "--out", str(out))
+    assert "version 1" in result.stdout
+    model = PeftModel.from_pretrained(build_tiny_model(), str(out))
+    pulled = {name: param for name, param in model.named_parameters() if "lora_" in name}
+    worker_state = torch.load(swarm["saved"][0])
+    layers = {name.split(".layers.")[1].split(".")[0] for name in pulled}
+    assert layers == {"0", "1", "2", "3"}  # shard 0 (layers 0-1) and shard 1 (layers 2-3)
+    for name, tensor in worker_state.items():
+        assert torch.allclose(pulled[name], tensor, atol=1e-6, rtol=0), name
+    spec = RunSpec(name=RUN)
+    held_out = split_dataset(load_texts("sample"), spec.eval_fraction, spec.seed).eval
+    tokenizer = ByteTokenizer()
+    assert eval_loss(model, held_out, tokenizer, 64) == pytest.approx(version.eval_loss, rel=1e-4)
+    prompt = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode("ada has ")])
+    generated = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == prompt.shape[1] + 8
+
+
+def test_publish_without_new_epochs_adds_no_version(swarm):
+    assert not swarm["again"].published
+    assert "no new epoch" in swarm["again"].message
+
+
+def test_status_reports_workers_samples_and_versions(swarm):
+    result = cli("status", "-c", swarm["address"])
+    assert f"run {RUN}:" in result.stdout and "version 1:" in result.stdout
+    with CoordinatorClient(swarm["address"]) as client:
+        run = client.status(RUN).runs[0]
+    assert run.live_workers == 2
+    assert [shard.live_workers for shard in run.shard_status] == [2, 2]
+    assert all(shard.samples >= 256 * EPOCHS // 2 for shard in run.shard_status)
+    assert len(run.versions[0].contributors) == 2
+
+
+def test_workers_leave_cleanly_on_sigterm(swarm):
+    local = swarm["local"]
+    for process in local.workers:
+        process.terminate()
+    codes = [process.wait(timeout=60) for process in local.workers]
+    assert codes == [0, 0], local.log("worker0.log")[-2000:]
+    with CoordinatorClient(swarm["address"]) as client:
+        assert client.status(RUN).runs[0].live_workers == 0
