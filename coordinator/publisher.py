@@ -147,10 +147,13 @@ class Publisher:
         def loop():
             while not self._stop.wait(poll_s):
                 for record in self.storage.list_runs():
-                    interval = self.registry.context(record.name).spec.publish_interval_s
-                    last = self._last_attempt.setdefault(record.name, time.monotonic())
-                    if time.monotonic() - last >= interval:
-                        self.publish(record.name)
+                    try:
+                        interval = self.registry.context(record.name).spec.publish_interval_s
+                        last = self._last_attempt.setdefault(record.name, time.monotonic())
+                        if time.monotonic() - last >= interval:
+                            self.publish(record.name)
+                    except Exception:  # one broken run must not stop publishing for the others
+                        logger.exception("run %s: publisher failed", record.name)
 
         self._thread = threading.Thread(target=loop, name="publisher", daemon=True)
         self._thread.start()

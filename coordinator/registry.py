@@ -36,6 +36,17 @@ class RunContext:
     tokenizer: TextTokenizer
 
 
+def _load_run_assets(spec: RunSpec) -> tuple[list[str], str, list[list[str]], TextTokenizer]:
+    """Load what a run is made of: its texts, its base model's fingerprint, its shard layout, its tokenizer."""
+    texts = load_texts(spec.dataset)
+    base, tokenizer = load_base_model(spec.base_model)
+    fingerprint = base_model_fingerprint(base)
+    model = build_lora_model(base, spec.lora, seed=spec.seed)
+    num_layers = int(getattr(base.config, "num_hidden_layers", 1))
+    shard_names = partition_parameters(list(lora_parameters(model)), num_layers, spec.shards)
+    return texts, fingerprint, shard_names, tokenizer
+
+
 class RunRegistry:
     def __init__(self, storage: Storage):
         self.storage = storage
@@ -54,12 +65,7 @@ class RunRegistry:
                 return self.context(spec.name)
             raise LaunchError(f"run '{spec.name}' already exists with a different spec ({existing.spec_hash})")
         try:
-            texts = load_texts(spec.dataset)
-            base, tokenizer = load_base_model(spec.base_model)
-            fingerprint = base_model_fingerprint(base)
-            model = build_lora_model(base, spec.lora, seed=spec.seed)
-            num_layers = int(getattr(base.config, "num_hidden_layers", 1))
-            shard_names = partition_parameters(list(lora_parameters(model)), num_layers, spec.shards)
+            texts, fingerprint, shard_names, tokenizer = _load_run_assets(spec)
         except (DatasetError, ModelLoadError, ShardError) as exc:
             raise LaunchError(str(exc)) from None
         split = split_dataset(texts, spec.eval_fraction, spec.seed)
@@ -84,13 +90,11 @@ class RunRegistry:
                 return self._contexts[run_name]
         record = self.storage.get_run(run_name)
         spec = RunSpec.from_json(record.spec_json)
-        texts = load_texts(spec.dataset)
+        texts, fingerprint, shard_names, tokenizer = _load_run_assets(spec)
         if dataset_digest(texts) != record.dataset_digest:
             raise LaunchError(f"dataset of run '{run_name}' ({spec.dataset}) changed on disk since launch")
-        base, tokenizer = load_base_model(spec.base_model)
-        model = build_lora_model(base, spec.lora, seed=spec.seed)
-        num_layers = int(getattr(base.config, "num_hidden_layers", 1))
-        shard_names = partition_parameters(list(lora_parameters(model)), num_layers, spec.shards)
+        if fingerprint != record.base_model_fingerprint:
+            raise LaunchError(f"base model of run '{run_name}' ({spec.base_model}) changed since launch")
         context = RunContext(record, spec, split_dataset(texts, spec.eval_fraction, spec.seed), shard_names, tokenizer)
         with self._lock:
             self._contexts[run_name] = context

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import hivemind
-from hivemind.optim.progress_tracker import LocalTrainingProgress
 from hivemind.utils import get_dht_time
 
 RUNS_KEY = "nomoat/runs"
@@ -95,20 +94,3 @@ def lookup_runs(dht: hivemind.DHT) -> dict[str, RunAnnouncement]:
         except TypeError:
             continue
     return runs
-
-
-def shard_progress(dht: hivemind.DHT, shard_run_id: str) -> list[LocalTrainingProgress]:
-    """The live training progress records of one shard's peers, as hivemind.Optimizer publishes them."""
-    found = dht.get(shard_progress_key(shard_run_id), latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return []
-    records = []
-    for entry in found.value.values():
-        value = getattr(entry, "value", None)
-        if value is None:
-            continue
-        try:
-            records.append(LocalTrainingProgress.model_validate(value))
-        except Exception:  # a malformed record from a foreign peer must not break status
-            continue
-    return records
