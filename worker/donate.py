@@ -91,7 +91,8 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
 
         loop = TrainingLoop(spec, run_model, optimizers, texts, device, on_report=send,
                             report_interval_s=assignment.report_interval_s or 5.0,
-                            show_progress=config.show_progress, data_seed=zlib.crc32(identity.peer_id.encode()))
+                            show_progress=config.show_progress, data_seed=zlib.crc32(identity.peer_id.encode()),
+                            sync_peers=config.wait_for_peers, sync_timeout_s=config.wait_timeout_s)
         summary = loop.run(config.limits, stop)
         if config.save_lora_to:
             torch.save({name: param.detach().cpu().clone() for name, param in run_model.model.named_parameters()

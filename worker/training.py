@@ -73,11 +73,14 @@ class TrainingLoop:
         report_interval_s: float = 5.0,
         show_progress: bool = True,
         data_seed: int = 0,
+        sync_peers: int = 1,
+        sync_timeout_s: float = 60.0,
     ):
         self.spec, self.run_model, self.optimizers = spec, run_model, optimizers
         self.texts, self.device = texts, device
         self.on_report, self.report_interval_s = on_report, report_interval_s
         self.show_progress, self.data_seed = show_progress, data_seed
+        self.sync_peers, self.sync_timeout_s = sync_peers, sync_timeout_s
         self._pending = {shard: ShardReport(shard) for shard in optimizers}
 
     def _flush_reports(self) -> None:
@@ -101,6 +104,18 @@ class TrainingLoop:
         if limits.max_epochs is not None and all(o.local_epoch >= limits.max_epochs for o in self.optimizers.values()):
             return "max_epochs"
         return ""
+
+    def _wait_until_trackers_see_peers(self, stop: threading.Event) -> None:
+        """hivemind's progress tracker publishes a peer only once it has accumulated samples, so a swarm that
+        starts together takes one step each, then waits until every shard's tracker counts ``sync_peers``:
+        otherwise the fastest peer finishes the first epoch alone and the peers' parameters part ways."""
+        deadline = time.monotonic() + self.sync_timeout_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            if all(opt.tracker.global_progress.num_peers >= self.sync_peers for opt in self.optimizers.values()):
+                return
+            time.sleep(0.1)
+        logger.warning("trackers see fewer than %d peers after %.0fs; training on", self.sync_peers,
+                       self.sync_timeout_s)
 
     def run(self, limits: TrainingLimits, stop: threading.Event | None = None) -> TrainingSummary:
         stop = stop or threading.Event()
@@ -142,6 +157,8 @@ class TrainingLoop:
                     peers=any_optimizer.tracker.global_progress.num_peers,
                     data_epoch=data_epoch,
                 )
+                if summary.steps == 1 and self.sync_peers > 1:
+                    self._wait_until_trackers_see_peers(stop)
                 if time.monotonic() - last_report >= self.report_interval_s:
                     self._flush_reports()
                     last_report = time.monotonic()
