@@ -70,12 +70,16 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         if shard not in shards:
             for param in run_model.shard_parameters(shard):
                 param.requires_grad_(False)
+    # hivemind forks its DHT and averager processes; a live gRPC channel does not survive fork (its threads
+    # and locks are copied mid-use and the children stall), so the channel is closed until they are started
+    client.close()
     dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
                     announce_host=config.announce_host, identity_path=str(identity.path))
     optimizers = {}
     try:
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht)
                       for shard in shards}
+        client = CoordinatorClient(config.coordinator)
         if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
                                                             config.wait_timeout_s):
             logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
