@@ -327,28 +327,25 @@ class Storage:
                                      steps=int(steps), epoch=int(epoch), loss=float(loss),
                                      compute_seconds=float(compute_seconds), created_at=now))
 
-    def samples_by_shard(self, run_name: str) -> dict[int, int]:
-        """Total contributed samples per shard; shards without contributions are absent."""
+    def _per_shard(self, run_name: str, aggregate) -> dict[int, int]:
+        """``aggregate`` (a SQL aggregate over Contribution) per shard; shards without contributions are absent."""
         with self._transaction() as session:
             self._require_run(session, run_name)
             rows = session.execute(
-                select(Contribution.shard, func.sum(Contribution.samples))
+                select(Contribution.shard, aggregate)
                 .where(Contribution.run_name == run_name)
                 .group_by(Contribution.shard)
                 .order_by(Contribution.shard)
             )
-            return {int(shard): int(total) for shard, total in rows}
+            return {int(shard): int(value) for shard, value in rows}
+
+    def samples_by_shard(self, run_name: str) -> dict[int, int]:
+        """Total contributed samples per shard; shards without contributions are absent."""
+        return self._per_shard(run_name, func.sum(Contribution.samples))
 
     def latest_epoch_by_shard(self, run_name: str) -> dict[int, int]:
         """The highest hivemind epoch any worker reported per shard; shards without contributions are absent."""
-        with self._transaction() as session:
-            self._require_run(session, run_name)
-            rows = session.execute(
-                select(Contribution.shard, func.max(Contribution.epoch))
-                .where(Contribution.run_name == run_name)
-                .group_by(Contribution.shard)
-            )
-            return {int(shard): int(epoch) for shard, epoch in rows}
+        return self._per_shard(run_name, func.max(Contribution.epoch))
 
     def contributors_between(self, run_name: str, start: datetime | None, end: datetime) -> list[str]:
         """Sorted distinct peer ids with contributions in ``(start, end]``; ``start=None`` means from the beginning."""
