@@ -19,7 +19,7 @@ from swarm.spec import RunSpec
 from swarm.tokenizer import ByteTokenizer
 
 RUN = "e2e"
-EPOCHS = 3
+EPOCHS = 4
 
 
 def cli(*args, check=True, timeout=300):
@@ -36,7 +36,7 @@ def swarm(tmp_path_factory):
     with LocalSwarm(workdir) as local:
         address = local.start_coordinator(["--no-publish"])
         cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "2",
-            "--batch-size", "8", "--target-batch-size", "256", "--lr", "0.02", "--data-slices", "2",
+            "--batch-size", "8", "--target-batch-size", "256", "--lr", "0.01", "--data-slices", "2",
             "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
         for index in range(2):
             local.start_worker(address, RUN, index, ["--max-epochs", str(EPOCHS), "--wait-for-peers", "2",
