@@ -57,18 +57,20 @@ def swarm(tmp_path_factory):
                "local": local}
 
 
-PARTIAL_ALLREDUCE = re.compile(r"(Averaging|Reducer): received [0-9.]+% ")
+FAILED_ROUND = re.compile(r"Averaging gradients failed with .*|Proceeding with local gradients|"
+                          r"Averaging: received [0-9.]+% results")
 
 
-@pytest.mark.skip(reason="flaky on 2 cores: peers sometimes end a run with different LoRA weights and no partial "
-                         "all-reduce logged (seen once in CI); open work on issue 2, see the closing note")
 def test_two_workers_hold_identical_lora_after_synchronized_epochs(swarm):
     first, second = (torch.load(path) for path in swarm["saved"])
-    logs = swarm["local"].log("worker0.log") + swarm["local"].log("worker1.log")
-    if PARTIAL_ALLREDUCE.search(logs):
-        # hivemind tolerates a part that arrives too late by averaging it over fewer peers; the peers then
-        # differ on that part until the next state averaging, so exact agreement is not expected in this run
-        pytest.skip("hivemind logged a partial all-reduce in this run: " + PARTIAL_ALLREDUCE.search(logs).group(0))
+    logs = [swarm["local"].log(f"worker{index}.log") for index in range(2)]
+    failed = [FAILED_ROUND.search(log) for log in logs]
+    if any(failed):
+        # on an overloaded machine a round can time out; hivemind then applies local gradients (it says so at
+        # INFO because workers run it verbose) and the peers differ until the next state averaging
+        pytest.skip("hivemind reported a failed averaging round: " + next(m for m in failed if m).group(0))
+    for log in logs:  # every epoch of both shards was averaged by both peers
+        assert log.count("Averaged gradients with 2 peers") == 2 * EPOCHS, log[-3000:]
     initial = lora_parameters(__import__("swarm.model", fromlist=["x"]).build_lora_model(
         build_tiny_model(), RunSpec(name=RUN).lora, seed=0))
     assert first.keys() == second.keys() and len(first) > 0

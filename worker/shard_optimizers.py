@@ -1,5 +1,5 @@
 """One hivemind.Optimizer per adapter shard: each shard's LoRA parameters are averaged in their own group
-(``run_id = "<run>/shard<k>"``), so workers of different shards never wait on each other.
+(``run_id = "<run>_shard<k>"``), so workers of different shards never wait on each other.
 
 Gradients are averaged synchronously (``use_local_updates=False``): all peers apply the same averaged gradient
 to the same parameters, which keeps the LoRA A and B matrices identical across peers, the condition under which
@@ -14,8 +14,11 @@ from typing import Callable, Iterable
 import hivemind
 import torch
 
+from swarm.log import get_logger
 from swarm.spec import RunSpec
 from swarm.state_download import list_state_sharers
+
+logger = get_logger(__name__)
 
 
 def torch_optimizer_factory(spec: RunSpec) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]:
@@ -29,10 +32,45 @@ def torch_optimizer_factory(spec: RunSpec) -> Callable[[Iterable[torch.nn.Parame
     return make
 
 
+class ShardOptimizer(hivemind.Optimizer):
+    """A hivemind.Optimizer whose ``step`` is split in two, so that one worker can train several shards.
+
+    ``accumulate`` adds this microbatch's gradients (fast, in the training thread) and ``finish_epoch`` runs the
+    epoch's averaging round and optimizer step (blocks until the group has averaged). With one plain ``step``
+    per shard called in turn, two workers of two shards deadlock until the averaging timeout: each waits inside
+    one shard's round for the other, which waits inside the other shard's round. Splitting lets the training
+    loop start every shard's round that becomes due while it waits for another (see ``TrainingLoop``).
+
+    Both halves do what hivemind's ``Optimizer.step`` does (hivemind 1.1.x), in the same order, without AMP.
+    """
+
+    def accumulate(self) -> bool:
+        """Add the current .grad of this shard's parameters; False if this peer had to catch up instead."""
+        self.state_averager.step(apply_delayed_updates=True)
+        if self._should_load_state_from_peers():
+            logger.info("%s: out of sync with the swarm, loading state from peers", self.run_id)
+            self.load_state_from_peers()
+            return False  # these gradients were computed with out-of-date parameters
+        self._check_and_accumulate_gradients(self.batch_size_per_step, grad_scaler=None)
+        self._maybe_schedule_gradient_averaging()
+        self._maybe_schedule_state_averaging()
+        return True
+
+    @property
+    def epoch_is_due(self) -> bool:
+        """The swarm has accumulated the target batch for this epoch (or its deadline passed)."""
+        return self.tracker.ready_to_update_epoch
+
+    def finish_epoch(self) -> None:
+        """Average gradients with this shard's group and take the optimizer step (blocking)."""
+        self._update_global_epoch(grad_scaler=None)
+
+
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,
-                         verbose: bool = False) -> hivemind.Optimizer:
-    """The hivemind.Optimizer of one shard. Client mode follows the DHT's (a NAT'ed peer passes a client DHT)."""
-    return hivemind.Optimizer(
+                         verbose: bool = True) -> ShardOptimizer:
+    """The optimizer of one shard. Client mode follows the DHT's (a NAT'ed peer passes a client DHT).
+    ``verbose`` makes hivemind log each averaging round at INFO (including failed rounds)."""
+    return ShardOptimizer(
         dht=dht,
         run_id=spec.shard_run_id(shard),
         params=params,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-import hivemind
 import torch
 from tqdm import tqdm
 
@@ -23,6 +23,7 @@ from swarm.data import iterate_batches
 from swarm.log import get_logger
 from swarm.spec import RunSpec
 from worker.model_setup import RunModel
+from worker.shard_optimizers import ShardOptimizer
 
 logger = get_logger(__name__)
 
@@ -66,7 +67,7 @@ class TrainingLoop:
         self,
         spec: RunSpec,
         run_model: RunModel,
-        optimizers: dict[int, hivemind.Optimizer],
+        optimizers: dict[int, ShardOptimizer],
         texts: list[str],
         device: torch.device,
         on_report: Callable[[list[ShardReport]], None] = lambda reports: None,
@@ -117,6 +118,32 @@ class TrainingLoop:
         logger.warning("trackers see fewer than %d peers after %.0fs; training on", self.sync_peers,
                        self.sync_timeout_s)
 
+    def _step_shards(self, limits: TrainingLimits, epoch_runner: ThreadPoolExecutor) -> None:
+        """Accumulate this microbatch into every training shard, then finish the epochs that are due.
+
+        A shard's epoch end blocks until its group has averaged. While one is in flight this keeps checking the
+        others and starts each one that becomes due: a worker waiting in shard 0's round must still join shard
+        1's round, or a peer waiting there for it (and so not joining shard 0's) deadlocks both until timeout.
+        """
+        # a shard that reached max_epochs stops stepping, so its parameters stay those of that epoch
+        training = {shard: optimizer for shard, optimizer in self.optimizers.items()
+                    if limits.max_epochs is None or optimizer.local_epoch < limits.max_epochs}
+        for optimizer in training.values():
+            optimizer.accumulate()
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad()
+        in_flight: dict[int, Future] = {}
+        while True:
+            for shard, optimizer in training.items():
+                if shard not in in_flight and optimizer.epoch_is_due:
+                    in_flight[shard] = epoch_runner.submit(optimizer.finish_epoch)
+            running = [future for future in in_flight.values() if not future.done()]
+            if not running:
+                break
+            wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+        for future in in_flight.values():
+            future.result()
+
     def run(self, limits: TrainingLimits, stop: threading.Event | None = None) -> TrainingSummary:
         stop = stop or threading.Event()
         model = self.run_model.model.to(self.device)
@@ -126,17 +153,14 @@ class TrainingLoop:
         summary = TrainingSummary()
         started = last_report = time.monotonic()
         progress = tqdm(desc=f"{self.spec.name}", unit="step", disable=not self.show_progress, dynamic_ncols=True)
+        epoch_runner = ThreadPoolExecutor(len(self.optimizers), thread_name_prefix="shard-epoch")
         try:
             while not stop.is_set() and not (stopped_by := self._done(limits, summary.steps, started)):
                 data_epoch, input_ids, labels = next(batches)
                 step_started = time.monotonic()
                 loss = model(input_ids=input_ids.to(self.device), labels=labels.to(self.device)).loss
                 loss.backward()
-                for optimizer in self.optimizers.values():
-                    # a shard that reached max_epochs stops stepping, so its parameters stay those of that epoch
-                    if limits.max_epochs is None or optimizer.local_epoch < limits.max_epochs:
-                        optimizer.step()
-                    optimizer.zero_grad()
+                self._step_shards(limits, epoch_runner)
                 step_seconds = time.monotonic() - step_started
                 loss_value = float(loss.detach())
                 summary.steps += 1
@@ -164,6 +188,7 @@ class TrainingLoop:
                     last_report = time.monotonic()
             summary.stopped_by = "interrupted" if stop.is_set() else stopped_by
         finally:
+            epoch_runner.shutdown(wait=True)
             progress.close()
             self._flush_reports()
             summary.epochs = {shard: optimizer.local_epoch for shard, optimizer in self.optimizers.items()}
