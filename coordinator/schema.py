@@ -108,23 +108,55 @@ class Worker(Base):
     left: Mapped[bool] = mapped_column("has_left", Boolean, default=False)
 
 
-class Contribution(Base):
-    __tablename__ = "contributions"
+class Receipt(Base):
+    """One signed contribution receipt (``swarm.receipts``), with the evidence needed to re-verify it."""
+
+    __tablename__ = "receipts"
     __table_args__ = (
-        Index("ix_contributions_run_name_shard", "run_name", "shard"),
-        Index("ix_contributions_run_name_created_at", "run_name", "created_at"),
+        Index("ix_receipts_run_name_shard", "run_name", "shard"),
+        Index("ix_receipts_run_name_received_at", "run_name", "received_at"),
+        Index("ix_receipts_peer_id_shard_ended_at", "peer_id", "shard", "ended_at"),
+        Index("ix_receipts_status", "status"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    worker_id: Mapped[str] = mapped_column(String(32), ForeignKey("workers.worker_id"))
+    receipt_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
     shard: Mapped[int] = mapped_column(Integer)
-    samples: Mapped[int] = mapped_column(BigInteger)
-    steps: Mapped[int] = mapped_column(Integer)
+    peer_id: Mapped[str] = mapped_column(String(256))
+    worker_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("workers.worker_id"), nullable=True)
     epoch: Mapped[int] = mapped_column(Integer)
-    loss: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
     compute_seconds: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    loss: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    payload: Mapped[str] = mapped_column(Text)  # the signed canonical JSON
+    public_key: Mapped[str] = mapped_column(Text)  # base64 DER of the signer's key
+    signature: Mapped[str] = mapped_column(Text)  # base64
+    status: Mapped[str] = mapped_column(String(16))  # unverified | verified | disputed
+    status_reason: Mapped[str] = mapped_column(Text)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ProgressObservation(Base):
+    """What the coordinator saw of one peer's hivemind progress record for one shard and epoch."""
+
+    __tablename__ = "progress_observations"
+    __table_args__ = (UniqueConstraint("run_name", "shard", "peer_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
+    shard: Mapped[int] = mapped_column(Integer)
+    peer_id: Mapped[str] = mapped_column(String(256))
+    epoch: Mapped[int] = mapped_column(Integer)
+    samples_per_second: Mapped[float] = mapped_column(Float)  # highest seen at this epoch
+    samples_accumulated: Mapped[int] = mapped_column(BigInteger)  # highest seen at this epoch
+    key_bound: Mapped[bool] = mapped_column(Boolean)  # the DHT record was signed by the peer's identity key
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class AdapterVersion(Base):

@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 
 from coordinator.adapter_store import AdapterStore
+from coordinator.ledger import Ledger
+from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher
 from coordinator.registry import RunContext, RunRegistry
 from coordinator.service import CoordinatorService
@@ -42,6 +44,7 @@ class CoordinatorConfig:
     announce_host: str | None = None  # address other machines dial when host is 0.0.0.0
     publisher_poll_s: float = 1.0  # how often the publisher checks whether a run is due
     publish: bool = True  # run the periodic publisher (PublishNow works either way)
+    watch_interval_s: float = 2.0  # how often DHT progress is read to cross-check receipts
 
 
 class Coordinator:
@@ -55,8 +58,11 @@ class Coordinator:
         self.dht = start_dht(host=config.host, port=config.dht_port, announce_host=config.announce_host)
         self.initial_peers = visible_addresses(self.dht)
         self.publisher = Publisher(self.storage, self.registry, self.store, self.dht)
-        self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.initial_peers,
-                                          announce=self._announce)
+        self.watcher = ProgressWatcher(self.dht, self.storage, self.registry)
+        self.ledger = Ledger(self.storage, self.registry, refresh_shard=self.watcher.poll_shard)
+        self.watcher.ledger_recheck = self.ledger.recheck_unverified
+        self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.ledger,
+                                          self.initial_peers, announce=self._announce)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
@@ -80,6 +86,7 @@ class Coordinator:
         if self.config.publish:
             self.publisher.start(self.config.publisher_poll_s)
         self._announcer.start()
+        self.watcher.start(self.config.watch_interval_s)
         for record in self.storage.list_runs():  # re-announce runs after a restart
             self._announce(self.registry.context(record.name))
         logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
@@ -94,6 +101,7 @@ class Coordinator:
         self._stopped.set()
         self.server.stop(grace=2).wait()
         self.publisher.stop()
+        self.watcher.stop()
         self.dht.shutdown()
         self.storage.close()
 

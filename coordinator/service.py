@@ -11,11 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from coordinator.ledger import Ledger, SubmitResult
 from coordinator.publisher import PublishOutcome, Publisher
 from coordinator.registry import LaunchError, RunContext, RunRegistry
-from coordinator.storage import Storage, StorageError, UnknownRunError, UnknownWorkerError, VersionRecord, WorkerRecord
+from coordinator.storage import (
+    LeaderboardRow,
+    Storage,
+    UnknownRunError,
+    UnknownWorkerError,
+    VersionRecord,
+    WorkerRecord,
+)
 from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
 from swarm.data import data_slice
+from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
 
 LIVE_WINDOW_S = 60.0
@@ -56,9 +65,9 @@ class RunState:
 
 
 class CoordinatorService:
-    def __init__(self, storage: Storage, registry: RunRegistry, publisher: Publisher, initial_peers: list[str],
-                 announce=lambda context: None):
-        self.storage, self.registry, self.publisher = storage, registry, publisher
+    def __init__(self, storage: Storage, registry: RunRegistry, publisher: Publisher, ledger: Ledger,
+                 initial_peers: list[str], announce=lambda context: None):
+        self.storage, self.registry, self.publisher, self.ledger = storage, registry, publisher, ledger
         self.initial_peers = initial_peers
         self.announce = announce
 
@@ -106,21 +115,16 @@ class CoordinatorService:
         for start in range(0, len(texts), batch):
             yield texts[start : start + batch]
 
-    def report(self, worker_id: str, run_name: str, shard: int, samples: int, steps: int, epoch: int, loss: float,
-               compute_seconds: float) -> None:
-        context = self._context(run_name)
-        try:
-            worker = self.storage.get_worker(worker_id)
-        except UnknownWorkerError as exc:
-            raise RequestError(str(exc), not_found=True) from None
-        if shard not in worker.shards:
-            raise RequestError(f"worker {worker_id} is not assigned shard {shard} of run '{run_name}'")
-        if not 0 <= shard < context.spec.shards:
-            raise RequestError(f"run '{run_name}' has no shard {shard}")
-        try:
-            self.storage.add_contribution(worker_id, run_name, shard, samples, steps, epoch, loss, compute_seconds)
-        except (ValueError, StorageError) as exc:
-            raise RequestError(f"contribution refused: {exc}") from None
+    def submit_receipts(self, receipts: list[SignedReceipt]) -> list[SubmitResult]:
+        if not receipts:
+            raise RequestError("the batch holds no receipts")
+        return self.ledger.submit(receipts)
+
+    def leaderboard(self, run_name: str, include_unverified: bool = False) -> tuple[list[LeaderboardRow], int]:
+        """The run's contributors, and the total counted samples their shares refer to."""
+        self._context(run_name)
+        rows = [row for row in self.storage.leaderboard(run_name, include_unverified) if row.samples > 0]
+        return rows, sum(row.samples for row in rows)
 
     def leave(self, worker_id: str) -> None:
         try:

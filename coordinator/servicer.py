@@ -9,6 +9,7 @@ from coordinator.storage import UnknownRunError, VersionRecord
 from proto import coordinator_pb2 as pb
 from proto import coordinator_pb2_grpc as pb_grpc
 from swarm.log import get_logger
+from swarm.receipts import SignedReceipt
 
 logger = get_logger(__name__)
 
@@ -88,10 +89,25 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             yield pb.DataChunk(texts=texts)
 
     @_abort_on_request_errors
-    def ReportContribution(self, request, context):
-        self.service.report(request.worker_id, request.run_name, request.shard, request.samples, request.steps,
-                            request.epoch, request.loss, request.compute_seconds)
-        return pb.ReportAck(ok=True)
+    def SubmitReceipts(self, request, context):
+        receipts = [SignedReceipt(payload=r.payload, public_key=r.public_key, signature=r.signature)
+                    for r in request.receipts]
+        results = self.service.submit_receipts(receipts)
+        return pb.ReceiptResults(results=[
+            pb.ReceiptResult(receipt_id=r.receipt_id, status=r.status, message=r.message,
+                             verification=r.verification) for r in results])
+
+    @_abort_on_request_errors
+    def GetLeaderboard(self, request, context):
+        rows, total = self.service.leaderboard(request.run_name, request.include_unverified)
+        return pb.Leaderboard(
+            run_name=request.run_name, include_unverified=request.include_unverified, total_samples=total,
+            entries=[pb.LeaderboardEntry(
+                peer_id=row.peer_id, display_name=row.display_name, samples=row.samples,
+                verified_samples=row.verified_samples, compute_hours=row.compute_seconds / 3600.0,
+                share=row.samples / total if total else 0.0, last_seen=row.last_seen.isoformat(),
+                receipts=row.receipts, disputed_receipts=row.disputed_receipts) for row in rows],
+        )
 
     @_abort_on_request_errors
     def Leave(self, request, context):

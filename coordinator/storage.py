@@ -1,4 +1,5 @@
-"""The coordinator's storage: runs, workers, contributions and adapter versions behind one small interface.
+"""The coordinator's storage: runs, workers, contribution receipts, DHT progress observations and adapter versions
+behind one small interface.
 
 Everything outside this module sees frozen records and the exceptions defined here, never SQLAlchemy
 objects or errors. The schema lives in ``coordinator.schema`` and is created and upgraded with Alembic.
@@ -17,13 +18,13 @@ from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import case, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from coordinator.schema import AdapterVersion, Base, Contribution, Run, Worker
+from coordinator.schema import AdapterVersion, Base, ProgressObservation, Receipt, Run, Worker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -48,6 +49,17 @@ class UnknownWorkerError(StorageError):
 
 class VersionExistsError(StorageError):
     """This run already has an adapter version with this number."""
+
+
+class ReceiptConflictError(StorageError):
+    """A receipt id that is already stored with different content (a forged or replayed-and-altered receipt)."""
+
+
+class OverlappingReceiptError(StorageError):
+    """The receipt claims time the same peer already claimed on the same shard (double counting)."""
+
+
+RECEIPT_STATUSES = ("unverified", "verified", "disputed")
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,55 @@ class VersionRecord:
     base_eval_loss: float
     contributors: tuple[str, ...]
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class ReceiptRecord:
+    receipt_id: str
+    run_name: str
+    shard: int
+    peer_id: str
+    worker_id: str | None
+    epoch: int
+    steps: int
+    samples: int
+    tokens: int
+    compute_seconds: float
+    loss: float
+    started_at: datetime
+    ended_at: datetime
+    received_at: datetime
+    payload: str
+    public_key: str
+    signature: str
+    status: str
+    status_reason: str
+    checked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ObservationRecord:
+    run_name: str
+    shard: int
+    peer_id: str
+    epoch: int
+    samples_per_second: float
+    samples_accumulated: int
+    key_bound: bool
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    peer_id: str
+    display_name: str
+    samples: int  # counted samples (verified only, or verified + unverified)
+    verified_samples: int
+    compute_seconds: float  # of the counted receipts
+    receipts: int
+    disputed_receipts: int
+    last_seen: datetime
 
 
 def _utc_now() -> datetime:
@@ -279,6 +340,13 @@ class Storage:
         with self._transaction() as session:
             return _record(WorkerRecord, self._require_worker(session, worker_id))
 
+    def workers_of_peer(self, run_name: str, peer_id: str) -> list[WorkerRecord]:
+        """The peer's registrations in the run, newest first (a peer joins again after each restart)."""
+        with self._transaction() as session:
+            rows = session.scalars(select(Worker).where(Worker.run_name == run_name, Worker.peer_id == peer_id)
+                                   .order_by(Worker.joined_at.desc(), Worker.worker_id))
+            return [_record(WorkerRecord, row) for row in rows]
+
     def touch_worker(self, worker_id: str) -> None:
         """Record that the worker was just seen."""
         self._update_worker(worker_id, last_seen=self._now())
@@ -306,62 +374,207 @@ class Storage:
             )
             return [_record(WorkerRecord, row) for row in rows]
 
-    # Contributions
+    # Receipts
 
-    def add_contribution(self, worker_id: str, run_name: str, shard: int, samples: int, steps: int, epoch: int,
-                         loss: float, compute_seconds: float) -> None:
-        """Record training work by a worker of the run, and mark the worker as seen now.
+    def add_receipt(self, receipt: ReceiptRecord) -> tuple[ReceiptRecord, bool]:
+        """Store a verified-signature receipt (its ``received_at`` is set here); returns (stored, created).
 
-        ``ValueError`` for negative counts or a non-finite loss; nothing is stored then.
+        Idempotent by ``receipt_id``: the same receipt again returns the stored one with ``created=False``;
+        the same id with other content raises ``ReceiptConflictError``. A receipt whose interval overlaps
+        another receipt of the same peer and shard raises ``OverlappingReceiptError``. ``ValueError`` for
+        negative counts or non-finite numbers. Nothing is stored on any error.
         """
-        _require_non_negative(shard=shard, samples=samples, steps=steps, epoch=epoch, compute_seconds=compute_seconds)
-        _require_finite(loss=loss)
+        _require_non_negative(shard=receipt.shard, samples=receipt.samples, steps=receipt.steps,
+                              epoch=receipt.epoch, tokens=receipt.tokens, compute_seconds=receipt.compute_seconds)
+        _require_finite(loss=receipt.loss)
+        if receipt.status not in RECEIPT_STATUSES:
+            raise ValueError(f"status must be one of {RECEIPT_STATUSES}, got {receipt.status!r}")
+        started, ended = _require_utc(receipt.started_at, "started_at"), _require_utc(receipt.ended_at, "ended_at")
+        if ended < started:
+            raise ValueError(f"receipt interval ends ({ended}) before it starts ({started})")
         now = self._now()
+        values = {field.name: getattr(receipt, field.name) for field in fields(ReceiptRecord)}
+        values.update(started_at=started, ended_at=ended, received_at=now)
+        try:
+            with self._transaction() as session:
+                self._require_run(session, receipt.run_name)
+                existing = session.get(Receipt, receipt.receipt_id)
+                if existing is not None:
+                    return self._same_receipt(existing, receipt), False
+                overlapping = session.scalar(
+                    select(Receipt.receipt_id).where(
+                        Receipt.peer_id == receipt.peer_id, Receipt.shard == receipt.shard,
+                        Receipt.run_name == receipt.run_name, Receipt.started_at < ended, Receipt.ended_at > started,
+                    ).limit(1)
+                )
+                if overlapping is not None:
+                    raise OverlappingReceiptError(
+                        f"receipt {receipt.receipt_id} claims {started:%H:%M:%S}-{ended:%H:%M:%S} on shard "
+                        f"{receipt.shard}, which receipt {overlapping} of the same peer already claims")
+                if receipt.worker_id is not None:
+                    worker = self._require_worker(session, receipt.worker_id)
+                    if worker.run_name != receipt.run_name or worker.peer_id != receipt.peer_id:
+                        raise UnknownWorkerError(f"worker {receipt.worker_id!r} is not peer {receipt.peer_id} in "
+                                                 f"run {receipt.run_name!r}")
+                    worker.last_seen = now
+                row = Receipt(**values)
+                session.add(row)
+                session.flush()
+                return _record(ReceiptRecord, row), True
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+        # lost a race with a concurrent insert of the same receipt id
+        with self._transaction() as session:
+            existing = session.get(Receipt, receipt.receipt_id)
+            if existing is None:
+                raise StorageError(f"receipt {receipt.receipt_id} could not be stored") from None
+            return self._same_receipt(existing, receipt), False
+
+    @staticmethod
+    def _same_receipt(existing: Receipt, receipt: ReceiptRecord) -> ReceiptRecord:
+        if existing.payload != receipt.payload or existing.signature != receipt.signature:
+            raise ReceiptConflictError(f"receipt id {receipt.receipt_id} is already stored with different content")
+        return _record(ReceiptRecord, existing)
+
+    def get_receipt(self, receipt_id: str) -> ReceiptRecord | None:
+        with self._transaction() as session:
+            row = session.get(Receipt, receipt_id)
+            return None if row is None else _record(ReceiptRecord, row)
+
+    def list_receipts(self, run_name: str, *, peer_id: str | None = None, shard: int | None = None,
+                      status: str | None = None, received_since: datetime | None = None,
+                      limit: int | None = None) -> list[ReceiptRecord]:
+        """Receipts of the run, newest interval first, optionally filtered."""
+        conditions = [Receipt.run_name == run_name]
+        if peer_id is not None:
+            conditions.append(Receipt.peer_id == peer_id)
+        if shard is not None:
+            conditions.append(Receipt.shard == shard)
+        if status is not None:
+            conditions.append(Receipt.status == status)
+        if received_since is not None:
+            conditions.append(Receipt.received_at >= _require_utc(received_since, "received_since"))
+        query = select(Receipt).where(*conditions).order_by(Receipt.ended_at.desc(), Receipt.receipt_id)
         with self._transaction() as session:
             self._require_run(session, run_name)
-            worker = self._require_worker(session, worker_id)
-            if worker.run_name != run_name:
-                raise UnknownWorkerError(f"worker {worker_id!r} is not registered in run {run_name!r}")
-            worker.last_seen = now
-            session.add(Contribution(worker_id=worker_id, run_name=run_name, shard=int(shard), samples=int(samples),
-                                     steps=int(steps), epoch=int(epoch), loss=float(loss),
-                                     compute_seconds=float(compute_seconds), created_at=now))
+            return [_record(ReceiptRecord, row) for row in session.scalars(query.limit(limit))]
+
+    def set_receipt_status(self, receipt_id: str, status: str, reason: str) -> None:
+        if status not in RECEIPT_STATUSES:
+            raise ValueError(f"status must be one of {RECEIPT_STATUSES}, got {status!r}")
+        with self._transaction() as session:
+            result = session.execute(update(Receipt).where(Receipt.receipt_id == receipt_id)
+                                     .values(status=status, status_reason=reason, checked_at=self._now()))
+            if result.rowcount == 0:
+                raise StorageError(f"no receipt with id {receipt_id!r}")
 
     def _per_shard(self, run_name: str, aggregate) -> dict[int, int]:
-        """``aggregate`` (a SQL aggregate over Contribution) per shard; shards without contributions are absent."""
+        """``aggregate`` (a SQL aggregate over receipts that are not disputed) per shard; shards without
+        receipts are absent."""
         with self._transaction() as session:
             self._require_run(session, run_name)
             rows = session.execute(
-                select(Contribution.shard, aggregate)
-                .where(Contribution.run_name == run_name)
-                .group_by(Contribution.shard)
-                .order_by(Contribution.shard)
+                select(Receipt.shard, aggregate)
+                .where(Receipt.run_name == run_name, Receipt.status != "disputed")
+                .group_by(Receipt.shard)
+                .order_by(Receipt.shard)
             )
             return {int(shard): int(value) for shard, value in rows}
 
     def samples_by_shard(self, run_name: str) -> dict[int, int]:
-        """Total contributed samples per shard; shards without contributions are absent."""
-        return self._per_shard(run_name, func.sum(Contribution.samples))
+        """Samples of the receipts that are not disputed, per shard."""
+        return self._per_shard(run_name, func.sum(Receipt.samples))
 
     def latest_epoch_by_shard(self, run_name: str) -> dict[int, int]:
-        """The highest hivemind epoch any worker reported per shard; shards without contributions are absent."""
-        return self._per_shard(run_name, func.max(Contribution.epoch))
+        """The highest hivemind epoch a receipt (not disputed) reported, per shard."""
+        return self._per_shard(run_name, func.max(Receipt.epoch))
 
     def contributors_between(self, run_name: str, start: datetime | None, end: datetime) -> list[str]:
-        """Sorted distinct peer ids with contributions in ``(start, end]``; ``start=None`` means from the beginning."""
-        conditions = [Contribution.run_name == run_name, Contribution.created_at <= _require_utc(end, "end")]
+        """Sorted distinct peer ids with receipts (not disputed) received in ``(start, end]``; ``start=None``
+        means from the beginning."""
+        conditions = [Receipt.run_name == run_name, Receipt.received_at <= _require_utc(end, "end"),
+                      Receipt.status != "disputed"]
         if start is not None:
-            conditions.append(Contribution.created_at > _require_utc(start, "start"))
+            conditions.append(Receipt.received_at > _require_utc(start, "start"))
         with self._transaction() as session:
             self._require_run(session, run_name)
-            peers = session.scalars(
-                select(Worker.peer_id)
-                .join(Contribution, Contribution.worker_id == Worker.worker_id)
-                .where(*conditions)
-                .distinct()
-                .order_by(Worker.peer_id)
-            )
+            peers = session.scalars(select(Receipt.peer_id).where(*conditions).distinct().order_by(Receipt.peer_id))
             return list(peers)
+
+    def leaderboard(self, run_name: str, include_unverified: bool = False) -> list[LeaderboardRow]:
+        """Per contributor: counted samples (verified, plus unverified if asked), compute, receipts, last seen;
+        most counted samples first. Disputed receipts never count."""
+        counted = ("verified", "unverified") if include_unverified else ("verified",)
+        is_counted = Receipt.status.in_(counted)
+        with self._transaction() as session:
+            self._require_run(session, run_name)
+            rows = session.execute(
+                select(
+                    Receipt.peer_id,
+                    func.sum(case((is_counted, Receipt.samples), else_=0)),
+                    func.sum(case((Receipt.status == "verified", Receipt.samples), else_=0)),
+                    func.sum(case((is_counted, Receipt.compute_seconds), else_=0.0)),
+                    func.count(),
+                    func.sum(case((Receipt.status == "disputed", 1), else_=0)),
+                    func.max(Receipt.ended_at),
+                )
+                .where(Receipt.run_name == run_name)
+                .group_by(Receipt.peer_id)
+            ).all()
+            names = dict(session.execute(
+                select(Worker.peer_id, Worker.display_name).where(Worker.run_name == run_name)
+                .order_by(Worker.joined_at)
+            ).all())  # the newest registration's name wins
+        board = [
+            LeaderboardRow(peer_id=peer, display_name=names.get(peer, peer[:12]), samples=int(samples or 0),
+                           verified_samples=int(verified or 0), compute_seconds=float(compute or 0.0),
+                           receipts=int(count), disputed_receipts=int(disputed or 0), last_seen=last)
+            for peer, samples, verified, compute, count, disputed, last in rows
+        ]
+        return sorted(board, key=lambda row: (-row.samples, row.peer_id))
+
+    # Progress observations (what the swarm itself reported on the DHT)
+
+    def record_observation(self, run_name: str, shard: int, peer_id: str, epoch: int, samples_per_second: float,
+                           samples_accumulated: int, key_bound: bool) -> None:
+        """Remember that ``peer_id`` was seen at ``epoch`` of ``shard`` now, keeping the highest figures."""
+        _require_non_negative(shard=shard, epoch=epoch, samples_per_second=samples_per_second,
+                              samples_accumulated=samples_accumulated)
+        now = self._now()
+        key = dict(run_name=run_name, shard=int(shard), peer_id=peer_id, epoch=int(epoch))
+        with self._transaction() as session:
+            row = session.scalar(select(ProgressObservation).filter_by(**key))
+            if row is None:
+                session.add(ProgressObservation(**key, samples_per_second=float(samples_per_second),
+                                                samples_accumulated=int(samples_accumulated),
+                                                key_bound=bool(key_bound), first_seen=now, last_seen=now))
+                return
+            row.samples_per_second = max(row.samples_per_second, float(samples_per_second))
+            row.samples_accumulated = max(row.samples_accumulated, int(samples_accumulated))
+            row.key_bound = row.key_bound and bool(key_bound)
+            row.last_seen = now
+
+    def observations(self, run_name: str, shard: int, peer_id: str | None = None, start: datetime | None = None,
+                     end: datetime | None = None) -> list[ObservationRecord]:
+        """Observations of the shard (of one peer if given) whose seen interval meets ``[start, end]``."""
+        conditions = [ProgressObservation.run_name == run_name, ProgressObservation.shard == shard]
+        if peer_id is not None:
+            conditions.append(ProgressObservation.peer_id == peer_id)
+        if start is not None:
+            conditions.append(ProgressObservation.last_seen >= _require_utc(start, "start"))
+        if end is not None:
+            conditions.append(ProgressObservation.first_seen <= _require_utc(end, "end"))
+        with self._transaction() as session:
+            rows = session.scalars(select(ProgressObservation).where(*conditions)
+                                   .order_by(ProgressObservation.epoch, ProgressObservation.peer_id))
+            return [_record(ObservationRecord, row) for row in rows]
+
+    def highest_observed_epoch(self, run_name: str, shard: int) -> int | None:
+        with self._transaction() as session:
+            value = session.scalar(select(func.max(ProgressObservation.epoch)).where(
+                ProgressObservation.run_name == run_name, ProgressObservation.shard == shard))
+            return None if value is None else int(value)
 
     # Adapter versions
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proto/coordinator.proto\x12\tnomoat.v1\"%\n\x10LaunchRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\x9d\x01\n\x11LaunchRunResponse\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x04 \x01(\t\x12\x15\n\rtrain_samples\x18\x05 \x01(\x05\x12\x14\n\x0c\x65val_samples\x18\x06 \x01(\x05\"j\n\x0bJoinRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x12\n\nmax_shards\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\xf9\x01\n\nAssignment\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x11\n\tspec_hash\x18\x04 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x05 \x01(\t\x12\x0e\n\x06shards\x18\x06 \x03(\x05\x12\x15\n\rinitial_peers\x18\x07 \x03(\t\x12\x12\n\ndata_slice\x18\x08 \x01(\x05\x12\x13\n\x0b\x64\x61ta_slices\x18\t \x01(\x05\x12\x15\n\rslice_samples\x18\n \x01(\x05\x12\x19\n\x11report_interval_s\x18\x0b \x01(\x01\"8\n\x10\x44\x61taSliceRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x12\n\ndata_slice\x18\x02 \x01(\x05\"\x1a\n\tDataChunk\x12\r\n\x05texts\x18\x01 \x03(\t\"\x9e\x01\n\x12\x43ontributionReport\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x0f\n\x07samples\x18\x04 \x01(\x03\x12\r\n\x05steps\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x08 \x01(\x01\"(\n\tReportAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0cLeaveRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"R\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x14\n\x0clive_workers\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0f\n\x07samples\x18\x04 \x01(\x03\"\xb5\x01\n\x0bVersionInfo\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x11\n\teval_loss\x18\x06 \x01(\x01\x12\x16\n\x0e\x62\x61se_eval_loss\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x14\n\x0c\x63ontributors\x18\t \x03(\t\"\x80\x02\n\tRunStatus\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0e\n\x06shards\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x17\n\x0fsamples_trained\x18\x07 \x01(\x03\x12,\n\x0cshard_status\x18\x08 \x03(\x0b\x32\x16.nomoat.v1.ShardStatus\x12(\n\x08versions\x18\t \x03(\x0b\x32\x16.nomoat.v1.VersionInfo\x12\x14\n\x0clive_workers\x18\n \x01(\x05\"4\n\x0eStatusResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.nomoat.v1.RunStatus\"\"\n\x0ePublishRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"^\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07version\x18\x03 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\"0\n\x0bPullRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"7\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\nPullHeader\x12\'\n\x07version\x18\x01 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\x12#\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x14.nomoat.v1.FileEntry\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\tPullChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.nomoat.v1.PullHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.nomoat.v1.FileChunkH\x00\x42\t\n\x07payload2\x9d\x04\n\x0b\x43oordinator\x12\x46\n\tLaunchRun\x12\x1b.nomoat.v1.LaunchRunRequest\x1a\x1c.nomoat.v1.LaunchRunResponse\x12\x35\n\x04Join\x12\x16.nomoat.v1.JoinRequest\x1a\x15.nomoat.v1.Assignment\x12\x46\n\x0fStreamDataSlice\x12\x1b.nomoat.v1.DataSliceRequest\x1a\x14.nomoat.v1.DataChunk0\x01\x12I\n\x12ReportContribution\x12\x1d.nomoat.v1.ContributionReport\x1a\x14.nomoat.v1.ReportAck\x12\x36\n\x05Leave\x12\x17.nomoat.v1.LeaveRequest\x1a\x14.nomoat.v1.ReportAck\x12@\n\tGetStatus\x12\x18.nomoat.v1.StatusRequest\x1a\x19.nomoat.v1.StatusResponse\x12\x43\n\nPublishNow\x12\x19.nomoat.v1.PublishRequest\x1a\x1a.nomoat.v1.PublishResponse\x12=\n\x0bPullAdapter\x12\x16.nomoat.v1.PullRequest\x1a\x14.nomoat.v1.PullChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proto/coordinator.proto\x12\tnomoat.v1\"%\n\x10LaunchRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\x9d\x01\n\x11LaunchRunResponse\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x04 \x01(\t\x12\x15\n\rtrain_samples\x18\x05 \x01(\x05\x12\x14\n\x0c\x65val_samples\x18\x06 \x01(\x05\"j\n\x0bJoinRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x12\n\nmax_shards\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\xf9\x01\n\nAssignment\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x11\n\tspec_hash\x18\x04 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x05 \x01(\t\x12\x0e\n\x06shards\x18\x06 \x03(\x05\x12\x15\n\rinitial_peers\x18\x07 \x03(\t\x12\x12\n\ndata_slice\x18\x08 \x01(\x05\x12\x13\n\x0b\x64\x61ta_slices\x18\t \x01(\x05\x12\x15\n\rslice_samples\x18\n \x01(\x05\x12\x19\n\x11report_interval_s\x18\x0b \x01(\x01\"8\n\x10\x44\x61taSliceRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x12\n\ndata_slice\x18\x02 \x01(\x05\"\x1a\n\tDataChunk\x12\r\n\x05texts\x18\x01 \x03(\t\"G\n\rSignedReceipt\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\":\n\x0cReceiptBatch\x12*\n\x08receipts\x18\x01 \x03(\x0b\x32\x18.nomoat.v1.SignedReceipt\"Z\n\rReceiptResult\x12\x12\n\nreceipt_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cverification\x18\x04 \x01(\t\";\n\x0eReceiptResults\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.nomoat.v1.ReceiptResult\"B\n\x12LeaderboardRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x1a\n\x12include_unverified\x18\x02 \x01(\x08\"\xca\x01\n\x10LeaderboardEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\x18\n\x10verified_samples\x18\x04 \x01(\x03\x12\x15\n\rcompute_hours\x18\x05 \x01(\x01\x12\r\n\x05share\x18\x06 \x01(\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\t\x12\x10\n\x08receipts\x18\x08 \x01(\x05\x12\x19\n\x11\x64isputed_receipts\x18\t \x01(\x05\"\x80\x01\n\x0bLeaderboard\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x1a\n\x12include_unverified\x18\x02 \x01(\x08\x12\x15\n\rtotal_samples\x18\x03 \x01(\x03\x12,\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1b.nomoat.v1.LeaderboardEntry\"(\n\tReportAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0cLeaveRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"R\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x14\n\x0clive_workers\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0f\n\x07samples\x18\x04 \x01(\x03\"\xb5\x01\n\x0bVersionInfo\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x11\n\teval_loss\x18\x06 \x01(\x01\x12\x16\n\x0e\x62\x61se_eval_loss\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x14\n\x0c\x63ontributors\x18\t \x03(\t\"\x80\x02\n\tRunStatus\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0e\n\x06shards\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x17\n\x0fsamples_trained\x18\x07 \x01(\x03\x12,\n\x0cshard_status\x18\x08 \x03(\x0b\x32\x16.nomoat.v1.ShardStatus\x12(\n\x08versions\x18\t \x03(\x0b\x32\x16.nomoat.v1.VersionInfo\x12\x14\n\x0clive_workers\x18\n \x01(\x05\"4\n\x0eStatusResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.nomoat.v1.RunStatus\"\"\n\x0ePublishRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"^\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07version\x18\x03 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\"0\n\x0bPullRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"7\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\nPullHeader\x12\'\n\x07version\x18\x01 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\x12#\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x14.nomoat.v1.FileEntry\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\tPullChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.nomoat.v1.PullHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.nomoat.v1.FileChunkH\x00\x42\t\n\x07payload2\xe1\x04\n\x0b\x43oordinator\x12\x46\n\tLaunchRun\x12\x1b.nomoat.v1.LaunchRunRequest\x1a\x1c.nomoat.v1.LaunchRunResponse\x12\x35\n\x04Join\x12\x16.nomoat.v1.JoinRequest\x1a\x15.nomoat.v1.Assignment\x12\x46\n\x0fStreamDataSlice\x12\x1b.nomoat.v1.DataSliceRequest\x1a\x14.nomoat.v1.DataChunk0\x01\x12\x44\n\x0eSubmitReceipts\x12\x17.nomoat.v1.ReceiptBatch\x1a\x19.nomoat.v1.ReceiptResults\x12G\n\x0eGetLeaderboard\x12\x1d.nomoat.v1.LeaderboardRequest\x1a\x16.nomoat.v1.Leaderboard\x12\x36\n\x05Leave\x12\x17.nomoat.v1.LeaveRequest\x1a\x14.nomoat.v1.ReportAck\x12@\n\tGetStatus\x12\x18.nomoat.v1.StatusRequest\x1a\x19.nomoat.v1.StatusResponse\x12\x43\n\nPublishNow\x12\x19.nomoat.v1.PublishRequest\x1a\x1a.nomoat.v1.PublishResponse\x12=\n\x0bPullAdapter\x12\x16.nomoat.v1.PullRequest\x1a\x14.nomoat.v1.PullChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,36 +43,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASLICEREQUEST']._serialized_end=653
   _globals['_DATACHUNK']._serialized_start=655
   _globals['_DATACHUNK']._serialized_end=681
-  _globals['_CONTRIBUTIONREPORT']._serialized_start=684
-  _globals['_CONTRIBUTIONREPORT']._serialized_end=842
-  _globals['_REPORTACK']._serialized_start=844
-  _globals['_REPORTACK']._serialized_end=884
-  _globals['_LEAVEREQUEST']._serialized_start=886
-  _globals['_LEAVEREQUEST']._serialized_end=919
-  _globals['_STATUSREQUEST']._serialized_start=921
-  _globals['_STATUSREQUEST']._serialized_end=954
-  _globals['_SHARDSTATUS']._serialized_start=956
-  _globals['_SHARDSTATUS']._serialized_end=1038
-  _globals['_VERSIONINFO']._serialized_start=1041
-  _globals['_VERSIONINFO']._serialized_end=1222
-  _globals['_RUNSTATUS']._serialized_start=1225
-  _globals['_RUNSTATUS']._serialized_end=1481
-  _globals['_STATUSRESPONSE']._serialized_start=1483
-  _globals['_STATUSRESPONSE']._serialized_end=1535
-  _globals['_PUBLISHREQUEST']._serialized_start=1537
-  _globals['_PUBLISHREQUEST']._serialized_end=1571
-  _globals['_PUBLISHRESPONSE']._serialized_start=1573
-  _globals['_PUBLISHRESPONSE']._serialized_end=1667
-  _globals['_PULLREQUEST']._serialized_start=1669
-  _globals['_PULLREQUEST']._serialized_end=1717
-  _globals['_FILEENTRY']._serialized_start=1719
-  _globals['_FILEENTRY']._serialized_end=1774
-  _globals['_PULLHEADER']._serialized_start=1776
-  _globals['_PULLHEADER']._serialized_end=1866
-  _globals['_FILECHUNK']._serialized_start=1868
-  _globals['_FILECHUNK']._serialized_end=1923
-  _globals['_PULLCHUNK']._serialized_start=1925
-  _globals['_PULLCHUNK']._serialized_end=2027
-  _globals['_COORDINATOR']._serialized_start=2030
-  _globals['_COORDINATOR']._serialized_end=2571
+  _globals['_SIGNEDRECEIPT']._serialized_start=683
+  _globals['_SIGNEDRECEIPT']._serialized_end=754
+  _globals['_RECEIPTBATCH']._serialized_start=756
+  _globals['_RECEIPTBATCH']._serialized_end=814
+  _globals['_RECEIPTRESULT']._serialized_start=816
+  _globals['_RECEIPTRESULT']._serialized_end=906
+  _globals['_RECEIPTRESULTS']._serialized_start=908
+  _globals['_RECEIPTRESULTS']._serialized_end=967
+  _globals['_LEADERBOARDREQUEST']._serialized_start=969
+  _globals['_LEADERBOARDREQUEST']._serialized_end=1035
+  _globals['_LEADERBOARDENTRY']._serialized_start=1038
+  _globals['_LEADERBOARDENTRY']._serialized_end=1240
+  _globals['_LEADERBOARD']._serialized_start=1243
+  _globals['_LEADERBOARD']._serialized_end=1371
+  _globals['_REPORTACK']._serialized_start=1373
+  _globals['_REPORTACK']._serialized_end=1413
+  _globals['_LEAVEREQUEST']._serialized_start=1415
+  _globals['_LEAVEREQUEST']._serialized_end=1448
+  _globals['_STATUSREQUEST']._serialized_start=1450
+  _globals['_STATUSREQUEST']._serialized_end=1483
+  _globals['_SHARDSTATUS']._serialized_start=1485
+  _globals['_SHARDSTATUS']._serialized_end=1567
+  _globals['_VERSIONINFO']._serialized_start=1570
+  _globals['_VERSIONINFO']._serialized_end=1751
+  _globals['_RUNSTATUS']._serialized_start=1754
+  _globals['_RUNSTATUS']._serialized_end=2010
+  _globals['_STATUSRESPONSE']._serialized_start=2012
+  _globals['_STATUSRESPONSE']._serialized_end=2064
+  _globals['_PUBLISHREQUEST']._serialized_start=2066
+  _globals['_PUBLISHREQUEST']._serialized_end=2100
+  _globals['_PUBLISHRESPONSE']._serialized_start=2102
+  _globals['_PUBLISHRESPONSE']._serialized_end=2196
+  _globals['_PULLREQUEST']._serialized_start=2198
+  _globals['_PULLREQUEST']._serialized_end=2246
+  _globals['_FILEENTRY']._serialized_start=2248
+  _globals['_FILEENTRY']._serialized_end=2303
+  _globals['_PULLHEADER']._serialized_start=2305
+  _globals['_PULLHEADER']._serialized_end=2395
+  _globals['_FILECHUNK']._serialized_start=2397
+  _globals['_FILECHUNK']._serialized_end=2452
+  _globals['_PULLCHUNK']._serialized_start=2454
+  _globals['_PULLCHUNK']._serialized_end=2556
+  _globals['_COORDINATOR']._serialized_start=2559
+  _globals['_COORDINATOR']._serialized_end=3168
 # @@protoc_insertion_point(module_scope)

@@ -49,10 +49,15 @@ class CoordinatorStub:
                 request_serializer=proto_dot_coordinator__pb2.DataSliceRequest.SerializeToString,
                 response_deserializer=proto_dot_coordinator__pb2.DataChunk.FromString,
                 _registered_method=True)
-        self.ReportContribution = channel.unary_unary(
-                '/nomoat.v1.Coordinator/ReportContribution',
-                request_serializer=proto_dot_coordinator__pb2.ContributionReport.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.ReportAck.FromString,
+        self.SubmitReceipts = channel.unary_unary(
+                '/nomoat.v1.Coordinator/SubmitReceipts',
+                request_serializer=proto_dot_coordinator__pb2.ReceiptBatch.SerializeToString,
+                response_deserializer=proto_dot_coordinator__pb2.ReceiptResults.FromString,
+                _registered_method=True)
+        self.GetLeaderboard = channel.unary_unary(
+                '/nomoat.v1.Coordinator/GetLeaderboard',
+                request_serializer=proto_dot_coordinator__pb2.LeaderboardRequest.SerializeToString,
+                response_deserializer=proto_dot_coordinator__pb2.Leaderboard.FromString,
                 _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/nomoat.v1.Coordinator/Leave',
@@ -100,8 +105,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ReportContribution(self, request, context):
-        """What a worker trained since its previous report; doubles as a heartbeat.
+    def SubmitReceipts(self, request, context):
+        """Signed contribution receipts (swarm.receipts); each is accepted, a duplicate of a stored one (resending
+        is idempotent), or rejected with the reason. Accepting one also counts as the worker's heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLeaderboard(self, request, context):
+        """Contributors of a run with their verified (or also unverified) samples, compute and share.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,10 +166,15 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_coordinator__pb2.DataSliceRequest.FromString,
                     response_serializer=proto_dot_coordinator__pb2.DataChunk.SerializeToString,
             ),
-            'ReportContribution': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReportContribution,
-                    request_deserializer=proto_dot_coordinator__pb2.ContributionReport.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.ReportAck.SerializeToString,
+            'SubmitReceipts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitReceipts,
+                    request_deserializer=proto_dot_coordinator__pb2.ReceiptBatch.FromString,
+                    response_serializer=proto_dot_coordinator__pb2.ReceiptResults.SerializeToString,
+            ),
+            'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeaderboard,
+                    request_deserializer=proto_dot_coordinator__pb2.LeaderboardRequest.FromString,
+                    response_serializer=proto_dot_coordinator__pb2.Leaderboard.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
@@ -271,7 +289,7 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
-    def ReportContribution(request,
+    def SubmitReceipts(request,
             target,
             options=(),
             channel_credentials=None,
@@ -284,9 +302,36 @@ class Coordinator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nomoat.v1.Coordinator/ReportContribution',
-            proto_dot_coordinator__pb2.ContributionReport.SerializeToString,
-            proto_dot_coordinator__pb2.ReportAck.FromString,
+            '/nomoat.v1.Coordinator/SubmitReceipts',
+            proto_dot_coordinator__pb2.ReceiptBatch.SerializeToString,
+            proto_dot_coordinator__pb2.ReceiptResults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/GetLeaderboard',
+            proto_dot_coordinator__pb2.LeaderboardRequest.SerializeToString,
+            proto_dot_coordinator__pb2.Leaderboard.FromString,
             options,
             channel_credentials,
             insecure,

@@ -133,6 +133,8 @@ def donate(
     progress: bool = typer.Option(True, help="Show the live progress line."),
     save_lora: Optional[Path] = typer.Option(None, help="Save the final LoRA tensors here (torch.save)."),
     linger: float = typer.Option(0.0, help="After training, keep serving the averaged state this many seconds."),
+    outbox: Optional[Path] = typer.Option(None, help="Unsent-receipt file (default: beside the identity key)."),
+    drain_timeout: float = typer.Option(30.0, help="On exit, keep trying this long to deliver queued receipts."),
 ) -> None:
     """Donate compute: join a run and train its LoRA shards with the swarm."""
     from worker.donate import DonateConfig, donate as run_donate, install_stop_signals
@@ -144,7 +146,8 @@ def donate(
         coordinator=coordinator, run=run, name=name, device=device, max_shards=max_shards, host=host,
         announce_host=announce_host, client_mode=client_mode, identity=identity, wait_for_peers=wait_for_peers,
         limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
-        show_progress=progress, save_lora_to=save_lora, linger_s=linger,
+        show_progress=progress, save_lora_to=save_lora, linger_s=linger, outbox=outbox,
+        drain_timeout_s=drain_timeout,
     )
     try:
         summary = run_donate(config, stop)
@@ -154,6 +157,8 @@ def donate(
         _fail(str(exc))
     typer.echo(f"trained {summary.steps} steps ({summary.samples} samples), epochs {summary.epochs}, "
                f"last loss {summary.last_loss:.4f}, stopped by {summary.stopped_by}")
+    typer.echo("samples per shard: " + " ".join(f"{shard}={samples}"
+                                                for shard, samples in sorted(summary.samples_by_shard.items())))
 
 
 @app.command()
@@ -197,6 +202,32 @@ def status(
             typer.echo(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f} "
                        f"(base {version.base_eval_loss:.4f}), {len(version.contributors)} contributor(s), "
                        f"sha256 {version.sha256[:16]}...")
+
+
+@app.command()
+def leaderboard(
+    run: str = typer.Option(..., help="Run name."),
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    all_receipts: bool = typer.Option(False, "--all", help="Count unverified receipts too (never disputed ones)."),
+) -> None:
+    """Contributors of a run: verified samples, compute hours, share of the run, last seen."""
+    try:
+        with CoordinatorClient(coordinator) as client:
+            board = client.leaderboard(run, include_unverified=all_receipts)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    counted = "verified + unverified" if all_receipts else "verified"
+    typer.echo(f"run {run}: {board.total_samples} {counted} samples")
+    if not board.entries:
+        typer.echo("no contributions yet" if all_receipts else "no verified contributions yet (try --all)")
+        return
+    typer.echo(f"{'#':>3}  {'contributor':<20} {'peer id':<16} {'samples':>10} {'verified':>10} {'compute h':>9} "
+               f"{'share':>6}  last seen")
+    for rank, entry in enumerate(board.entries, start=1):
+        disputed = f"  ({entry.disputed_receipts} disputed)" if entry.disputed_receipts else ""
+        typer.echo(f"{rank:>3}  {entry.display_name[:20]:<20} {entry.peer_id[:14] + '..':<16} {entry.samples:>10} "
+                   f"{entry.verified_samples:>10} {entry.compute_hours:>9.4f} {entry.share:>6.1%}  "
+                   f"{entry.last_seen[:19]}{disputed}")
 
 
 @app.command()

@@ -15,6 +15,7 @@ import grpc
 
 from proto import coordinator_pb2 as pb
 from proto import coordinator_pb2_grpc as pb_grpc
+from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -79,8 +80,14 @@ class CoordinatorClient:
             texts.extend(chunk.texts)
         return texts
 
-    def report(self, report: pb.ContributionReport) -> pb.ReportAck:
-        return self._call("ReportContribution", report)
+    def submit_receipts(self, receipts: list[SignedReceipt], timeout: float | None = None) -> list[pb.ReceiptResult]:
+        batch = pb.ReceiptBatch(receipts=[pb.SignedReceipt(payload=r.payload, public_key=r.public_key,
+                                                           signature=r.signature) for r in receipts])
+        return list(self._call("SubmitReceipts", batch, timeout=timeout).results)
+
+    def leaderboard(self, run_name: str, include_unverified: bool = False) -> pb.Leaderboard:
+        return self._call("GetLeaderboard", pb.LeaderboardRequest(run_name=run_name,
+                                                                  include_unverified=include_unverified))
 
     def leave(self, worker_id: str) -> pb.ReportAck:
         return self._call("Leave", pb.LeaveRequest(worker_id=worker_id))

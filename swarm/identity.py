@@ -1,20 +1,30 @@
 """A worker's persistent identity: the private key its hivemind/libp2p daemon uses, so its contributor ID is
-its libp2p peer ID. Created on first use under the user's config directory.
+its libp2p peer ID. Created on first use under the user's config directory. The same key signs the worker's
+contribution receipts (``swarm.receipts``) and, in the worker process, hivemind's DHT records.
 
 Usage::
 
     identity = load_or_create_identity()          # ~/.config/nomoat/identity.key
-    identity.peer_id                              # "12D3KooW..."
+    identity.peer_id                              # "Qm..."
+    signature = identity.sign(b"payload")         # RSA PKCS#1 v1.5 over SHA-256
+    peer_id_of_public_key(identity.public_key_der) == identity.peer_id
     start_dht(initial_peers, identity_path=identity.path)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import multihash
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hivemind.p2p import P2P, PeerID
+from hivemind.proto import crypto_pb2
+from hivemind.utils.crypto import RSAPrivateKey
 
 
 def default_identity_path() -> Path:
@@ -22,10 +32,51 @@ def default_identity_path() -> Path:
     return config_home / "nomoat" / "identity.key"
 
 
+class IdentityError(ValueError):
+    """A key file, public key or signature that cannot be used."""
+
+
 @dataclass(frozen=True)
 class Identity:
     path: Path
     peer_id: str
+    private_key: rsa.RSAPrivateKey
+
+    @property
+    def public_key_der(self) -> bytes:
+        return self.private_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+    def as_hivemind_key(self) -> RSAPrivateKey:
+        """This key as hivemind's RSAPrivateKey, e.g. to sign the DHT records of hivemind's progress tracker."""
+        key = RSAPrivateKey.__new__(RSAPrivateKey)
+        key._private_key = self.private_key
+        return key
+
+
+def peer_id_of_public_key(public_key_der: bytes) -> str:
+    """The libp2p peer ID (base58) of an RSA public key in DER SubjectPublicKeyInfo form, as libp2p derives it."""
+    encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=public_key_der).SerializeToString()
+    digest = multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))
+    return PeerID(digest).to_base58()
+
+
+def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> bool:
+    """True if ``signature`` is the RSA PKCS#1 v1.5 / SHA-256 signature of ``data`` by this public key."""
+    try:
+        public_key = serialization.load_der_public_key(public_key_der)
+    except (ValueError, TypeError):
+        return False
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        return False
+    try:
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
 
 
 def load_or_create_identity(path: Path | None = None) -> Identity:
@@ -35,7 +86,14 @@ def load_or_create_identity(path: Path | None = None) -> Identity:
         P2P.generate_identity(str(path))
         path.chmod(0o600)
     try:
-        peer_id = PeerID.from_identity(path.read_bytes())
+        key_data = crypto_pb2.PrivateKey.FromString(path.read_bytes()).data
+        private_key = serialization.load_der_private_key(key_data, password=None)
     except Exception as exc:
-        raise ValueError(f"identity file {path} is not a libp2p private key: {exc}") from None
-    return Identity(path=path, peer_id=peer_id.to_base58())
+        raise IdentityError(f"identity file {path} is not a libp2p private key: {exc}") from None
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise IdentityError(f"identity file {path} holds a {type(private_key).__name__}; nomoat needs an RSA key")
+    identity = Identity(path=path, peer_id="", private_key=private_key)
+    peer_id = peer_id_of_public_key(identity.public_key_der)
+    # the daemon derives the same ID from the file; a mismatch would mean this code disagrees with libp2p
+    assert peer_id == PeerID.from_identity(path.read_bytes()).to_base58()
+    return Identity(path=path, peer_id=peer_id, private_key=private_key)

@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from hivemind.utils.crypto import RSAPrivateKey
 
-from proto import coordinator_pb2 as pb
 from swarm.client import CoordinatorClient
 from swarm.dht import start_dht
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 from swarm.model import pick_device
+from swarm.receipts import Receipt, sign_receipt
 from swarm.spec import RunSpec
 from worker.model_setup import build_run_model
+from worker.outbox import Outbox, OutboxSender
 from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
 from worker.training import ShardReport, TrainingLimits, TrainingLoop, TrainingSummary
 
@@ -48,6 +50,8 @@ class DonateConfig:
     show_progress: bool = True
     save_lora_to: Path | None = None  # write the final LoRA tensors here (torch.save), for inspection
     linger_s: float = 0.0  # after training, keep serving the averaged state to peers and the coordinator
+    outbox: Path | None = None  # unsent receipts (SQLite); default: outbox-<peer id>.sqlite beside the identity
+    drain_timeout_s: float = 30.0  # on exit, keep trying this long to deliver queued receipts
 
 
 def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
@@ -73,9 +77,14 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     # hivemind forks its DHT and averager processes; a live gRPC channel does not survive fork (its threads
     # and locks are copied mid-use and the children stall), so the channel is closed until they are started
     client.close()
+    # hivemind signs each peer's DHT progress records with a process-wide key; making it the identity key ties
+    # those records to this peer ID, which lets the coordinator cross-check receipts against them
+    RSAPrivateKey._process_wide_key = identity.as_hivemind_key()
     dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
                     announce_host=config.announce_host, identity_path=str(identity.path))
     optimizers = {}
+    outbox: Outbox | None = None
+    sender: OutboxSender | None = None
     try:
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht)
                       for shard in shards}
@@ -85,13 +94,21 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
             logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
                            config.wait_timeout_s)
 
+        # opened after hivemind forked its processes, like the gRPC channels
+        outbox = Outbox(config.outbox or identity.path.parent / f"outbox-{identity.peer_id}.sqlite",
+                        config.coordinator)
+        sender = OutboxSender(outbox, lambda: CoordinatorClient(config.coordinator),
+                              interval_s=assignment.report_interval_s or 5.0).start()
+        sender.kick()  # receipts left from an earlier session go first
+
         def send(reports: list[ShardReport]) -> None:
             for report in reports:
-                client.report(pb.ContributionReport(
-                    worker_id=assignment.worker_id, run_name=spec.name, shard=report.shard,
-                    samples=report.samples, steps=report.steps, epoch=report.epoch, loss=report.mean_loss,
-                    compute_seconds=report.compute_seconds,
-                ))
+                receipt = Receipt.new(run=spec.name, shard=report.shard, peer_id=identity.peer_id,
+                                      epoch=report.epoch, steps=report.steps, samples=report.samples,
+                                      tokens=report.tokens, compute_seconds=report.compute_seconds,
+                                      loss=report.mean_loss, started_at=report.started_at, ended_at=report.ended_at)
+                outbox.put(sign_receipt(receipt, identity))
+            sender.kick()
 
         loop = TrainingLoop(spec, run_model, optimizers, texts, device, on_report=send,
                             report_interval_s=assignment.report_interval_s or 5.0,
@@ -101,13 +118,17 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         if config.save_lora_to:
             torch.save({name: param.detach().cpu().clone() for name, param in run_model.model.named_parameters()
                         if "lora_" in name}, config.save_lora_to)
-        logger.info("stopped (%s) after %d steps, %d samples, epochs %s", summary.stopped_by, summary.steps,
-                    summary.samples, summary.epochs)
+        logger.info("stopped (%s) after %d steps, %d samples, epochs %s, samples per shard %s", summary.stopped_by,
+                    summary.steps, summary.samples, summary.epochs, summary.samples_by_shard)
         if config.linger_s > 0 and not stop.is_set():
             logger.info("serving the averaged state for %.0fs more", config.linger_s)
             stop.wait(config.linger_s)
         return summary
     finally:
+        if sender is not None:
+            sender.stop(config.drain_timeout_s)
+        if outbox is not None:
+            outbox.close()
         try:
             client.leave(assignment.worker_id)
         except Exception as exc:

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from swarm.data import iterate_batches
+from swarm.data import IGNORE_INDEX, iterate_batches
 from swarm.log import get_logger
 from swarm.spec import RunSpec
 from worker.model_setup import RunModel
@@ -47,6 +47,9 @@ class ShardReport:
     epoch: int = 0
     loss_sum: float = 0.0
     compute_seconds: float = 0.0
+    tokens: int = 0  # tokens that carried a loss
+    started_at: float = field(default_factory=time.time)  # unix time; the interval ends when it is reported
+    ended_at: float = 0.0
 
     @property
     def mean_loss(self) -> float:
@@ -59,6 +62,7 @@ class TrainingSummary:
     samples: int = 0
     last_loss: float = math.nan
     epochs: dict[int, int] = field(default_factory=dict)
+    samples_by_shard: dict[int, int] = field(default_factory=dict)  # samples each shard's optimizer accumulated
     stopped_by: str = ""
 
 
@@ -85,17 +89,21 @@ class TrainingLoop:
         self._pending = {shard: ShardReport(shard) for shard in optimizers}
 
     def _flush_reports(self) -> None:
-        reports = [report for report in self._pending.values() if report.steps]
+        now = time.time()
         for shard, optimizer in self.optimizers.items():
             self._pending[shard].epoch = optimizer.local_epoch
+            self._pending[shard].ended_at = now
+        reports = [report for report in self._pending.values() if report.steps]
         if not reports:
             return
         try:
             self.on_report(reports)
-        except Exception as exc:  # training never stops because the coordinator is unreachable
-            logger.warning("could not report contribution (will retry with the next report): %s", exc)
+        except Exception as exc:  # training never stops because reporting failed
+            logger.warning("could not record contribution (will retry with the next report): %s", exc)
             return
-        self._pending = {shard: ShardReport(shard, epoch=opt.local_epoch) for shard, opt in self.optimizers.items()}
+        # the next interval starts where this one ended, so a worker's intervals never overlap
+        self._pending = {shard: ShardReport(shard, epoch=opt.local_epoch, started_at=now)
+                         for shard, opt in self.optimizers.items()}
 
     def _done(self, limits: TrainingLimits, steps: int, started: float) -> str:
         if limits.max_steps is not None and steps >= limits.max_steps:
@@ -118,8 +126,9 @@ class TrainingLoop:
         logger.warning("trackers see fewer than %d peers after %.0fs; training on", self.sync_peers,
                        self.sync_timeout_s)
 
-    def _step_shards(self, limits: TrainingLimits, epoch_runner: ThreadPoolExecutor) -> None:
-        """Accumulate this microbatch into every training shard, then finish the epochs that are due.
+    def _step_shards(self, limits: TrainingLimits, epoch_runner: ThreadPoolExecutor) -> list[int]:
+        """Accumulate this microbatch into every training shard, then finish the epochs that are due; returns
+        the shards whose optimizer took this microbatch (a shard that had to catch up with its peers did not).
 
         A shard's epoch end blocks until its group has averaged. While one is in flight this keeps checking the
         others and starts each one that becomes due: a worker waiting in shard 0's round must still join shard
@@ -128,8 +137,7 @@ class TrainingLoop:
         # a shard that reached max_epochs stops stepping, so its parameters stay those of that epoch
         training = {shard: optimizer for shard, optimizer in self.optimizers.items()
                     if limits.max_epochs is None or optimizer.local_epoch < limits.max_epochs}
-        for optimizer in training.values():
-            optimizer.accumulate()
+        accumulated = [shard for shard, optimizer in training.items() if optimizer.accumulate()]
         for optimizer in self.optimizers.values():
             optimizer.zero_grad()
         in_flight: dict[int, Future] = {}
@@ -143,6 +151,7 @@ class TrainingLoop:
             wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
         for future in in_flight.values():
             future.result()
+        return accumulated
 
     def run(self, limits: TrainingLimits, stop: threading.Event | None = None) -> TrainingSummary:
         stop = stop or threading.Event()
@@ -160,17 +169,22 @@ class TrainingLoop:
                 step_started = time.monotonic()
                 loss = model(input_ids=input_ids.to(self.device), labels=labels.to(self.device)).loss
                 loss.backward()
-                self._step_shards(limits, epoch_runner)
+                trained = self._step_shards(limits, epoch_runner)
                 step_seconds = time.monotonic() - step_started
                 loss_value = float(loss.detach())
+                tokens = int((labels != IGNORE_INDEX).sum())
                 summary.steps += 1
                 summary.samples += self.spec.batch_size_per_step
                 summary.last_loss = loss_value
-                for shard, report in self._pending.items():
+                for shard in trained:
+                    report = self._pending[shard]
                     report.samples += self.spec.batch_size_per_step
                     report.steps += 1
+                    report.tokens += tokens
                     report.loss_sum += loss_value
-                    report.compute_seconds += step_seconds / len(self._pending)
+                    report.compute_seconds += step_seconds / len(trained)
+                    summary.samples_by_shard[shard] = summary.samples_by_shard.get(shard, 0) + \
+                        self.spec.batch_size_per_step
                 elapsed = max(time.monotonic() - started, 1e-9)
                 any_optimizer = next(iter(self.optimizers.values()))
                 progress.update(1)

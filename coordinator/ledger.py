@@ -1,0 +1,231 @@
+"""The contribution ledger's rules: which signed receipts the coordinator accepts, and how each accepted one is
+cross-checked against what the swarm itself published on the DHT (hivemind's progress records).
+
+Plain functions over ``Storage``; the gRPC servicer and the progress watcher call them.
+
+Usage::
+
+    ledger = Ledger(storage, registry, refresh_shard=watcher.poll_shard)
+    results = ledger.submit([signed_receipt, ...])    # [SubmitResult(receipt_id, "accepted", ""), ...]
+    ledger.recheck_unverified()                      # upgrade receipts as DHT evidence arrives
+"""
+
+from __future__ import annotations
+
+import base64
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Sequence
+
+from coordinator.registry import RunRegistry
+from coordinator.storage import (
+    ObservationRecord,
+    OverlappingReceiptError,
+    ReceiptConflictError,
+    ReceiptRecord,
+    Storage,
+    StorageError,
+    UnknownRunError,
+)
+from swarm.log import get_logger
+from swarm.receipts import Receipt, ReceiptError, SignedReceipt, verify_receipt
+
+logger = get_logger(__name__)
+
+ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
+
+
+@dataclass(frozen=True)
+class LedgerPolicy:
+    """What the coordinator accepts as plausible, and what counts as evidence."""
+
+    clock_skew_s: float = 120.0  # a receipt may end at most this far in the coordinator's future
+    compute_slack_s: float = 2.0  # compute_seconds may exceed the receipt's wall interval by this much
+    max_samples_per_second: float = 50_000.0  # absolute ceiling on a receipt's wall-clock throughput
+    throughput_factor: float = 4.0  # claimed throughput may exceed the peer's measured one by this factor
+    reference_receipts: int = 3  # prior receipts needed before their median throughput is the reference
+    epoch_slack: int = 1  # a receipt may claim this many epochs beyond the highest the swarm published
+    evidence_window_s: float = 30.0  # DHT observations this close to the interval count as evidence of it
+    recheck_for_s: float = 900.0  # unverified receipts are cross-checked again for this long
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    receipt_id: str
+    status: str  # accepted | duplicate | rejected
+    message: str = ""
+    verification: str = ""  # for accepted/duplicate: unverified | verified | disputed
+
+
+def _utc(unix_time: float) -> datetime:
+    return datetime.fromtimestamp(unix_time, tz=timezone.utc)
+
+
+def _wall_seconds(receipt: ReceiptRecord | Receipt) -> float:
+    if isinstance(receipt, Receipt):
+        return max(receipt.ended_at - receipt.started_at, 1e-3)
+    return max((receipt.ended_at - receipt.started_at).total_seconds(), 1e-3)
+
+
+def classify(receipt: ReceiptRecord, observations: Sequence[ObservationRecord],
+             policy: LedgerPolicy) -> tuple[str, str]:
+    """(status, reason) of a receipt given the DHT observations of its peer and shard around its interval."""
+    if not observations:
+        return "unverified", "no progress record of this peer on this shard in the DHT during the interval"
+    epochs = [observation.epoch for observation in observations]
+    before = [o.epoch for o in observations if o.last_seen < receipt.started_at]
+    after = [o.epoch for o in observations if o.first_seen > receipt.ended_at]
+    if before and receipt.epoch < max(before) - policy.epoch_slack:
+        return "disputed", (f"claims epoch {receipt.epoch}, but the peer's DHT records already showed epoch "
+                            f"{max(before)} before the interval")
+    if receipt.epoch > max(epochs) + policy.epoch_slack:
+        if after:  # seen after the interval, still short of the epoch it claims to have reached
+            return "disputed", (f"claims epoch {receipt.epoch}; the peer's DHT records show at most epoch "
+                                f"{max(epochs)}, even after the interval")
+        return "unverified", f"claims epoch {receipt.epoch}; the DHT shows epoch {max(epochs)} so far"
+    observed_rate = max(observation.samples_per_second for observation in observations)
+    claimed_rate = receipt.samples / _wall_seconds(receipt)
+    if observed_rate > 0 and claimed_rate > observed_rate * policy.throughput_factor:
+        return "disputed", (f"claims {claimed_rate:.1f} samples/s; the peer's DHT records show at most "
+                            f"{observed_rate:.1f}")
+    if not all(observation.key_bound for observation in observations):
+        return "unverified", "the peer's DHT records are not signed by its identity key"
+    return "verified", f"matches the peer's DHT records (epochs {min(epochs)}-{max(epochs)})"
+
+
+class Ledger:
+    def __init__(self, storage: Storage, registry: RunRegistry, policy: LedgerPolicy | None = None,
+                 refresh_shard: Callable[[str, int], None] = lambda run, shard: None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.storage, self.registry = storage, registry
+        self.policy = policy or LedgerPolicy()
+        self.refresh_shard = refresh_shard  # read the shard's DHT progress now (the watcher's poll)
+        self.clock = clock
+
+    def submit(self, receipts: Sequence[SignedReceipt]) -> list[SubmitResult]:
+        return [self._submit_one(signed) for signed in receipts]
+
+    def _submit_one(self, signed: SignedReceipt) -> SubmitResult:
+        try:
+            receipt = verify_receipt(signed)
+        except ReceiptError as exc:
+            return SubmitResult(_receipt_id_of(signed), REJECTED, str(exc))
+        try:
+            worker_id = self._check_plausible(receipt)
+        except ReceiptError as exc:
+            return SubmitResult(receipt.receipt_id, REJECTED, f"receipt {receipt.receipt_id} refused: {exc}")
+        record = ReceiptRecord(
+            receipt_id=receipt.receipt_id, run_name=receipt.run, shard=receipt.shard, peer_id=receipt.peer_id,
+            worker_id=worker_id, epoch=receipt.epoch, steps=receipt.steps, samples=receipt.samples,
+            tokens=receipt.tokens, compute_seconds=receipt.compute_seconds, loss=receipt.loss,
+            started_at=_utc(receipt.started_at), ended_at=_utc(receipt.ended_at), received_at=self.clock(),
+            payload=signed.payload.decode(), public_key=base64.b64encode(signed.public_key).decode(),
+            signature=base64.b64encode(signed.signature).decode(), status="unverified", status_reason="",
+            checked_at=None,
+        )
+        status, reason = classify(record, self._evidence(record), self.policy)
+        try:
+            stored, created = self.storage.add_receipt(
+                ReceiptRecord(**{**record.__dict__, "status": status, "status_reason": reason}))
+        except (ReceiptConflictError, OverlappingReceiptError) as exc:
+            return SubmitResult(receipt.receipt_id, REJECTED, str(exc))
+        except (ValueError, StorageError) as exc:
+            return SubmitResult(receipt.receipt_id, REJECTED, f"receipt {receipt.receipt_id} refused: {exc}")
+        return SubmitResult(receipt.receipt_id, ACCEPTED if created else DUPLICATE, stored.status_reason,
+                            stored.status)
+
+    def _check_plausible(self, receipt: Receipt) -> str | None:
+        """The id of the worker registration the receipt belongs to; ``ReceiptError`` if it is implausible."""
+        policy = self.policy
+        try:
+            spec = self.registry.context(receipt.run).spec
+        except UnknownRunError:
+            raise ReceiptError(f"no run named {receipt.run!r}") from None
+        if not 0 <= receipt.shard < spec.shards:
+            raise ReceiptError(f"run {receipt.run!r} has no shard {receipt.shard}")
+        for name in ("epoch", "steps", "samples", "tokens"):
+            if getattr(receipt, name) < 0:
+                raise ReceiptError(f"{name} must be >= 0, got {getattr(receipt, name)}")
+        if receipt.compute_seconds < 0:
+            raise ReceiptError(f"compute_seconds must be >= 0, got {receipt.compute_seconds}")
+        registrations = self.storage.workers_of_peer(receipt.run, receipt.peer_id)
+        if not registrations:
+            raise ReceiptError(f"peer {receipt.peer_id} never joined run {receipt.run!r}")
+        worker = next((w for w in registrations if receipt.shard in w.shards), None)
+        if worker is None:
+            raise ReceiptError(f"peer {receipt.peer_id} was never assigned shard {receipt.shard}")
+        now = self.clock().timestamp()
+        if receipt.ended_at < receipt.started_at:
+            raise ReceiptError("the interval ends before it starts")
+        if receipt.ended_at > now + policy.clock_skew_s:
+            raise ReceiptError(f"the interval ends {receipt.ended_at - now:.0f}s in the future")
+        if receipt.started_at < min(w.joined_at for w in registrations).timestamp() - policy.clock_skew_s:
+            raise ReceiptError("the interval starts before the peer joined the run")
+        wall = _wall_seconds(receipt)
+        if receipt.compute_seconds > wall + policy.compute_slack_s:
+            raise ReceiptError(f"{receipt.compute_seconds:.1f}s of compute in a {wall:.1f}s interval")
+        if receipt.samples > spec.batch_size_per_step * max(receipt.steps, 0):
+            raise ReceiptError(f"{receipt.samples} samples in {receipt.steps} steps of at most "
+                               f"{spec.batch_size_per_step}")
+        rate = receipt.samples / wall
+        if rate > policy.max_samples_per_second:
+            raise ReceiptError(f"{rate:.0f} samples/s is beyond any worker (limit {policy.max_samples_per_second:.0f})")
+        reference = self._reference_rate(receipt)
+        allowed = (reference or 0.0) * policy.throughput_factor * wall + 2 * spec.batch_size_per_step
+        if reference is not None and receipt.samples > allowed:
+            raise ReceiptError(f"{receipt.samples} samples in {wall:.1f}s is far beyond the peer's measured "
+                               f"throughput of {reference:.1f} samples/s")
+        highest = self._highest_epoch(receipt)
+        if highest is not None and receipt.epoch > highest + policy.epoch_slack:
+            raise ReceiptError(f"epoch {receipt.epoch} of shard {receipt.shard} was never reached (the swarm "
+                               f"published epoch {highest} at most)")
+        return worker.worker_id
+
+    def _reference_rate(self, receipt: Receipt) -> float | None:
+        """The peer's measured throughput on this shard: the DHT's figure if any, else its receipts' median."""
+        observed = self.storage.observations(receipt.run, receipt.shard, receipt.peer_id)
+        rates = [observation.samples_per_second for observation in observed if observation.samples_per_second > 0]
+        if rates:
+            return max(rates)
+        history = self.storage.list_receipts(receipt.run, peer_id=receipt.peer_id, shard=receipt.shard,
+                                             limit=50)
+        history = [record for record in history if record.status != "disputed" and record.samples > 0]
+        if len(history) < self.policy.reference_receipts:
+            return None
+        return statistics.median(record.samples / _wall_seconds(record) for record in history)
+
+    def _highest_epoch(self, receipt: Receipt) -> int | None:
+        highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
+        if highest is None or receipt.epoch > highest + self.policy.epoch_slack:
+            try:
+                self.refresh_shard(receipt.run, receipt.shard)
+            except Exception as exc:  # the DHT being slow must not lose a receipt
+                logger.warning("could not read shard %d of %s from the DHT: %s", receipt.shard, receipt.run, exc)
+            highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
+        return highest
+
+    def _evidence(self, receipt: ReceiptRecord) -> list[ObservationRecord]:
+        window = timedelta(seconds=self.policy.evidence_window_s)
+        return self.storage.observations(receipt.run_name, receipt.shard, receipt.peer_id,
+                                         start=receipt.started_at - window, end=receipt.ended_at + window)
+
+    def recheck_unverified(self, run_name: str) -> int:
+        """Cross-check the run's recent unverified receipts again; returns how many changed status."""
+        since = self.clock() - timedelta(seconds=self.policy.recheck_for_s)
+        changed = 0
+        for receipt in self.storage.list_receipts(run_name, status="unverified", received_since=since):
+            status, reason = classify(receipt, self._evidence(receipt), self.policy)
+            if status != receipt.status:
+                self.storage.set_receipt_status(receipt.receipt_id, status, reason)
+                changed += 1
+                if status == "disputed":
+                    logger.warning("receipt %s of %s disputed: %s", receipt.receipt_id, receipt.peer_id, reason)
+        return changed
+
+
+def _receipt_id_of(signed: SignedReceipt) -> str:
+    try:
+        return Receipt.from_payload(signed.payload).receipt_id
+    except ReceiptError:
+        return ""
