@@ -43,7 +43,10 @@ class LedgerPolicy:
     clock_skew_s: float = 120.0  # a receipt may end at most this far in the coordinator's future
     compute_slack_s: float = 2.0  # compute_seconds may exceed the receipt's wall interval by this much
     max_samples_per_second: float = 50_000.0  # absolute ceiling on a receipt's wall-clock throughput
-    throughput_factor: float = 4.0  # claimed throughput may exceed the peer's measured one by this factor
+    # hivemind's samples/s is an EMA that starts low (its first interval includes waiting for peers), so the
+    # factors are generous: a receipt is disputed above 6x the peer's DHT figure and refused above 10x
+    throughput_factor: float = 6.0  # cross-check: claimed throughput may exceed the DHT's figure by this factor
+    reject_factor: float = 10.0  # on receipt: claimed samples may exceed the measured throughput by this factor
     reference_receipts: int = 3  # prior receipts needed before their median throughput is the reference
     epoch_slack: int = 1  # a receipt may claim this many epochs beyond the highest the swarm published
     evidence_window_s: float = 30.0  # DHT observations this close to the interval count as evidence of it
@@ -96,11 +99,11 @@ def classify(receipt: ReceiptRecord, observations: Sequence[ObservationRecord],
 
 class Ledger:
     def __init__(self, storage: Storage, registry: RunRegistry, policy: LedgerPolicy | None = None,
-                 refresh_shard: Callable[[str, int], None] = lambda run, shard: None,
+                 refresh_shard: Callable[[str, int], int] = lambda run, shard: 0,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.storage, self.registry = storage, registry
         self.policy = policy or LedgerPolicy()
-        self.refresh_shard = refresh_shard  # read the shard's DHT progress now (the watcher's poll)
+        self.refresh_shard = refresh_shard  # read the shard's DHT progress now; returns peers seen (watcher's poll)
         self.clock = clock
 
     def submit(self, receipts: Sequence[SignedReceipt]) -> list[SubmitResult]:
@@ -172,19 +175,22 @@ class Ledger:
         if rate > policy.max_samples_per_second:
             raise ReceiptError(f"{rate:.0f} samples/s is beyond any worker (limit {policy.max_samples_per_second:.0f})")
         reference = self._reference_rate(receipt)
-        allowed = (reference or 0.0) * policy.throughput_factor * wall + 2 * spec.batch_size_per_step
+        allowed = (reference or 0.0) * policy.reject_factor * wall + 2 * spec.batch_size_per_step
         if reference is not None and receipt.samples > allowed:
             raise ReceiptError(f"{receipt.samples} samples in {wall:.1f}s is far beyond the peer's measured "
                                f"throughput of {reference:.1f} samples/s")
-        highest = self._highest_epoch(receipt)
-        if highest is not None and receipt.epoch > highest + policy.epoch_slack:
+        if receipt.epoch > self._highest_epoch(receipt) + policy.epoch_slack:
             raise ReceiptError(f"epoch {receipt.epoch} of shard {receipt.shard} was never reached (the swarm "
-                               f"published epoch {highest} at most)")
+                               f"published epoch {self._highest_epoch(receipt)} at most)")
         return worker.worker_id
 
     def _reference_rate(self, receipt: Receipt) -> float | None:
-        """The peer's measured throughput on this shard: the DHT's figure if any, else its receipts' median."""
-        observed = self.storage.observations(receipt.run, receipt.shard, receipt.peer_id)
+        """The peer's measured throughput on this shard: the DHT's figure around the interval if any, else the
+        median of its earlier receipts."""
+        window = timedelta(seconds=self.policy.evidence_window_s)
+        observed = self.storage.observations(receipt.run, receipt.shard, receipt.peer_id,
+                                             start=_utc(receipt.started_at) - window,
+                                             end=_utc(receipt.ended_at) + window)
         rates = [observation.samples_per_second for observation in observed if observation.samples_per_second > 0]
         if rates:
             return max(rates)
@@ -195,15 +201,19 @@ class Ledger:
             return None
         return statistics.median(record.samples / _wall_seconds(record) for record in history)
 
-    def _highest_epoch(self, receipt: Receipt) -> int | None:
+    def _highest_epoch(self, receipt: Receipt) -> float:
+        """The highest epoch the shard's swarm has published; infinite when the coordinator cannot tell (it sees
+        no progress record of the shard right now, e.g. just after a restart), so nothing is refused blindly."""
         highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
-        if highest is None or receipt.epoch > highest + self.policy.epoch_slack:
-            try:
-                self.refresh_shard(receipt.run, receipt.shard)
-            except Exception as exc:  # the DHT being slow must not lose a receipt
-                logger.warning("could not read shard %d of %s from the DHT: %s", receipt.shard, receipt.run, exc)
-            highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
-        return highest
+        if highest is not None and receipt.epoch <= highest + self.policy.epoch_slack:
+            return highest
+        try:
+            seen_now = self.refresh_shard(receipt.run, receipt.shard)
+        except Exception as exc:  # the DHT being slow must not lose a receipt
+            logger.warning("could not read shard %d of %s from the DHT: %s", receipt.shard, receipt.run, exc)
+            seen_now = 0
+        highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
+        return highest if seen_now and highest is not None else float("inf")
 
     def _evidence(self, receipt: ReceiptRecord) -> list[ObservationRecord]:
         window = timedelta(seconds=self.policy.evidence_window_s)

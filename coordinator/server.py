@@ -9,12 +9,14 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import hivemind
 
 from coordinator.adapter_store import AdapterStore
 from coordinator.ledger import Ledger
@@ -26,7 +28,8 @@ from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
 from proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CHANNEL_OPTIONS
-from swarm.dht import RunAnnouncement, announce_run, start_dht, visible_addresses
+from swarm.dht import RunAnnouncement, announce_run, connected_peer_addresses, start_dht, visible_addresses
+from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 
 logger = get_logger(__name__)
@@ -55,7 +58,8 @@ class Coordinator:
         self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
         self.store = AdapterStore(data_dir / "store")
         self.registry = RunRegistry(self.storage)
-        self.dht = start_dht(host=config.host, port=config.dht_port, announce_host=config.announce_host)
+        self.peer_book = data_dir / "dht_peers.json"
+        self.dht = self._start_dht(data_dir)
         self.initial_peers = visible_addresses(self.dht)
         self.publisher = Publisher(self.storage, self.registry, self.store, self.dht)
         self.watcher = ProgressWatcher(self.dht, self.storage, self.registry)
@@ -71,15 +75,52 @@ class Coordinator:
         public_host = config.announce_host or config.host
         self.address = f"{public_host}:{bound}"
         self._stopped = threading.Event()
-        self._announcer = threading.Thread(target=self._announce_loop, name="announcer", daemon=True)
+        self._announcer = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
+
+    def _start_dht(self, data_dir: Path) -> hivemind.DHT:
+        """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
+        connected to: workers forget a peer that stopped answering, so a restarted coordinator must find them."""
+        config = self.config
+        identity = str(load_or_create_identity(data_dir / "dht_identity.key").path)
+        known = []
+        if self.peer_book.is_file():
+            try:
+                known = list(json.loads(self.peer_book.read_text()))
+            except (OSError, ValueError) as exc:
+                logger.warning("ignoring unreadable peer book %s: %s", self.peer_book, exc)
+        if known:
+            try:
+                dht = start_dht(known, host=config.host, port=config.dht_port, announce_host=config.announce_host,
+                                identity_path=identity)
+                logger.info("rejoined the swarm through %d known peer address(es)", len(known))
+                return dht
+            except Exception as exc:  # none of them is up any more: start a new swarm
+                logger.info("no known peer answered (%s); starting without them", str(exc).splitlines()[-1])
+        return start_dht(host=config.host, port=config.dht_port, announce_host=config.announce_host,
+                         identity_path=identity)
+
+    def _save_peer_book(self) -> None:
+        peers = connected_peer_addresses(self.dht)
+        if peers:
+            partial = self.peer_book.with_suffix(".partial")
+            partial.write_text(json.dumps(peers))
+            partial.replace(self.peer_book)
 
     def _announce(self, context: RunContext) -> None:
         announce_run(self.dht, RunAnnouncement(context.spec.name, context.spec.content_hash, self.address))
 
-    def _announce_loop(self) -> None:
-        while not self._stopped.wait(60.0):
-            for record in self.storage.list_runs():
-                self._announce(self.registry.context(record.name))
+    def _housekeeping_loop(self) -> None:
+        """Every 5 s remember the connected DHT peers; every 60 s re-announce the runs."""
+        ticks = 0
+        while not self._stopped.wait(5.0):
+            ticks += 1
+            try:
+                self._save_peer_book()
+                if ticks % 12 == 0:
+                    for record in self.storage.list_runs():
+                        self._announce(self.registry.context(record.name))
+            except Exception as exc:  # housekeeping must never stop the coordinator
+                logger.warning("housekeeping failed: %s", exc)
 
     def start(self) -> "Coordinator":
         self.server.start()

@@ -59,6 +59,15 @@ def start_dht(
     return hivemind.DHT(initial_peers=list(initial_peers), start=True, **kwargs)
 
 
+async def _connected_peers(dht: hivemind.DHT, node) -> list[str]:
+    return [f"{address}/p2p/{info.peer_id}" for info in await node.p2p.list_peers() for address in info.addrs]
+
+
+def connected_peer_addresses(dht: hivemind.DHT) -> list[str]:
+    """Multiaddrs (with /p2p/<peer id>) of the peers this DHT peer is connected to right now."""
+    return sorted(dht.run_coroutine(_connected_peers))
+
+
 def visible_addresses(dht: hivemind.DHT) -> list[str]:
     """Multiaddrs (with /p2p/<peer id>) other peers use as ``initial_peers``; loopback last."""
     addresses = [str(maddr) for maddr in dht.get_visible_maddrs()]

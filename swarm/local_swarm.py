@@ -45,14 +45,17 @@ class LocalSwarm:
         return subprocess.Popen(CLI + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
 
-    def start_coordinator(self, extra: list[str] = (), timeout: float = 120.0) -> str:
-        port = free_port()
+    def start_coordinator(self, extra: list[str] = (), timeout: float = 120.0, port: int | None = None) -> str:
+        """Start the coordinator (on ``port``, or a free one) and return its address once it serves.
+        Starting it again on the same port and data dir is a restart."""
+        port = port or free_port()
+        log = self.workdir / "coordinator.log"
+        already = len(log.read_text(errors="replace")) if log.exists() else 0
         self.coordinator = self._spawn(["coordinator", "--data-dir", str(self.workdir / "coordinator"),
                                         "--port", str(port), *extra], "coordinator.log")
-        log = self.workdir / "coordinator.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = log.read_text(errors="replace") if log.exists() else ""
+            text = log.read_text(errors="replace")[already:] if log.exists() else ""
             match = re.search(r"^coordinator: (\S+)$", text, re.MULTILINE)
             if match:
                 return match.group(1)
@@ -77,6 +80,15 @@ class LocalSwarm:
             except subprocess.TimeoutExpired:
                 raise RuntimeError(f"a worker did not finish within {timeout:.0f}s; logs in {self.workdir}") from None
         return codes
+
+    def kill_coordinator(self) -> None:
+        """SIGKILL the coordinator and everything it started (a crash, not a clean stop)."""
+        if self.coordinator is not None:
+            try:
+                os.killpg(self.coordinator.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.coordinator.wait()
 
     def log(self, name: str) -> str:
         path = self.workdir / name

@@ -38,7 +38,9 @@ class Server:
     def __init__(self, db_url: str, port: int):
         self.storage = Storage(db_url)
         self.registry = RunRegistry(self.storage)
-        self.ledger = Ledger(self.storage, self.registry)
+        # the DHT view the ledger refreshes on demand is what the progress watcher recorded in storage
+        self.ledger = Ledger(self.storage, self.registry,
+                             refresh_shard=lambda run, shard: len(self.storage.observations(run, shard)))
         service = CoordinatorService(self.storage, self.registry, publisher=None, ledger=self.ledger,
                                      initial_peers=[])
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -151,6 +153,12 @@ def test_implausible_receipts_are_refused_with_the_reason(server, alice, overrid
     assert _samples(server) == {}
 
 
+def test_a_coordinator_blind_to_the_dht_accepts_high_epochs_unverified(server, alice):
+    _join(server, alice)  # no progress record of the shard is visible (as right after a restart)
+    [result] = _submit(server, sign_receipt(_receipt(alice, time.time() - 20, epoch=7), alice))
+    assert (result.status, result.verification) == ("accepted", "unverified")
+
+
 def test_refused_peers_times_and_overlaps(server, alice, mallory):
     _join(server, alice, shards=(0,))
     now = time.time()
@@ -170,11 +178,11 @@ def test_refused_peers_times_and_overlaps(server, alice, mallory):
 
 def test_samples_beyond_measured_throughput_are_refused(server, alice):
     _join(server, alice)
-    # the DHT shows alice at 3.2 samples/s; 10 s at 4x that is ~128 samples (plus two batches of slack)
+    # the DHT shows alice at 3.2 samples/s; 10 s at 10x that is 320 samples (plus two batches of slack)
     server.storage.record_observation(RUN, 0, alice.peer_id, 0, 3.2, 16, True)
     start = time.time() - 20
     ok = sign_receipt(_receipt(alice, start, steps=4, samples=32), alice)
-    too_many = sign_receipt(_receipt(alice, start + 10, steps=40, samples=320), alice)
+    too_many = sign_receipt(_receipt(alice, start + 10, steps=50, samples=400), alice)
     results = _submit(server, ok, too_many)
     assert [r.status for r in results] == ["accepted", "rejected"]
     assert "far beyond the peer's measured throughput of 3.2 samples/s" in results[1].message
