@@ -27,3 +27,47 @@ def reap_children():
             child.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+# Databases: every storage-backed test that takes ``db_url`` runs on SQLite, and on PostgreSQL when a server
+# answers at 127.0.0.1:5432 (database ``test``, trust auth) and psycopg is installed; .ci/run starts it.
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_unavailable_reason() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'psycopg[binary]')"
+    try:
+        psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=2).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL at {POSTGRES_URL}: {' '.join(str(exc).split())}"
+    return None
+
+
+PG_SKIP = _postgres_unavailable_reason()
+_POSTGRES_PARAM = pytest.param("postgresql", marks=pytest.mark.skipif(PG_SKIP is not None, reason=str(PG_SKIP)))
+
+
+@pytest.fixture(params=["sqlite", _POSTGRES_PARAM])
+def db_url(request: pytest.FixtureRequest, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'coordinator.db'}"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    # A fresh schema per test, first on the search path, keeps tests (and their alembic_version) apart.
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -122,6 +122,17 @@ def test_status_reports_workers_samples_and_versions(swarm):
     assert len(run.versions[0].contributors) == 2
 
 
+def test_leaderboard_credits_both_workers_with_dht_verified_receipts(swarm):
+    with CoordinatorClient(swarm["address"]) as client:
+        everything = client.leaderboard(RUN, include_unverified=True)
+        samples_trained = client.status(RUN).runs[0].samples_trained
+    assert len(everything.entries) == 2 and everything.total_samples == samples_trained
+    assert sum(entry.share for entry in everything.entries) == pytest.approx(1.0)
+    assert all(entry.verified_samples > 0 and entry.compute_hours > 0 for entry in everything.entries)
+    result = cli("leaderboard", "-c", swarm["address"], "--run", RUN)
+    assert "verified samples" in result.stdout and "worker0" in result.stdout and "worker1" in result.stdout
+
+
 def test_workers_leave_cleanly_on_sigterm(swarm):
     local = swarm["local"]
     for process in local.workers:

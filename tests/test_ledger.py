@@ -304,3 +304,36 @@ def test_outbox_persists_across_reopening(tmp_path, alice):
     assert again.pending() == [signed]
     assert Outbox(path, "elsewhere:1").count() == 0  # receipts are kept per coordinator
     again.close()
+
+
+def test_many_concurrent_workers_lose_and_double_count_nothing(db_url, spec, tmp_path):
+    """12 workers submit at once over gRPC, each resending some of its receipts; every receipt counts once."""
+    server = Server(db_url, free_port())
+    server.registry.launch(spec)
+    identities = [load_or_create_identity(tmp_path / f"worker{index}.key") for index in range(12)]
+    for identity in identities:
+        _join(server, identity)
+    start = time.time() - 100
+
+    def work(identity) -> int:
+        receipts = [sign_receipt(_receipt(identity, start + 4 * index, seconds=4.0, shard=index % 2,
+                                          samples=BATCH * (1 + index % 4), steps=4), identity) for index in range(16)]
+        accepted = 0
+        with CoordinatorClient(server.address) as client:
+            for index, signed in enumerate(receipts):
+                batch = [signed] + ([receipts[index - 1]] if index else [])  # a resend rides along
+                results = client.submit_receipts(batch)
+                accepted += sum(result.status == "accepted" for result in results)
+                assert all(result.status in ("accepted", "duplicate") for result in results), results
+        return accepted
+
+    try:
+        with futures.ThreadPoolExecutor(len(identities)) as pool:
+            accepted = list(pool.map(work, identities))
+        per_worker = {0: sum(BATCH * (1 + i % 4) for i in range(0, 16, 2)),
+                      1: sum(BATCH * (1 + i % 4) for i in range(1, 16, 2))}
+        assert accepted == [16] * 12
+        assert _samples(server) == {shard: 12 * total for shard, total in per_worker.items()}
+        assert len(server.storage.list_receipts(RUN)) == 12 * 16
+    finally:
+        server.stop()
