@@ -22,6 +22,7 @@ from coordinator.registry import RunRegistry
 from coordinator.storage import (
     ObservationRecord,
     OverlappingReceiptError,
+    PeerContext,
     ReceiptConflictError,
     ReceiptRecord,
     Storage,
@@ -114,8 +115,11 @@ class Ledger:
             receipt = verify_receipt(signed)
         except ReceiptError as exc:
             return SubmitResult(_receipt_id_of(signed), REJECTED, str(exc))
+        window = timedelta(seconds=self.policy.evidence_window_s)
+        context = self.storage.peer_context(receipt.run, receipt.peer_id, receipt.shard,
+                                            _utc(receipt.started_at) - window, _utc(receipt.ended_at) + window)
         try:
-            worker_id = self._check_plausible(receipt)
+            worker_id = self._check_plausible(receipt, context)
         except ReceiptError as exc:
             return SubmitResult(receipt.receipt_id, REJECTED, f"receipt {receipt.receipt_id} refused: {exc}")
         record = ReceiptRecord(
@@ -127,7 +131,7 @@ class Ledger:
             signature=base64.b64encode(signed.signature).decode(), status="unverified", status_reason="",
             checked_at=None,
         )
-        status, reason = classify(record, self._evidence(record), self.policy)
+        status, reason = classify(record, context.observations, self.policy)
         try:
             stored, created = self.storage.add_receipt(
                 ReceiptRecord(**{**record.__dict__, "status": status, "status_reason": reason}))
@@ -138,7 +142,7 @@ class Ledger:
         return SubmitResult(receipt.receipt_id, ACCEPTED if created else DUPLICATE, stored.status_reason,
                             stored.status)
 
-    def _check_plausible(self, receipt: Receipt) -> str | None:
+    def _check_plausible(self, receipt: Receipt, context: PeerContext) -> str | None:
         """The id of the worker registration the receipt belongs to; ``ReceiptError`` if it is implausible."""
         policy = self.policy
         try:
@@ -152,7 +156,7 @@ class Ledger:
                 raise ReceiptError(f"{name} must be >= 0, got {getattr(receipt, name)}")
         if receipt.compute_seconds < 0:
             raise ReceiptError(f"compute_seconds must be >= 0, got {receipt.compute_seconds}")
-        registrations = self.storage.workers_of_peer(receipt.run, receipt.peer_id)
+        registrations = context.registrations
         if not registrations:
             raise ReceiptError(f"peer {receipt.peer_id} never joined run {receipt.run!r}")
         worker = next((w for w in registrations if receipt.shard in w.shards), None)
@@ -174,37 +178,31 @@ class Ledger:
         rate = receipt.samples / wall
         if rate > policy.max_samples_per_second:
             raise ReceiptError(f"{rate:.0f} samples/s is beyond any worker (limit {policy.max_samples_per_second:.0f})")
-        reference = self._reference_rate(receipt)
+        reference = self._reference_rate(context)
         allowed = (reference or 0.0) * policy.reject_factor * wall + 2 * spec.batch_size_per_step
         if reference is not None and receipt.samples > allowed:
             raise ReceiptError(f"{receipt.samples} samples in {wall:.1f}s is far beyond the peer's measured "
                                f"throughput of {reference:.1f} samples/s")
-        if receipt.epoch > self._highest_epoch(receipt) + policy.epoch_slack:
+        highest = self._highest_epoch(receipt, context.highest_epoch)
+        if receipt.epoch > highest + policy.epoch_slack:
             raise ReceiptError(f"epoch {receipt.epoch} of shard {receipt.shard} was never reached (the swarm "
-                               f"published epoch {self._highest_epoch(receipt)} at most)")
+                               f"published epoch {highest} at most)")
         return worker.worker_id
 
-    def _reference_rate(self, receipt: Receipt) -> float | None:
+    def _reference_rate(self, context: PeerContext) -> float | None:
         """The peer's measured throughput on this shard: the DHT's figure around the interval if any, else the
-        median of its earlier receipts."""
-        window = timedelta(seconds=self.policy.evidence_window_s)
-        observed = self.storage.observations(receipt.run, receipt.shard, receipt.peer_id,
-                                             start=_utc(receipt.started_at) - window,
-                                             end=_utc(receipt.ended_at) + window)
-        rates = [observation.samples_per_second for observation in observed if observation.samples_per_second > 0]
+        median of its latest receipts."""
+        rates = [observation.samples_per_second for observation in context.observations
+                 if observation.samples_per_second > 0]
         if rates:
             return max(rates)
-        history = self.storage.list_receipts(receipt.run, peer_id=receipt.peer_id, shard=receipt.shard,
-                                             limit=50)
-        history = [record for record in history if record.status != "disputed" and record.samples > 0]
-        if len(history) < self.policy.reference_receipts:
+        if len(context.recent_rates) < self.policy.reference_receipts:
             return None
-        return statistics.median(record.samples / _wall_seconds(record) for record in history)
+        return statistics.median(context.recent_rates)
 
-    def _highest_epoch(self, receipt: Receipt) -> float:
+    def _highest_epoch(self, receipt: Receipt, highest: int | None) -> float:
         """The highest epoch the shard's swarm has published; infinite when the coordinator cannot tell (it sees
         no progress record of the shard right now, e.g. just after a restart), so nothing is refused blindly."""
-        highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
         if highest is not None and receipt.epoch <= highest + self.policy.epoch_slack:
             return highest
         try:

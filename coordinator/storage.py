@@ -149,6 +149,16 @@ class LeaderboardRow:
     last_seen: datetime
 
 
+@dataclass(frozen=True)
+class PeerContext:
+    """What the ledger needs to judge one receipt, read in one transaction (see ``Storage.peer_context``)."""
+
+    registrations: tuple[WorkerRecord, ...]  # the peer's registrations in the run, newest first
+    observations: tuple[ObservationRecord, ...]  # the peer's DHT observations on the shard around the interval
+    highest_epoch: int | None  # the highest epoch any peer of the shard was observed at
+    recent_rates: tuple[float, ...]  # samples per wall second of the peer's latest receipts on the shard
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -569,6 +579,33 @@ class Storage:
             rows = session.scalars(select(ProgressObservation).where(*conditions)
                                    .order_by(ProgressObservation.epoch, ProgressObservation.peer_id))
             return [_record(ObservationRecord, row) for row in rows]
+
+    def peer_context(self, run_name: str, peer_id: str, shard: int, start: datetime, end: datetime,
+                     history: int = 50) -> PeerContext:
+        """Everything the ledger checks a receipt of ``peer_id`` on ``shard`` for ``[start, end]`` against, in
+        one transaction (a receipt costs one read and one write round trip, not one per question)."""
+        start, end = _require_utc(start, "start"), _require_utc(end, "end")
+        observed = ProgressObservation
+        with self._transaction() as session:
+            registrations = session.scalars(
+                select(Worker).where(Worker.run_name == run_name, Worker.peer_id == peer_id)
+                .order_by(Worker.joined_at.desc(), Worker.worker_id))
+            registrations = tuple(_record(WorkerRecord, row) for row in registrations)
+            observations = session.scalars(
+                select(observed).where(observed.run_name == run_name, observed.shard == shard,
+                                       observed.peer_id == peer_id, observed.last_seen >= start,
+                                       observed.first_seen <= end)
+                .order_by(observed.epoch))
+            observations = tuple(_record(ObservationRecord, row) for row in observations)
+            highest = session.scalar(select(func.max(observed.epoch)).where(observed.run_name == run_name,
+                                                                            observed.shard == shard))
+            recent = session.execute(
+                select(Receipt.samples, Receipt.started_at, Receipt.ended_at)
+                .where(Receipt.run_name == run_name, Receipt.peer_id == peer_id, Receipt.shard == shard,
+                       Receipt.status != "disputed", Receipt.samples > 0)
+                .order_by(Receipt.ended_at.desc()).limit(history)).all()
+        rates = tuple(samples / max((ended - started).total_seconds(), 1e-3) for samples, started, ended in recent)
+        return PeerContext(registrations, observations, None if highest is None else int(highest), rates)
 
     def highest_observed_epoch(self, run_name: str, shard: int) -> int | None:
         with self._transaction() as session:
