@@ -163,8 +163,8 @@ class Ledger:
         if worker is None:
             raise ReceiptError(f"peer {receipt.peer_id} was never assigned shard {receipt.shard}")
         now = self.clock().timestamp()
-        if receipt.ended_at < receipt.started_at:
-            raise ReceiptError("the interval ends before it starts")
+        if receipt.ended_at <= receipt.started_at:
+            raise ReceiptError("the interval must end after it starts")
         if receipt.ended_at > now + policy.clock_skew_s:
             raise ReceiptError(f"the interval ends {receipt.ended_at - now:.0f}s in the future")
         if receipt.started_at < min(w.joined_at for w in registrations).timestamp() - policy.clock_skew_s:

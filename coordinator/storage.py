@@ -7,6 +7,7 @@ objects or errors. The schema lives in ``coordinator.schema`` and is created and
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import case, create_engine, event, func, select, update
+from sqlalchemy import case, create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -230,8 +231,7 @@ class Storage:
         storage = Storage("sqlite:///coordinator.db")
         run = storage.create_run("demo", spec_json, spec_hash, fingerprint, digest)
         worker = storage.register_worker("demo", peer_id, "alice", shards=[0, 1], data_slice=0, device="cuda")
-        storage.add_contribution(worker.worker_id, "demo", shard=0, samples=64, steps=4, epoch=0,
-                                 loss=2.1, compute_seconds=12.5)
+        storage.add_receipt(ReceiptRecord(receipt_id="9f1c...", run_name="demo", shard=0, peer_id=peer_id, ...))
         storage.samples_by_shard("demo")  # {0: 64}
         storage.close()
 
@@ -400,19 +400,21 @@ class Storage:
         if receipt.status not in RECEIPT_STATUSES:
             raise ValueError(f"status must be one of {RECEIPT_STATUSES}, got {receipt.status!r}")
         started, ended = _require_utc(receipt.started_at, "started_at"), _require_utc(receipt.ended_at, "ended_at")
-        if ended < started:
-            raise ValueError(f"receipt interval ends ({ended}) before it starts ({started})")
+        if ended <= started:  # a zero-length interval would overlap nothing and could be claimed any number of times
+            raise ValueError(f"receipt interval must end after it starts, got {started} .. {ended}")
         now = self._now()
         values = {field.name: getattr(receipt, field.name) for field in fields(ReceiptRecord)}
         values.update(started_at=started, ended_at=ended, received_at=now)
         try:
             with self._transaction() as session:
                 self._require_run(session, receipt.run_name)
+                self._lock_peer_shard(session, receipt.run_name, receipt.peer_id, receipt.shard)
                 existing = session.get(Receipt, receipt.receipt_id)
                 if existing is not None:
                     return self._same_receipt(existing, receipt), False
                 overlapping = session.scalar(
                     select(Receipt.receipt_id).where(
+                        Receipt.receipt_id != receipt.receipt_id,
                         Receipt.peer_id == receipt.peer_id, Receipt.shard == receipt.shard,
                         Receipt.run_name == receipt.run_name, Receipt.started_at < ended, Receipt.ended_at > started,
                     ).limit(1)
@@ -440,6 +442,17 @@ class Storage:
             if existing is None:
                 raise StorageError(f"receipt {receipt.receipt_id} could not be stored") from None
             return self._same_receipt(existing, receipt), False
+
+    @staticmethod
+    def _lock_peer_shard(session: Session, run_name: str, peer_id: str, shard: int) -> None:
+        """Serialize receipts of one peer and shard until the transaction ends, so that two overlapping receipts
+        arriving together cannot both pass the overlap check. SQLite transactions already take the write lock
+        up front (BEGIN IMMEDIATE); PostgreSQL gets a transaction-scoped advisory lock."""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        digest = hashlib.blake2b(f"{run_name}\0{peer_id}\0{shard}".encode(), digest_size=8).digest()
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": int.from_bytes(digest, "big", signed=True)})
 
     @staticmethod
     def _same_receipt(existing: Receipt, receipt: ReceiptRecord) -> ReceiptRecord:
@@ -553,12 +566,25 @@ class Storage:
                               samples_accumulated=samples_accumulated)
         now = self._now()
         key = dict(run_name=run_name, shard=int(shard), peer_id=peer_id, epoch=int(epoch))
+        try:
+            self._upsert_observation(key, now, samples_per_second, samples_accumulated, key_bound)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            # a concurrent caller inserted the same observation first: now it exists, so this updates it
+            self._upsert_observation(key, now, samples_per_second, samples_accumulated, key_bound)
+
+    def _upsert_observation(self, key: dict, now: datetime, samples_per_second: float, samples_accumulated: int,
+                            key_bound: bool) -> None:
         with self._transaction() as session:
-            row = session.scalar(select(ProgressObservation).filter_by(**key))
+            self._require_run(session, key["run_name"])
+            # FOR UPDATE: two pollers raising the same row's maxima must not overwrite each other (PostgreSQL)
+            row = session.scalar(select(ProgressObservation).filter_by(**key).with_for_update())
             if row is None:
                 session.add(ProgressObservation(**key, samples_per_second=float(samples_per_second),
                                                 samples_accumulated=int(samples_accumulated),
                                                 key_bound=bool(key_bound), first_seen=now, last_seen=now))
+                session.flush()
                 return
             row.samples_per_second = max(row.samples_per_second, float(samples_per_second))
             row.samples_accumulated = max(row.samples_accumulated, int(samples_accumulated))
