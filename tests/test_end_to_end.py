@@ -57,8 +57,9 @@ def swarm(tmp_path_factory):
                "local": local}
 
 
+# every way hivemind 1.1 falls back to local gradients for a round, as its verbose log says it
 FAILED_ROUND = re.compile(r"Averaging gradients failed with .*|Proceeding with local gradients|"
-                          r"Averaging: received [0-9.]+% results")
+                          r"Averaging: received [0-9.]+% results|Not using pre-scheduled group .*")
 
 
 def test_two_workers_hold_identical_lora_after_synchronized_epochs(swarm):
