@@ -115,9 +115,8 @@ class Ledger:
             receipt = verify_receipt(signed)
         except ReceiptError as exc:
             return SubmitResult(_receipt_id_of(signed), REJECTED, str(exc))
-        window = timedelta(seconds=self.policy.evidence_window_s)
         context = self.storage.peer_context(receipt.run, receipt.peer_id, receipt.shard,
-                                            _utc(receipt.started_at) - window, _utc(receipt.ended_at) + window)
+                                            *self._evidence_window(_utc(receipt.started_at), _utc(receipt.ended_at)))
         try:
             worker_id = self._check_plausible(receipt, context)
         except ReceiptError as exc:
@@ -213,10 +212,14 @@ class Ledger:
         highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
         return highest if seen_now and highest is not None else float("inf")
 
-    def _evidence(self, receipt: ReceiptRecord) -> list[ObservationRecord]:
+    def _evidence_window(self, started: datetime, ended: datetime) -> tuple[datetime, datetime]:
+        """DHT observations seen within this window count as evidence about a receipt's interval."""
         window = timedelta(seconds=self.policy.evidence_window_s)
-        return self.storage.observations(receipt.run_name, receipt.shard, receipt.peer_id,
-                                         start=receipt.started_at - window, end=receipt.ended_at + window)
+        return started - window, ended + window
+
+    def _evidence(self, receipt: ReceiptRecord) -> list[ObservationRecord]:
+        start, end = self._evidence_window(receipt.started_at, receipt.ended_at)
+        return self.storage.observations(receipt.run_name, receipt.shard, receipt.peer_id, start=start, end=end)
 
     def recheck_unverified(self, run_name: str) -> int:
         """Cross-check the run's recent unverified receipts again; returns how many changed status."""

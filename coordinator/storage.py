@@ -188,6 +188,29 @@ def _record(record_type: type[R], row: Base) -> R:
     return record_type(**{field.name: getattr(row, field.name) for field in fields(record_type)})
 
 
+def _peer_registrations(run_name: str, peer_id: str):
+    return (select(Worker).where(Worker.run_name == run_name, Worker.peer_id == peer_id)
+            .order_by(Worker.joined_at.desc(), Worker.worker_id))
+
+
+def _shard_observations(run_name: str, shard: int, peer_id: str | None, start: datetime | None,
+                        end: datetime | None):
+    conditions = [ProgressObservation.run_name == run_name, ProgressObservation.shard == shard]
+    if peer_id is not None:
+        conditions.append(ProgressObservation.peer_id == peer_id)
+    if start is not None:
+        conditions.append(ProgressObservation.last_seen >= _require_utc(start, "start"))
+    if end is not None:
+        conditions.append(ProgressObservation.first_seen <= _require_utc(end, "end"))
+    return select(ProgressObservation).where(*conditions).order_by(ProgressObservation.epoch,
+                                                                    ProgressObservation.peer_id)
+
+
+def _highest_observed_epoch(run_name: str, shard: int):
+    return select(func.max(ProgressObservation.epoch)).where(ProgressObservation.run_name == run_name,
+                                                             ProgressObservation.shard == shard)
+
+
 def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -353,9 +376,7 @@ class Storage:
     def workers_of_peer(self, run_name: str, peer_id: str) -> list[WorkerRecord]:
         """The peer's registrations in the run, newest first (a peer joins again after each restart)."""
         with self._transaction() as session:
-            rows = session.scalars(select(Worker).where(Worker.run_name == run_name, Worker.peer_id == peer_id)
-                                   .order_by(Worker.joined_at.desc(), Worker.worker_id))
-            return [_record(WorkerRecord, row) for row in rows]
+            return [_record(WorkerRecord, row) for row in session.scalars(_peer_registrations(run_name, peer_id))]
 
     def touch_worker(self, worker_id: str) -> None:
         """Record that the worker was just seen."""
@@ -594,37 +615,20 @@ class Storage:
     def observations(self, run_name: str, shard: int, peer_id: str | None = None, start: datetime | None = None,
                      end: datetime | None = None) -> list[ObservationRecord]:
         """Observations of the shard (of one peer if given) whose seen interval meets ``[start, end]``."""
-        conditions = [ProgressObservation.run_name == run_name, ProgressObservation.shard == shard]
-        if peer_id is not None:
-            conditions.append(ProgressObservation.peer_id == peer_id)
-        if start is not None:
-            conditions.append(ProgressObservation.last_seen >= _require_utc(start, "start"))
-        if end is not None:
-            conditions.append(ProgressObservation.first_seen <= _require_utc(end, "end"))
         with self._transaction() as session:
-            rows = session.scalars(select(ProgressObservation).where(*conditions)
-                                   .order_by(ProgressObservation.epoch, ProgressObservation.peer_id))
+            rows = session.scalars(_shard_observations(run_name, shard, peer_id, start, end))
             return [_record(ObservationRecord, row) for row in rows]
 
     def peer_context(self, run_name: str, peer_id: str, shard: int, start: datetime, end: datetime,
                      history: int = 50) -> PeerContext:
         """Everything the ledger checks a receipt of ``peer_id`` on ``shard`` for ``[start, end]`` against, in
         one transaction (a receipt costs one read and one write round trip, not one per question)."""
-        start, end = _require_utc(start, "start"), _require_utc(end, "end")
-        observed = ProgressObservation
         with self._transaction() as session:
-            registrations = session.scalars(
-                select(Worker).where(Worker.run_name == run_name, Worker.peer_id == peer_id)
-                .order_by(Worker.joined_at.desc(), Worker.worker_id))
+            registrations = session.scalars(_peer_registrations(run_name, peer_id))
             registrations = tuple(_record(WorkerRecord, row) for row in registrations)
-            observations = session.scalars(
-                select(observed).where(observed.run_name == run_name, observed.shard == shard,
-                                       observed.peer_id == peer_id, observed.last_seen >= start,
-                                       observed.first_seen <= end)
-                .order_by(observed.epoch))
+            observations = session.scalars(_shard_observations(run_name, shard, peer_id, start, end))
             observations = tuple(_record(ObservationRecord, row) for row in observations)
-            highest = session.scalar(select(func.max(observed.epoch)).where(observed.run_name == run_name,
-                                                                            observed.shard == shard))
+            highest = session.scalar(_highest_observed_epoch(run_name, shard))
             recent = session.execute(
                 select(Receipt.samples, Receipt.started_at, Receipt.ended_at)
                 .where(Receipt.run_name == run_name, Receipt.peer_id == peer_id, Receipt.shard == shard,
@@ -635,8 +639,7 @@ class Storage:
 
     def highest_observed_epoch(self, run_name: str, shard: int) -> int | None:
         with self._transaction() as session:
-            value = session.scalar(select(func.max(ProgressObservation.epoch)).where(
-                ProgressObservation.run_name == run_name, ProgressObservation.shard == shard))
+            value = session.scalar(_highest_observed_epoch(run_name, shard))
             return None if value is None else int(value)
 
     # Adapter versions
