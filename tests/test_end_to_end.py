@@ -57,9 +57,10 @@ def swarm(tmp_path_factory):
                "local": local}
 
 
-# every way hivemind 1.1 falls back to local gradients for a round, as its verbose log says it
+# every way hivemind 1.1 falls back to local gradients for a round, as its verbose log says it (its other silent
+# fallback, a spent pre-scheduled round, is averted by ShardOptimizer and so is not excused here)
 FAILED_ROUND = re.compile(r"Averaging gradients failed with .*|Proceeding with local gradients|"
-                          r"Averaging: received [0-9.]+% results|Not using pre-scheduled group .*")
+                          r"Averaging: received [0-9.]+% results")
 
 
 def test_two_workers_hold_identical_lora_after_synchronized_epochs(swarm):

@@ -63,7 +63,22 @@ class ShardOptimizer(hivemind.Optimizer):
 
     def finish_epoch(self) -> None:
         """Average gradients with this shard's group and take the optimizer step (blocking)."""
+        self._forget_spent_gradient_round()
         self._update_global_epoch(grad_scaler=None)
+
+    def _forget_spent_gradient_round(self) -> None:
+        """Drop a pre-scheduled gradient round that can no longer be joined, so a fresh one is started.
+
+        hivemind 1.1 keeps the previous epoch's (triggered, finished) round in ``scheduled_grads`` until it
+        pre-schedules the next one. When an epoch falls due before that happens (the other peers brought most of
+        the samples, or a round failed early), ``_begin_averaging_gradients`` logs "Not using pre-scheduled
+        group ... already used elsewhere" and, instead of starting a new round, steps with this peer's local
+        gradients: the peers silently diverge. With the spent round dropped, it starts a new round and averages.
+        """
+        spent = self.scheduled_grads
+        if spent is not None and (spent.triggered or spent.done()):
+            logger.debug("%s: replacing a spent pre-scheduled gradient round", self.run_id)
+            self.scheduled_grads = None
 
 
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,
