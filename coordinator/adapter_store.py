@@ -9,7 +9,9 @@ partial version.
 Usage::
 
     store = AdapterStore(Path("~/.nomoat/store"))
-    stored = store.put("demo", 3, peft_dir)   # StoredVersion(path, sha256, files)
+    stored = store.put("demo", 3, peft_dir, sign=lambda files: sign_manifest(Manifest(..., files=files), key))
+    store.signed_manifest(stored.path)        # what pullers verify
+    store.remove("demo", 1)                   # retention: gone in one rename, then deleted
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from swarm.adapter_files import ADAPTER_FILES, FileDigest, describe_files, version_digest
 from swarm.log import get_logger
+from swarm.manifest import SignedManifest, read_signed_manifest
 
 logger = get_logger(__name__)
 PARTIAL_PREFIX = ".partial-"
+TRASH_PREFIX = ".trash-"
 
 
 class StoreError(RuntimeError):
@@ -53,12 +58,18 @@ class AdapterStore:
         for leftover in self.root.glob(f"*/{PARTIAL_PREFIX}*"):
             logger.warning("removing a partial version left by an interrupted publish: %s", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.root.glob(f"*/{TRASH_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def version_path(self, run_name: str, version: int) -> Path:
         return self.root / run_name / f"v{version:06d}"
 
-    def put(self, run_name: str, version: int, source: Path) -> StoredVersion:
-        """Copy the PEFT adapter in ``source`` into the store as ``version`` of ``run_name``, atomically."""
+    def put(self, run_name: str, version: int, source: Path,
+            sign: Callable[[tuple[FileDigest, ...]], SignedManifest] | None = None) -> StoredVersion:
+        """Copy the PEFT adapter in ``source`` into the store as ``version`` of ``run_name``, atomically.
+
+        ``sign`` turns the adapter files' digests into the version's signed manifest, stored beside them in the
+        same atomic step (a version is never visible without its manifest)."""
         final = self.version_path(run_name, version)
         partial = final.parent / f"{PARTIAL_PREFIX}{version:06d}-{uuid.uuid4().hex[:8]}"
         try:
@@ -68,6 +79,11 @@ class AdapterStore:
                 with (partial / name).open("rb+") as handle:
                     os.fsync(handle.fileno())
             files = describe_files(partial)
+            if sign is not None:
+                sign(tuple(files)).write(partial)
+                for name in os.listdir(partial):
+                    with (partial / name).open("rb+") as handle:
+                        os.fsync(handle.fileno())
             _fsync_dir(partial)
             if final.exists():  # left by a crash after rename but before its DB row: never served, replace it
                 shutil.rmtree(final)
@@ -77,6 +93,19 @@ class AdapterStore:
             shutil.rmtree(partial, ignore_errors=True)
             raise StoreError(f"could not store version {version} of '{run_name}' in {self.root}: {exc}") from None
         return StoredVersion(path=final, sha256=version_digest(files), files=files)
+
+    def signed_manifest(self, path: Path) -> SignedManifest:
+        """The signed manifest stored with a version (ManifestError if it has none or it is unreadable)."""
+        return read_signed_manifest(Path(path))
+
+    def remove(self, run_name: str, version: int) -> None:
+        """Delete a version's files: renamed aside in one step (readers never see half a folder), then removed."""
+        final = self.version_path(run_name, version)
+        if not final.exists():
+            return
+        trash = final.parent / f"{TRASH_PREFIX}{version:06d}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def files(self, path: Path) -> list[FileDigest]:
         """The files of a stored version as they are on disk now (sizes for streaming; hashes recomputed)."""

@@ -6,8 +6,14 @@ files a single worker uploads.
 
 Usage::
 
-    publisher = Publisher(storage, registry, store, dht)
+    publisher = Publisher(storage, registry, store, dht, identity, PublishPolicy(max_eval_regression=0.05))
     outcome = publisher.publish("demo")          # PublishOutcome(published=True, version=VersionRecord(...))
+
+Before a version is stored, each shard's state is downloaded from several peers and compared (a peer that
+disagrees with the majority, sends non-finite values or wrong shapes is left out and logged), and the merged
+adapter must pass the quality gate (finite eval loss, not worse than the previous version by more than the
+policy's margin). Refused snapshots are recorded with the reason (``swarm status`` shows them). Each version is
+stored with a manifest signed by the coordinator's key.
     publisher.start(poll_s=1.0)                  # background loop honouring each run's publish_interval_s
 """
 
@@ -26,17 +32,37 @@ import torch
 
 from coordinator.adapter_store import AdapterStore, StoreError
 from coordinator.registry import RunContext, RunRegistry
+from coordinator.retention import Retention
 from coordinator.storage import Storage, VersionRecord
 from swarm.evaluation import eval_loss
+from swarm.identity import Identity
 from swarm.log import get_logger
-from swarm.model import build_lora_model, load_base_model, lora_parameters
-from swarm.state_download import StateDownloadError, download_state, list_state_sharers
+from swarm.manifest import Manifest, SignedManifest, sign_manifest
+from swarm.model import build_lora_model, lora_parameters
+from swarm.state_download import DownloadedState, StateDownloadError, download_state, list_state_sharers
 
 logger = get_logger(__name__)
 
 
 class SnapshotError(RuntimeError):
     """The swarm's state could not be turned into a valid adapter; nothing was published."""
+
+
+class NothingToSnapshot(SnapshotError):
+    """No snapshot was taken: no peer serves the state yet, or nothing changed since the last version."""
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    """What the publisher trusts and what it publishes."""
+
+    compare_peers: int = 3  # download each shard's state from up to this many peers and compare them
+    agreement_rtol: float = 0.02  # two peers agree on a tensor when |a-b| <= rtol * max(|a|, |b|) + atol (L2 norms):
+    agreement_atol: float = 1e-5  # peers that averaged the same epochs hold the same values; strays exceed this
+    max_eval_regression: float = 0.05  # refuse a version whose eval loss is this fraction worse than the previous
+    keep_versions: int = 10  # retention: the newest K versions keep their files (releases and parents always)
+    attempts: int = 3  # downloads are retried when peers straddle an epoch boundary
+    retry_pause_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,35 +76,123 @@ class PublishOutcome:
 class ShardSnapshot:
     shard: int
     epoch: int
-    peer_id: str
+    peer_id: str  # the peer whose tensors are used
     tensors: dict[str, torch.Tensor]
+    agreeing_peers: tuple[str, ...] = ()  # peers whose state matched (the used one included)
+    excluded: tuple[tuple[str, str], ...] = ()  # (peer, why) for peers whose state was not used
 
 
-def fetch_shard_snapshot(dht: hivemind.DHT, context: RunContext, shard: int, timeout: float) -> ShardSnapshot:
-    """Download one shard's averaged LoRA tensors from the best peer that serves them; check shape and values."""
-    run_id = context.spec.shard_run_id(shard)
-    names = context.shard_names[shard]
-    sharers = list_state_sharers(dht, run_id)
-    if not sharers:
-        raise SnapshotError(f"no peer serves the state of shard {shard} ({run_id}) yet")
-    errors = []
-    for peer_id in sharers:
-        try:
-            state = download_state(dht, run_id, peer_id, num_parameters=len(names), timeout=timeout)
-        except StateDownloadError as exc:
-            errors.append(str(exc))
+def tensors_agree(first: list[torch.Tensor], second: list[torch.Tensor], policy: PublishPolicy) -> bool:
+    """Every tensor within the policy's tolerance of its counterpart."""
+    for a, b in zip(first, second):
+        scale = max(a.norm().item(), b.norm().item())
+        if (a - b).norm().item() > policy.agreement_rtol * scale + policy.agreement_atol:
+            return False
+    return True
+
+
+def _problem_with(state: DownloadedState, shapes: list[tuple[int, ...]]) -> str | None:
+    if len(state.parameters) != len(shapes):
+        return f"sent {len(state.parameters)} tensors, the run's shard has {len(shapes)}"
+    for index, (tensor, shape) in enumerate(zip(state.parameters, shapes)):
+        if tuple(tensor.shape) != tuple(shape):
+            return f"tensor {index} has shape {tuple(tensor.shape)}, the run's spec gives {tuple(shape)}"
+        if not torch.isfinite(tensor).all():
+            return f"tensor {index} holds non-finite values"
+    return None
+
+
+@dataclass(frozen=True)
+class StateChoice:
+    chosen: list[DownloadedState]  # agreeing states, the most trained peer first
+    excluded: list[tuple[str, str]]  # (peer, why) for every other peer
+    valid: int  # how many states were well-formed and finite
+
+    @property
+    def cross_checked(self) -> bool:
+        return len(self.chosen) >= 2
+
+
+def choose_agreeing_state(states: list[DownloadedState], shapes: list[tuple[int, ...]],
+                          policy: PublishPolicy) -> StateChoice:
+    """The peers whose states to trust, and every other peer with the reason it was left out.
+
+    Invalid states (wrong count or shapes, non-finite values) are left out first. Then, at the highest epoch
+    where at least two peers serve a state, the largest group of mutually agreeing peers wins if it is a strict
+    majority of that epoch's peers; the rest are excluded as disagreeing. With no majority, nothing can be
+    trusted (SnapshotError). Only when no epoch has two valid peers is a single peer's state used.
+    """
+    excluded, valid = [], []
+    for state in states:
+        problem = _problem_with(state, shapes)
+        if problem:
+            excluded.append((state.peer_id, problem))
+        else:
+            valid.append(state)
+    if not valid:
+        raise SnapshotError("no peer served a usable state: " + "; ".join(f"{p}: {why}" for p, why in excluded))
+    by_epoch: dict[int, list[DownloadedState]] = {}
+    for state in valid:
+        by_epoch.setdefault(state.epoch, []).append(state)
+    for epoch in sorted(by_epoch, reverse=True):
+        group = by_epoch[epoch]
+        if len(group) < 2:
             continue
-        if not all(torch.isfinite(tensor).all() for tensor in state.parameters):
-            errors.append(f"peer {peer_id} sent non-finite values")
+        clusters = [[other for other in group if tensors_agree(one.parameters, other.parameters, policy)]
+                    for one in group]
+        best = max(clusters, key=len)  # ties: the first, i.e. the most trained peer by sharing priority
+        if 2 * len(best) <= len(group):
+            raise SnapshotError(f"the {len(group)} peers at epoch {epoch} disagree and no majority agrees "
+                                f"({', '.join(state.peer_id for state in group)})")
+        chosen = {state.peer_id for state in best}
+        excluded += [(state.peer_id, f"its state disagrees with the majority of {len(group)} peers at epoch {epoch}")
+                     for state in group if state.peer_id not in chosen]
+        excluded += [(state.peer_id, f"at epoch {state.epoch}, behind the compared epoch {epoch}")
+                     for state in valid if state.epoch != epoch]
+        return StateChoice(best, excluded, len(valid))
+    newest = max(valid, key=lambda state: state.epoch)
+    behind = [(state.peer_id, f"at epoch {state.epoch}, behind {newest.epoch}") for state in valid if state is not newest]
+    return StateChoice([newest], excluded + behind, len(valid))
+
+
+def fetch_shard_snapshot(dht: hivemind.DHT, shard_run_id: str, shard: int, names: list[str],
+                         shapes: list[tuple[int, ...]], timeout: float, policy: PublishPolicy) -> ShardSnapshot:
+    """Download one shard's averaged LoRA tensors from up to ``policy.compare_peers`` peers and keep the state
+    they agree on (see ``choose_agreeing_state``); peers left out are logged."""
+    for attempt in range(policy.attempts):
+        sharers = list_state_sharers(dht, shard_run_id)
+        if not sharers:
+            raise NothingToSnapshot(f"no peer serves the state of shard {shard} ({shard_run_id}) yet")
+        states, errors = [], []
+        for peer_id in sharers:
+            if len(states) >= policy.compare_peers:
+                break
+            try:
+                states.append(download_state(dht, shard_run_id, peer_id, num_parameters=len(names), timeout=timeout))
+            except StateDownloadError as exc:
+                errors.append(str(exc))
+        if not states:
+            raise SnapshotError(f"no peer of shard {shard} sent its state: " + "; ".join(errors))
+        choice = choose_agreeing_state(states, shapes, policy)
+        if not choice.cross_checked and choice.valid > 1 and attempt + 1 < policy.attempts:
+            time.sleep(policy.retry_pause_s)  # valid peers straddle an epoch boundary: compare them again shortly
             continue
-        return ShardSnapshot(shard, state.epoch, peer_id, dict(zip(names, state.parameters)))
-    raise SnapshotError(f"no usable state for shard {shard}: " + "; ".join(errors))
+        for peer_id, why in choice.excluded:
+            logger.warning("shard %d: not using the state of peer %s: %s", shard, peer_id, why)
+        used = choice.chosen[0]
+        return ShardSnapshot(shard, used.epoch, used.peer_id, dict(zip(names, used.parameters)),
+                             tuple(state.peer_id for state in choice.chosen), tuple(choice.excluded))
+    raise AssertionError("unreachable")
 
 
 class Publisher:
     def __init__(self, storage: Storage, registry: RunRegistry, store: AdapterStore, dht: hivemind.DHT,
-                 download_timeout: float = 60.0):
+                 identity: Identity, policy: PublishPolicy | None = None, download_timeout: float = 60.0,
+                 retention: Retention | None = None):
         self.storage, self.registry, self.store, self.dht = storage, registry, store, dht
+        self.identity = identity
+        self.policy = policy or PublishPolicy()
+        self.retention = retention
         self.download_timeout = download_timeout
         self._lock = threading.Lock()  # one publish at a time: version numbers stay dense
         self._last_attempt: dict[str, float] = {}
@@ -87,7 +201,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
 
     def _evaluate(self, context: RunContext, tensors: dict[str, torch.Tensor] | None):
-        base, tokenizer = load_base_model(context.spec.base_model)
+        base, tokenizer = context.load_base()
         model = build_lora_model(base, context.spec.lora, seed=context.spec.seed)
         if tensors is not None:
             params = lora_parameters(model)
@@ -101,7 +215,8 @@ class Publisher:
         return model, loss
 
     def base_eval_loss(self, context: RunContext) -> float:
-        """Eval loss of the base model with the run's untrained LoRA (B = 0: exactly the base model)."""
+        """Eval loss of the base model (with the run's parent chain merged in) and the run's untrained LoRA
+        (B = 0: exactly that base)."""
         if context.spec.name not in self._base_eval:
             self._base_eval[context.spec.name] = self._evaluate(context, None)[1]
         return self._base_eval[context.spec.name]
@@ -110,37 +225,89 @@ class Publisher:
         with self._lock:
             self._last_attempt[run_name] = time.monotonic()
             try:
-                return self._publish_locked(run_name)
+                context = self.registry.context(run_name)
+                snapshots = self.fetch_snapshots(context)
+                return self.publish_snapshots(context, snapshots)
+            except NothingToSnapshot as exc:
+                logger.info("run %s: nothing to publish: %s", run_name, exc)
+                return PublishOutcome(False, str(exc))
             except (SnapshotError, StoreError) as exc:
                 logger.warning("run %s: snapshot not published: %s", run_name, exc)
+                self.storage.add_rejected_snapshot(run_name, str(exc))
                 return PublishOutcome(False, str(exc))
 
-    def _publish_locked(self, run_name: str) -> PublishOutcome:
-        context = self.registry.context(run_name)
-        snapshots = [fetch_shard_snapshot(self.dht, context, shard, self.download_timeout)
+    def fetch_snapshots(self, context: RunContext) -> list[ShardSnapshot]:
+        """Every shard's cross-checked state; NothingToSnapshot when no shard moved since the last version."""
+        snapshots = [fetch_shard_snapshot(self.dht, context.spec.shard_run_id(shard), shard,
+                                          context.shard_names[shard], context.shard_shapes[shard],
+                                          self.download_timeout, self.policy)
                      for shard in range(context.spec.shards)]
+        previous = self.storage.get_version(context.spec.name)
+        if previous is not None and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
+            raise NothingToSnapshot(f"no new epoch since version {previous.version} (epoch {previous.epoch})")
+        return snapshots
+
+    def publish_snapshots(self, context: RunContext, snapshots: list[ShardSnapshot]) -> PublishOutcome:
+        """Merge the shards, evaluate, apply the quality gate, and store and sign version N (caller holds no
+        lock; one publish runs at a time through ``publish``). Rejections are recorded with their reason."""
+        run_name = context.spec.name
         epoch = min(snapshot.epoch for snapshot in snapshots)
-        previous = self.storage.get_version(run_name)
-        if previous is not None and epoch <= previous.epoch and all(s.epoch <= previous.epoch for s in snapshots):
-            return PublishOutcome(False, f"no new epoch since version {previous.version} (epoch {epoch})", previous)
         merged = {name: tensor for snapshot in snapshots for name, tensor in snapshot.tensors.items()}
         model, loss = self._evaluate(context, merged)
-        if not math.isfinite(loss):
-            raise SnapshotError(f"eval loss of the merged adapter is {loss}")
+        previous = self.storage.get_version(run_name)
+        refusal = self.quality_gate(loss, previous)
+        if refusal:
+            logger.warning("run %s: snapshot at epoch %d refused: %s", run_name, epoch, refusal)
+            self.storage.add_rejected_snapshot(run_name, refusal, epoch=epoch, eval_loss=loss)
+            return PublishOutcome(False, refusal, previous)
         version = self.storage.next_version_number(run_name)
         now = datetime.now(timezone.utc)
         contributors = self.storage.contributors_between(run_name, previous.created_at if previous else None, now)
         samples = sum(self.storage.samples_by_shard(run_name).values())
+        base_loss = self.base_eval_loss(context)
+
+        signed: SignedManifest | None = None
+
+        def sign(files) -> SignedManifest:
+            nonlocal signed
+            manifest = Manifest(
+                run=run_name, version=version, spec_hash=context.record.spec_hash,
+                base_model=context.spec.base_model, base_model_fingerprint=context.record.base_model_fingerprint,
+                epoch=epoch, samples=samples, eval_loss=loss, base_eval_loss=base_loss,
+                contributors=tuple(contributors), files=tuple(files), created_at=now.isoformat(),
+                coordinator=self.identity.peer_id, parent=context.chain[-1] if context.chain else None,
+                chain=tuple(context.chain), peers_compared=min(len(s.agreeing_peers) for s in snapshots),
+            )
+            signed = sign_manifest(manifest, self.identity)
+            return signed
+
         with tempfile.TemporaryDirectory() as workdir:
             model.save_pretrained(workdir, safe_serialization=True)
-            stored = self.store.put(run_name, version, Path(workdir))
+            stored = self.store.put(run_name, version, Path(workdir), sign=sign)
         record = self.storage.add_version(
-            run_name, version, stored.sha256, str(stored.path), epoch, samples, loss,
-            self.base_eval_loss(context), contributors,
+            run_name, version, stored.sha256, str(stored.path), epoch, samples, loss, base_loss, contributors,
+            manifest=signed.payload.decode(), manifest_signature=signed.signature_json(),
         )
-        logger.info("run %s: published version %d (epoch %d, eval loss %.4f, base %.4f, %d contributors)",
-                    run_name, version, epoch, loss, record.base_eval_loss, len(contributors))
+        logger.info("run %s: published version %d (epoch %d, eval loss %.4f, base %.4f, %d contributors, "
+                    "%d peer(s) agreed)", run_name, version, epoch, loss, base_loss, len(contributors),
+                    min(len(s.agreeing_peers) for s in snapshots))
+        if self.retention is not None:
+            try:
+                self.retention.collect(run_name)
+            except Exception:  # retention must never undo a publish
+                logger.exception("run %s: retention failed", run_name)
         return PublishOutcome(True, f"published version {version}", record)
+
+    def quality_gate(self, loss: float, previous: VersionRecord | None) -> str | None:
+        """Why a snapshot with this eval loss must not be published, or None."""
+        if not math.isfinite(loss):
+            return f"eval loss of the merged adapter is {loss}"
+        if previous is not None:
+            limit = previous.eval_loss * (1.0 + self.policy.max_eval_regression)
+            if loss > limit:
+                return (f"eval loss {loss:.4f} is worse than version {previous.version}'s {previous.eval_loss:.4f} "
+                        f"by more than the allowed {self.policy.max_eval_regression:.0%}")
+        return None
 
     def start(self, poll_s: float = 1.0) -> None:
         """Publish each run whenever its publish_interval_s has passed since the last attempt."""

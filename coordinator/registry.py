@@ -11,13 +11,18 @@ Usage::
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 from coordinator.storage import RunExistsError, RunRecord, Storage, UnknownRunError
 from swarm.data import DatasetError, DatasetSplit, dataset_digest, load_texts, split_dataset
+from swarm.manifest import ChainLink, Manifest
+from swarm.merge import MergeError, apply_adapter_chain
 from swarm.model import ModelLoadError, base_model_fingerprint, build_lora_model, load_base_model, lora_parameters
 from swarm.shards import ShardError, partition_parameters
-from swarm.spec import RunSpec
+from swarm.spec import RunSpec, SpecError, parse_version_ref
 from swarm.tokenizer import TextTokenizer
 
 
@@ -34,17 +39,74 @@ class RunContext:
     split: DatasetSplit
     shard_names: list[list[str]]
     tokenizer: TextTokenizer
+    shard_shapes: list[list[tuple[int, ...]]] = field(default_factory=list)
+    chain: tuple[ChainLink, ...] = ()  # published versions merged into the base before this run's LoRA, root first
+    chain_paths: tuple[Path, ...] = ()  # where the store keeps them
+
+    def load_base(self) -> tuple[torch.nn.Module, TextTokenizer]:
+        """The model this run's LoRA trains on: the base model with the parent chain merged in."""
+        base, tokenizer = load_base_model(self.spec.base_model)
+        return apply_adapter_chain(base, self.chain_paths), tokenizer
 
 
-def _load_run_assets(spec: RunSpec) -> tuple[list[str], str, list[list[str]], TextTokenizer]:
-    """Load what a run is made of: its texts, its base model's fingerprint, its shard layout, its tokenizer."""
+@dataclass(frozen=True)
+class _RunAssets:
+    texts: list[str]
+    fingerprint: str  # of the base model before any parent is merged in
+    shard_names: list[list[str]]
+    shard_shapes: list[list[tuple[int, ...]]]
+    tokenizer: TextTokenizer
+    chain: tuple[ChainLink, ...]
+    chain_paths: tuple[Path, ...]
+
+
+def resolve_parent_chain(storage: Storage, spec: RunSpec) -> tuple[tuple[ChainLink, ...], tuple[Path, ...]]:
+    """The published versions a stacked run builds on (its parent's own chain, then the parent), with their
+    store paths; LaunchError with the reason when the parent cannot be stacked on."""
+    if spec.parent is None:
+        return (), ()
+    try:
+        parent_run, parent_version = parse_version_ref(spec.parent)
+        parent_spec = RunSpec.from_json(storage.get_run(parent_run).spec_json)
+    except (SpecError, UnknownRunError) as exc:
+        raise LaunchError(f"parent {spec.parent}: {exc}") from None
+    record = storage.get_version(parent_run, parent_version)
+    if record is None:
+        raise LaunchError(f"parent {spec.parent}: run '{parent_run}' has not published version {parent_version}")
+    if record.collected_at is not None:
+        raise LaunchError(f"parent {spec.parent}: that version was removed by retention")
+    if record.manifest is None:
+        raise LaunchError(f"parent {spec.parent} was published without a signed manifest; stack on a newer version")
+    if parent_spec.base_model != spec.base_model:
+        raise LaunchError(f"parent {spec.parent} was trained on base model '{parent_spec.base_model}', "
+                          f"this run names '{spec.base_model}'")
+    manifest = Manifest.from_bytes(record.manifest.encode())
+    links = (*manifest.chain, manifest.link)
+    paths = []
+    for link in links:
+        stored = storage.get_version(link.run, link.version)
+        if stored is None or stored.collected_at is not None or stored.sha256 != link.sha256:
+            raise LaunchError(f"parent chain of {spec.parent}: {link} is missing or changed in the store")
+        paths.append(Path(stored.path))
+    return links, tuple(paths)
+
+
+def _load_run_assets(storage: Storage, spec: RunSpec) -> _RunAssets:
+    """Load what a run is made of: its texts, base model fingerprint, parent chain, shard layout, tokenizer."""
     texts = load_texts(spec.dataset)
+    chain, chain_paths = resolve_parent_chain(storage, spec)
     base, tokenizer = load_base_model(spec.base_model)
     fingerprint = base_model_fingerprint(base)
+    try:
+        base = apply_adapter_chain(base, chain_paths)
+    except MergeError as exc:
+        raise LaunchError(f"parent chain of {spec.parent} does not apply to {spec.base_model}: {exc}") from None
     model = build_lora_model(base, spec.lora, seed=spec.seed)
     num_layers = int(getattr(base.config, "num_hidden_layers", 1))
-    shard_names = partition_parameters(list(lora_parameters(model)), num_layers, spec.shards)
-    return texts, fingerprint, shard_names, tokenizer
+    names = lora_parameters(model)
+    shard_names = partition_parameters(list(names), num_layers, spec.shards)
+    shard_shapes = [[tuple(names[name].shape) for name in shard] for shard in shard_names]
+    return _RunAssets(texts, fingerprint, shard_names, shard_shapes, tokenizer, chain, chain_paths)
 
 
 class RunRegistry:
@@ -65,20 +127,21 @@ class RunRegistry:
                 return self.context(spec.name)
             raise LaunchError(f"run '{spec.name}' already exists with a different spec ({existing.spec_hash})")
         try:
-            texts, fingerprint, shard_names, tokenizer = _load_run_assets(spec)
+            assets = _load_run_assets(self.storage, spec)
         except (DatasetError, ModelLoadError, ShardError) as exc:
             raise LaunchError(str(exc)) from None
+        texts = assets.texts
         split = split_dataset(texts, spec.eval_fraction, spec.seed)
         if len(split.train) < spec.data_slices:
             raise LaunchError(
                 f"dataset has {len(split.train)} train samples, fewer than data_slices ({spec.data_slices})"
             )
         try:
-            record = self.storage.create_run(spec.name, spec.to_json(), spec.content_hash, fingerprint,
+            record = self.storage.create_run(spec.name, spec.to_json(), spec.content_hash, assets.fingerprint,
                                              dataset_digest(texts))
         except RunExistsError as exc:
             raise LaunchError(str(exc)) from None
-        context = RunContext(record, spec, split, shard_names, tokenizer)
+        context = self._context_of(record, spec, assets)
         with self._lock:
             self._contexts[spec.name] = context
         return context
@@ -90,12 +153,18 @@ class RunRegistry:
                 return self._contexts[run_name]
         record = self.storage.get_run(run_name)
         spec = RunSpec.from_json(record.spec_json)
-        texts, fingerprint, shard_names, tokenizer = _load_run_assets(spec)
-        if dataset_digest(texts) != record.dataset_digest:
+        assets = _load_run_assets(self.storage, spec)
+        if dataset_digest(assets.texts) != record.dataset_digest:
             raise LaunchError(f"dataset of run '{run_name}' ({spec.dataset}) changed on disk since launch")
-        if fingerprint != record.base_model_fingerprint:
+        if assets.fingerprint != record.base_model_fingerprint:
             raise LaunchError(f"base model of run '{run_name}' ({spec.base_model}) changed since launch")
-        context = RunContext(record, spec, split_dataset(texts, spec.eval_fraction, spec.seed), shard_names, tokenizer)
+        context = self._context_of(record, spec, assets)
         with self._lock:
             self._contexts[run_name] = context
         return context
+
+    @staticmethod
+    def _context_of(record: RunRecord, spec: RunSpec, assets: _RunAssets) -> RunContext:
+        split = split_dataset(assets.texts, spec.eval_fraction, spec.seed)
+        return RunContext(record, spec, split, assets.shard_names, assets.tokenizer, assets.shard_shapes,
+                          assets.chain, assets.chain_paths)

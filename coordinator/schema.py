@@ -174,3 +174,20 @@ class AdapterVersion(Base):
     base_eval_loss: Mapped[float] = mapped_column(Float)
     contributors: Mapped[tuple[str, ...]] = mapped_column("contributors_json", JSONTuple())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    manifest: Mapped[str | None] = mapped_column(Text, nullable=True)  # signed bytes (swarm.manifest), utf-8
+    manifest_signature: Mapped[str | None] = mapped_column(Text, nullable=True)  # SignedManifest.signature_json()
+    release: Mapped[bool] = mapped_column("is_release", Boolean, default=False)  # kept by retention forever
+    collected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # files removed by GC
+
+
+class RejectedSnapshot(Base):
+    """A snapshot the publisher took but refused to publish (peers disagreed, bad values, quality gate)."""
+
+    __tablename__ = "rejected_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"), index=True)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -21,8 +21,9 @@ import hivemind
 from coordinator.adapter_store import AdapterStore
 from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
-from coordinator.publisher import Publisher
+from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.registry import RunContext, RunRegistry
+from coordinator.retention import Retention
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
@@ -48,6 +49,7 @@ class CoordinatorConfig:
     publisher_poll_s: float = 1.0  # how often the publisher checks whether a run is due
     publish: bool = True  # run the periodic publisher (PublishNow works either way)
     watch_interval_s: float = 2.0  # how often DHT progress is read to cross-check receipts
+    publish_policy: PublishPolicy = field(default_factory=PublishPolicy)  # cross-check, quality gate, retention
 
 
 class Coordinator:
@@ -59,14 +61,18 @@ class Coordinator:
         self.store = AdapterStore(data_dir / "store")
         self.registry = RunRegistry(self.storage)
         self.peer_book = data_dir / "dht_peers.json"
-        self.dht = self._start_dht(data_dir)
+        # one key is the coordinator's libp2p peer ID and signs the manifests of the versions it publishes
+        self.identity = load_or_create_identity(data_dir / "dht_identity.key")
+        self.dht = self._start_dht()
         self.initial_peers = visible_addresses(self.dht)
-        self.publisher = Publisher(self.storage, self.registry, self.store, self.dht)
+        self.retention = Retention(self.storage, self.store, config.publish_policy.keep_versions)
+        self.publisher = Publisher(self.storage, self.registry, self.store, self.dht, self.identity,
+                                   config.publish_policy, retention=self.retention)
         self.watcher = ProgressWatcher(self.dht, self.storage, self.registry)
         self.ledger = Ledger(self.storage, self.registry, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.ledger,
-                                          self.initial_peers, announce=self._announce)
+                                          self.initial_peers, announce=self._announce, retention=self.retention)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
@@ -77,11 +83,11 @@ class Coordinator:
         self._stopped = threading.Event()
         self._announcer = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
 
-    def _start_dht(self, data_dir: Path) -> hivemind.DHT:
+    def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
         connected to: workers forget a peer that stopped answering, so a restarted coordinator must find them."""
         config = self.config
-        identity = str(load_or_create_identity(data_dir / "dht_identity.key").path)
+        identity = str(self.identity.path)
         known = []
         if self.peer_book.is_file():
             try:

@@ -7,6 +7,7 @@ Errors a client caused raise ``RequestError`` (mapped to INVALID_ARGUMENT / NOT_
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -14,21 +15,26 @@ from typing import Iterator
 from coordinator.ledger import Ledger, SubmitResult
 from coordinator.publisher import PublishOutcome, Publisher
 from coordinator.registry import LaunchError, RunContext, RunRegistry
+from coordinator.retention import Retention, RetentionError
 from coordinator.storage import (
     LeaderboardRow,
+    RejectedSnapshotRecord,
     Storage,
     UnknownRunError,
+    UnknownVersionError,
     UnknownWorkerError,
     VersionRecord,
     WorkerRecord,
 )
 from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
 from swarm.data import data_slice
+from swarm.manifest import ManifestError, SignedManifest, read_signed_manifest
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
 
 LIVE_WINDOW_S = 60.0
 REPORT_INTERVAL_S = 5.0
+MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 4 * 1024, 4 * 1024 * 1024
 
 
 class RequestError(ValueError):
@@ -62,12 +68,23 @@ class RunState:
     samples_trained: int
     shards: list[ShardState] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
+    rejected: list[RejectedSnapshotRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PullHeader:
+    """What a pull sends before the files: the version, its signed manifest, and the files' sizes and hashes."""
+
+    record: VersionRecord
+    manifest: SignedManifest | None  # None only for versions published before signed manifests
+    files: list[FileDigest]
 
 
 class CoordinatorService:
     def __init__(self, storage: Storage, registry: RunRegistry, publisher: Publisher, ledger: Ledger,
-                 initial_peers: list[str], announce=lambda context: None):
+                 initial_peers: list[str], announce=lambda context: None, retention: Retention | None = None):
         self.storage, self.registry, self.publisher, self.ledger = storage, registry, publisher, ledger
+        self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
         self.announce = announce
 
@@ -146,31 +163,72 @@ class CoordinatorService:
                 for shard in range(context.spec.shards)
             ]
             states.append(RunState(context, len(live), sum(samples.values()), shards,
-                                   self.storage.list_versions(record.name)))
+                                   self.storage.list_versions(record.name),
+                                   self.storage.rejected_snapshots(record.name)))
         return states
 
     def publish_now(self, run_name: str) -> PublishOutcome:
         self._context(run_name)
         return self.publisher.publish(run_name)
 
-    def pull(self, run_name: str, version: int = 0) -> tuple[VersionRecord, list[FileDigest], Iterator[tuple[str, int, bytes]]]:
+    def _served_version(self, run_name: str, version: int) -> VersionRecord:
         self._context(run_name)
         record = self.storage.get_version(run_name, version or None)
         if record is None:
             which = f"version {version}" if version else "any version"
             raise RequestError(f"run '{run_name}' has not published {which}", not_found=True)
+        if record.collected_at is not None:
+            raise RequestError(f"version {record.version} of '{run_name}' was removed by retention (the coordinator "
+                               f"keeps only the newest versions, releases and stacking parents); pull a newer "
+                               f"version", not_found=True)
+        return record
+
+    def version_manifest(self, run_name: str, version: int = 0) -> PullHeader:
+        """A version's record, signed manifest (as stored beside its files) and files, without the files."""
+        record = self._served_version(run_name, version)
         path = Path(record.path)
+        signed = None
+        if record.manifest is not None:
+            try:
+                signed = read_signed_manifest(path)
+            except ManifestError as exc:
+                raise RequestError(f"version {record.version} of '{run_name}': {exc}") from None
         try:
             files = describe_files(path)
         except OSError as exc:
             raise RequestError(f"version {record.version} of '{run_name}' is missing from the store: {exc}") from None
+        return PullHeader(record, signed, files)
 
-        def chunks() -> Iterator[tuple[str, int, bytes]]:
-            for entry in files:
+    def mark_release(self, run_name: str, version: int, release: bool = True) -> VersionRecord:
+        self._context(run_name)
+        try:
+            return self.storage.set_release(run_name, version, release)
+        except UnknownVersionError as exc:
+            raise RequestError(str(exc), not_found=True) from None
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+
+    def pull(self, run_name: str, version: int = 0, offsets: dict[str, int] | None = None,
+             chunk_bytes: int = 0) -> Iterator[PullHeader | tuple[str, int, bytes]]:
+        """The PullHeader, then (file, offset, bytes) chunks of every file from ``offsets[file]`` on (a resumed
+        download). Retention leaves the version alone until the stream ends."""
+        offsets = offsets or {}
+        chunk_bytes = min(max(chunk_bytes or CHUNK_BYTES, MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
+        record = self._served_version(run_name, version)
+        with ExitStack() as held:
+            try:
+                if self.retention is not None:
+                    held.enter_context(self.retention.lease(run_name, record.version))
+            except RetentionError as exc:
+                raise RequestError(str(exc), not_found=True) from None
+            header = self.version_manifest(run_name, record.version)
+            yield header
+            path = Path(header.record.path)
+            for entry in header.files:
+                start = min(max(int(offsets.get(entry.name, 0)), 0), entry.size)
                 with (path / entry.name).open("rb") as handle:
-                    offset = 0
-                    while block := handle.read(CHUNK_BYTES):
+                    handle.seek(start)
+                    offset = start
+                    while block := handle.read(chunk_bytes):
                         yield entry.name, offset, block
                         offset += len(block)
-
-        return record, files, chunks()

@@ -4,22 +4,42 @@ from __future__ import annotations
 
 import grpc
 
-from coordinator.service import CoordinatorService, RequestError, RunState
-from coordinator.storage import UnknownRunError, VersionRecord
+import math
+
+from coordinator.service import CoordinatorService, PullHeader, RequestError, RunState
+from coordinator.storage import RejectedSnapshotRecord, UnknownRunError, VersionRecord
 from proto import coordinator_pb2 as pb
 from proto import coordinator_pb2_grpc as pb_grpc
 from swarm.log import get_logger
+from swarm.manifest import Manifest
 from swarm.receipts import SignedReceipt
 
 logger = get_logger(__name__)
 
 
 def version_message(record: VersionRecord) -> pb.VersionInfo:
+    chain = [str(link) for link in Manifest.from_bytes(record.manifest.encode()).chain] if record.manifest else []
     return pb.VersionInfo(
         run_name=record.run_name, version=record.version, sha256=record.sha256, epoch=record.epoch,
         samples=record.samples, eval_loss=record.eval_loss, base_eval_loss=record.base_eval_loss,
-        created_at=record.created_at.isoformat(), contributors=list(record.contributors),
+        created_at=record.created_at.isoformat(), contributors=list(record.contributors), release=record.release,
+        collected=record.collected_at is not None, chain=chain,
     )
+
+
+def rejected_message(record: RejectedSnapshotRecord) -> pb.RejectedSnapshot:
+    return pb.RejectedSnapshot(
+        attempted_at=record.attempted_at.isoformat(), epoch=-1 if record.epoch is None else record.epoch,
+        eval_loss=math.nan if record.eval_loss is None else record.eval_loss, reason=record.reason,
+    )
+
+
+def header_message(header: PullHeader) -> pb.PullHeader:
+    message = pb.PullHeader(version=version_message(header.record),
+                            files=[pb.FileEntry(name=f.name, size=f.size, sha256=f.sha256) for f in header.files])
+    if header.manifest is not None:
+        message.manifest, message.signature_json = header.manifest.payload, header.manifest.signature_json()
+    return message
 
 
 def run_message(state: RunState) -> pb.RunStatus:
@@ -31,6 +51,7 @@ def run_message(state: RunState) -> pb.RunStatus:
         shard_status=[pb.ShardStatus(shard=s.shard, live_workers=s.live_workers, epoch=s.epoch, samples=s.samples)
                       for s in state.shards],
         versions=[version_message(record) for record in state.versions],
+        rejected_snapshots=[rejected_message(record) for record in state.rejected], parent=spec.parent or "",
     )
 
 
@@ -128,9 +149,21 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @_abort_on_request_errors_stream
     def PullAdapter(self, request, context):
-        record, files, chunks = self.service.pull(request.run_name, request.version)
-        header = pb.PullHeader(version=version_message(record),
-                               files=[pb.FileEntry(name=f.name, size=f.size, sha256=f.sha256) for f in files])
-        yield pb.PullChunk(header=header)
-        for name, offset, data in chunks:
-            yield pb.PullChunk(chunk=pb.FileChunk(name=name, offset=offset, data=data))
+        pieces = self.service.pull(request.run_name, request.version, dict(request.offsets), request.chunk_bytes)
+        for piece in pieces:
+            if isinstance(piece, PullHeader):
+                yield pb.PullChunk(header=header_message(piece))
+            else:
+                name, offset, data = piece
+                yield pb.PullChunk(chunk=pb.FileChunk(name=name, offset=offset, data=data))
+
+    @_abort_on_request_errors
+    def GetVersion(self, request, context):
+        header = self.service.version_manifest(request.run_name, request.version)
+        message = header_message(header)
+        return pb.VersionManifest(version=message.version, manifest=message.manifest,
+                                  signature_json=message.signature_json)
+
+    @_abort_on_request_errors
+    def MarkRelease(self, request, context):
+        return version_message(self.service.mark_release(request.run_name, request.version, request.release))

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from coordinator.schema import AdapterVersion, Base, ProgressObservation, Receipt, Run, Worker
+from coordinator.schema import AdapterVersion, Base, ProgressObservation, Receipt, RejectedSnapshot, Run, Worker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -46,6 +46,10 @@ class UnknownRunError(StorageError):
 
 class UnknownWorkerError(StorageError):
     """No worker with this id is registered (in this run)."""
+
+
+class UnknownVersionError(StorageError):
+    """The run has no version with that number."""
 
 
 class VersionExistsError(StorageError):
@@ -99,6 +103,19 @@ class VersionRecord:
     base_eval_loss: float
     contributors: tuple[str, ...]
     created_at: datetime
+    manifest: str | None = None  # the signed manifest bytes (utf-8 JSON); None for versions before 0003
+    manifest_signature: str | None = None  # swarm.manifest.SignedManifest.signature_json()
+    release: bool = False  # marked as a release: retention never removes it
+    collected_at: datetime | None = None  # when retention removed its files (the row stays as history)
+
+
+@dataclass(frozen=True)
+class RejectedSnapshotRecord:
+    run_name: str
+    epoch: int | None
+    eval_loss: float | None
+    reason: str
+    attempted_at: datetime
 
 
 @dataclass(frozen=True)
@@ -645,7 +662,8 @@ class Storage:
     # Adapter versions
 
     def add_version(self, run_name: str, version: int, sha256: str, path: str, epoch: int, samples: int,
-                    eval_loss: float, base_eval_loss: float, contributors: Sequence[str]) -> VersionRecord:
+                    eval_loss: float, base_eval_loss: float, contributors: Sequence[str],
+                    manifest: str | None = None, manifest_signature: str | None = None) -> VersionRecord:
         """Record a published adapter version; ``VersionExistsError`` if the run already has this number."""
         if version < 1:
             raise ValueError(f"version numbers start at 1, got {version}")
@@ -653,7 +671,8 @@ class Storage:
         _require_finite(eval_loss=eval_loss, base_eval_loss=base_eval_loss)
         row = AdapterVersion(run_name=run_name, version=int(version), sha256=sha256, path=path, epoch=int(epoch),
                              samples=int(samples), eval_loss=float(eval_loss), base_eval_loss=float(base_eval_loss),
-                             contributors=tuple(str(peer) for peer in contributors), created_at=self._now())
+                             contributors=tuple(str(peer) for peer in contributors), created_at=self._now(),
+                             manifest=manifest, manifest_signature=manifest_signature, release=False)
         with self._transaction() as session:
             self._require_run(session, run_name)
             session.add(row)
@@ -662,6 +681,54 @@ class Storage:
             except IntegrityError as exc:
                 raise VersionExistsError(f"run {run_name!r} already has version {version}") from exc
             return _record(VersionRecord, row)
+
+    def set_release(self, run_name: str, version: int, release: bool = True) -> VersionRecord:
+        """Mark (or unmark) a version as a release, which retention keeps forever."""
+        with self._transaction() as session:
+            row = self._require_version(session, run_name, version)
+            if row.collected_at is not None and release:
+                raise ValueError(f"version {version} of run {run_name!r} was garbage-collected; it cannot be a release")
+            row.release = bool(release)
+            return _record(VersionRecord, row)
+
+    def mark_collected(self, run_name: str, version: int) -> VersionRecord:
+        """Record that retention removed the version's files (the row stays for history)."""
+        with self._transaction() as session:
+            row = self._require_version(session, run_name, version)
+            if row.release:
+                raise ValueError(f"version {version} of run {run_name!r} is a release and is never collected")
+            if row.collected_at is None:
+                row.collected_at = self._now()
+            return _record(VersionRecord, row)
+
+    def _require_version(self, session: Session, run_name: str, version: int) -> AdapterVersion:
+        self._require_run(session, run_name)
+        row = session.scalar(select(AdapterVersion).where(AdapterVersion.run_name == run_name,
+                                                          AdapterVersion.version == version).with_for_update())
+        if row is None:
+            raise UnknownVersionError(f"run {run_name!r} has no version {version}")
+        return row
+
+    def add_rejected_snapshot(self, run_name: str, reason: str, epoch: int | None = None,
+                              eval_loss: float | None = None) -> RejectedSnapshotRecord:
+        """Record a snapshot the publisher refused, with why (shown by ``swarm status``)."""
+        if eval_loss is not None and not math.isfinite(eval_loss):
+            eval_loss = None  # the reason says it; the column holds numbers only
+        row = RejectedSnapshot(run_name=run_name, epoch=epoch, eval_loss=eval_loss, reason=str(reason),
+                               attempted_at=self._now())
+        with self._transaction() as session:
+            self._require_run(session, run_name)
+            session.add(row)
+            session.flush()
+            return _record(RejectedSnapshotRecord, row)
+
+    def rejected_snapshots(self, run_name: str, limit: int = 20) -> list[RejectedSnapshotRecord]:
+        """The run's most recent rejected snapshots, newest first."""
+        with self._transaction() as session:
+            self._require_run(session, run_name)
+            rows = session.scalars(select(RejectedSnapshot).where(RejectedSnapshot.run_name == run_name)
+                                   .order_by(RejectedSnapshot.id.desc()).limit(limit))
+            return [_record(RejectedSnapshotRecord, row) for row in rows]
 
     def next_version_number(self, run_name: str) -> int:
         """One more than the highest stored version of the run; 1 when it has none."""

@@ -79,6 +79,16 @@ class CoordinatorStub:
                 request_serializer=proto_dot_coordinator__pb2.PullRequest.SerializeToString,
                 response_deserializer=proto_dot_coordinator__pb2.PullChunk.FromString,
                 _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/nomoat.v1.Coordinator/GetVersion',
+                request_serializer=proto_dot_coordinator__pb2.VersionRequest.SerializeToString,
+                response_deserializer=proto_dot_coordinator__pb2.VersionManifest.FromString,
+                _registered_method=True)
+        self.MarkRelease = channel.unary_unary(
+                '/nomoat.v1.Coordinator/MarkRelease',
+                request_serializer=proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=proto_dot_coordinator__pb2.VersionInfo.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -142,7 +152,22 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PullAdapter(self, request, context):
-        """Download one adapter version: a header, then every file in chunks.
+        """Download one adapter version: a header (with the signed manifest), then every file in chunks, each file
+        from the offset the client already holds (resumed downloads).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersion(self, request, context):
+        """One version's record and signed manifest, without its files (what a pull checks before downloading).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRelease(self, request, context):
+        """Mark a version as a release (retention keeps it forever) or unmark it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +220,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.PullAdapter,
                     request_deserializer=proto_dot_coordinator__pb2.PullRequest.FromString,
                     response_serializer=proto_dot_coordinator__pb2.PullChunk.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=proto_dot_coordinator__pb2.VersionRequest.FromString,
+                    response_serializer=proto_dot_coordinator__pb2.VersionManifest.SerializeToString,
+            ),
+            'MarkRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRelease,
+                    request_deserializer=proto_dot_coordinator__pb2.ReleaseRequest.FromString,
+                    response_serializer=proto_dot_coordinator__pb2.VersionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +475,60 @@ class Coordinator:
             '/nomoat.v1.Coordinator/PullAdapter',
             proto_dot_coordinator__pb2.PullRequest.SerializeToString,
             proto_dot_coordinator__pb2.PullChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/GetVersion',
+            proto_dot_coordinator__pb2.VersionRequest.SerializeToString,
+            proto_dot_coordinator__pb2.VersionManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/MarkRelease',
+            proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
+            proto_dot_coordinator__pb2.VersionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,17 +30,27 @@ def coordinator(
     dht_port: int = typer.Option(0, help="DHT port (0: any free port)."),
     announce_host: Optional[str] = typer.Option(None, help="Address other machines dial when --host is 0.0.0.0."),
     no_publish: bool = typer.Option(False, help="Do not publish on the runs' intervals (PublishNow still works)."),
+    keep_versions: int = typer.Option(10, min=1, help="Retention: newest versions per run that keep their files "
+                                      "(releases and versions other runs stack on are always kept)."),
+    max_eval_regression: float = typer.Option(0.05, min=0.0, help="Quality gate: refuse a version whose eval "
+                                              "loss is worse than the previous one's by more than this fraction."),
+    compare_peers: int = typer.Option(3, min=1, help="Download each shard's state from up to this many peers "
+                                      "and publish only what the majority agrees on."),
 ) -> None:
     """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
+    from coordinator.publisher import PublishPolicy
     from coordinator.server import Coordinator, CoordinatorConfig
 
+    policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
+                           compare_peers=compare_peers)
     config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
-                               announce_host=announce_host, publish=not no_publish)
+                               announce_host=announce_host, publish=not no_publish, publish_policy=policy)
     try:
         service = Coordinator(config).start()
     except Exception as exc:
         _fail(f"coordinator did not start: {exc}")
     typer.echo(f"coordinator: {service.address}", err=False)
+    typer.echo(f"coordinator key (signs published versions): {service.identity.peer_id}")
     typer.echo(f"initial peers: {' '.join(service.initial_peers)}")
     sys.stdout.flush()
     stop = threading.Event()
@@ -77,13 +87,15 @@ def launch(
     matchmaking_time: Optional[float] = typer.Option(None, help="hivemind matchmaking time (s)."),
     averaging_timeout: Optional[float] = typer.Option(None, help="hivemind averaging timeout (s)."),
     progress_refresh: Optional[float] = typer.Option(None, help="How often peers re-read swarm progress (s)."),
+    parent: Optional[str] = typer.Option(None, help="Stack on a published version, RUN@VERSION: train a new LoRA "
+                                         "on the base model with that version merged in."),
 ) -> None:
     """Launch a community training run."""
     flags = {
         "name": name, "base_model": base_model, "dataset": dataset, "shards": shards,
         "batch_size_per_step": batch_size, "target_batch_size": target_batch_size, "optimizer": optimizer,
         "lr": lr, "seq_len": seq_len, "data_slices": data_slices, "publish_interval_s": publish_interval,
-        "seed": seed,
+        "seed": seed, "parent": parent,
         "lora": {"rank": rank, "alpha": alpha, "dropout": dropout,
                  "target_modules": target_modules.split(",") if target_modules else None},
         "averaging": {"matchmaking_time": matchmaking_time, "averaging_timeout": averaging_timeout,
@@ -164,19 +176,75 @@ def donate(
 @app.command()
 def pull(
     run: str = typer.Option(..., help="Run name."),
-    out: Path = typer.Option(..., help="Output folder (a PEFT adapter directory)."),
+    out: Path = typer.Option(..., help="Output folder."),
     coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
-    version: int = typer.Option(0, help="Version number (0: latest)."),
+    version: str = typer.Option("latest", help="'latest' or a version number."),
+    merge: bool = typer.Option(False, "--merge", help="Write the base model with the adapter (and its parent "
+                               "chain) merged in, plus the tokenizer: no PEFT needed to load it."),
+    chain: bool = typer.Option(False, "--chain", help="Write every adapter of a stacked version, root first, "
+                               "and stack.json listing the order."),
+    trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust (default: the key "
+                                        "this address used on your first pull)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Download cache (default: ~/.cache/nomoat/adapters)."),
 ) -> None:
-    """Download a published adapter version, verified, as a PEFT adapter directory."""
+    """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
     from swarm.pull import PullError, pull as run_pull
 
+    if merge and chain:
+        _fail("choose one of --merge and --chain")
+    layout = "merged" if merge else "chain" if chain else "adapter"
     try:
-        pulled = run_pull(coordinator, run, out, version=version, show_progress=True)
+        pulled = run_pull(coordinator, run, out, version=version, layout=layout, trusted_signer=trust,
+                          cache_dir=cache_dir, show_progress=True)
     except (CoordinatorError, PullError) as exc:
         _fail(str(exc))
+    fetched = f"{pulled.downloaded_bytes} bytes downloaded" if pulled.downloaded_bytes else "nothing to download"
+    stacked = f", stacked on {' -> '.join(map(str, pulled.manifest.chain))}" if pulled.manifest.chain else ""
     typer.echo(f"pulled {pulled.run_name} version {pulled.version} (sha256 {pulled.sha256[:16]}..., "
-               f"eval loss {pulled.eval_loss:.4f} vs base {pulled.base_eval_loss:.4f}) into {pulled.path}")
+               f"eval loss {pulled.eval_loss:.4f} vs base {pulled.base_eval_loss:.4f}{stacked}) into {pulled.path} "
+               f"as {layout}; signed by {pulled.manifest.coordinator}; {fetched}")
+
+
+@app.command()
+def release(
+    run: str = typer.Option(..., help="Run name."),
+    version: int = typer.Option(..., help="Version number."),
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
+) -> None:
+    """Mark a version as a release: retention keeps it forever."""
+    try:
+        with CoordinatorClient(coordinator) as client:
+            info = client.mark_release(run, version, release=not undo)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
+
+
+@app.command()
+def export(
+    run: str = typer.Option(..., help="Run name."),
+    out: Path = typer.Option(..., help="Folder to write the Hugging Face model repo into."),
+    coordinator: str = typer.Option("127.0.0.1:50051", "--coordinator", "-c", help="Coordinator host:port."),
+    version: str = typer.Option("latest", help="'latest' or a version number."),
+    merge: bool = typer.Option(False, "--merge", help="Export the merged model instead of the adapter."),
+    trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust."),
+    upload: Optional[str] = typer.Option(None, help="Also upload to this Hub repo id (needs huggingface_hub and "
+                                         "a token; optional)."),
+) -> None:
+    """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload."""
+    from swarm.export import ExportError, export_hf_repo, upload_to_hub
+    from swarm.pull import PullError, fetch_stack
+
+    try:
+        manifest, stack = fetch_stack(coordinator, run, version, trusted_signer=trust)
+        folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
+                                merged_from=stack[:-1] if merge else None)
+        if upload:
+            typer.echo(f"uploaded to {upload_to_hub(folder, upload)}")
+    except (CoordinatorError, PullError, ExportError) as exc:
+        _fail(str(exc))
+    typer.echo(f"exported {run} version {manifest.version} to {folder}")
 
 
 @app.command()
@@ -198,10 +266,16 @@ def status(
         for shard in state.shard_status:
             typer.echo(f"  shard {shard.shard}: {shard.live_workers} worker(s), epoch {shard.epoch}, "
                        f"{shard.samples} samples")
+        if state.parent:
+            typer.echo(f"  stacked on {state.parent}")
         for version in state.versions:
+            marks = " [release]" if version.release else " [removed by retention]" if version.collected else ""
             typer.echo(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f} "
                        f"(base {version.base_eval_loss:.4f}), {len(version.contributors)} contributor(s), "
-                       f"sha256 {version.sha256[:16]}...")
+                       f"sha256 {version.sha256[:16]}...{marks}")
+        for rejected in state.rejected_snapshots:
+            at_epoch = f" at epoch {rejected.epoch}" if rejected.epoch >= 0 else ""
+            typer.echo(f"  rejected snapshot{at_epoch} ({rejected.attempted_at[:19]}): {rejected.reason}")
 
 
 @app.command()

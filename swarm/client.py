@@ -98,5 +98,13 @@ class CoordinatorClient:
     def publish_now(self, run_name: str, timeout: float = 600.0) -> pb.PublishResponse:
         return self._call("PublishNow", pb.PublishRequest(run_name=run_name), timeout=timeout)
 
-    def pull_stream(self, run_name: str, version: int = 0) -> Iterator[pb.PullChunk]:
-        return self._stream("PullAdapter", pb.PullRequest(run_name=run_name, version=version), timeout=3600)
+    def pull_stream(self, run_name: str, version: int = 0, offsets: dict[str, int] | None = None,
+                    chunk_bytes: int = 0) -> Iterator[pb.PullChunk]:
+        request = pb.PullRequest(run_name=run_name, version=version, offsets=offsets or {}, chunk_bytes=chunk_bytes)
+        return self._stream("PullAdapter", request, timeout=3600)
+
+    def get_version(self, run_name: str, version: int = 0) -> pb.VersionManifest:
+        return self._call("GetVersion", pb.VersionRequest(run_name=run_name, version=version))
+
+    def mark_release(self, run_name: str, version: int, release: bool = True) -> pb.VersionInfo:
+        return self._call("MarkRelease", pb.ReleaseRequest(run_name=run_name, version=version, release=release))

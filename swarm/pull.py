@@ -1,36 +1,52 @@
-"""Pull a published adapter version from a coordinator into a stock PEFT adapter directory.
+"""Pull a published adapter version from a coordinator: verified, resumable, cached, and in the layout you need.
 
-Every file is streamed in chunks, checked against the header's size and sha256, and the whole version against
-the digest the coordinator recorded at publish time; only then is the directory moved into place, so ``out``
-never holds a partial or tampered adapter.
+A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, and that
+the signer is the coordinator you trust (``trusted_signer``, or the key this address used the first time you
+pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts). Files then stream
+in chunks into a cache folder named by the version's digest, resuming from what an interrupted pull left, and
+every file must match the manifest's size and sha256 before anything reaches ``out``; pulling a version that is
+already cached (or already in ``out``) downloads nothing.
+
+Layouts:
+- ``adapter`` (default): ``out`` is the version's stock PEFT adapter (``PeftModel.from_pretrained(base, out)``;
+  for a stacked version, ``base`` means the base with its parent chain merged in, see ``chain``);
+- ``chain``: ``out/00-<run>-v<N>/ ...`` holds every adapter of the stack, root first, and ``out/stack.json``
+  lists them; apply them in order;
+- ``merged``: ``out`` is a plain transformers model with the whole chain merged in (``merge_and_unload``),
+  plus the tokenizer, for tools that know nothing of PEFT; ``out/nomoat_adapter/`` keeps the verified version.
 
 Usage::
 
-    from swarm.pull import pull
-    info = pull("127.0.0.1:50051", "demo", out=Path("adapter"))       # latest version
+    from swarm import pull
+    pulled = pull("127.0.0.1:50051", "demo", out=Path("adapter"))                 # latest version
+    pulled = pull("127.0.0.1:50051", "demo", out=Path("merged"), version=3, layout="merged")
     model = peft.PeftModel.from_pretrained(base_model, "adapter")
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Literal
 
 from tqdm import tqdm
 
-from swarm.adapter_files import FileDigest, version_digest
+from swarm.adapter_files import file_sha256
 from swarm.client import CoordinatorClient
+from swarm.manifest import Manifest, ManifestError, SignedManifest, read_signed_manifest
+from swarm.merge import write_folder_atomically
 
 VERSION_INFO_FILE = "nomoat_version.json"
+STACK_FILE = "stack.json"
+MERGED_ADAPTER_FOLDER = "nomoat_adapter"  # inside a merged model folder: the version it was merged from
+Layout = Literal["adapter", "chain", "merged"]
 
 
 class PullError(RuntimeError):
-    """The download was incomplete or did not match its hashes; nothing was written to the output folder."""
+    """The version could not be pulled or did not verify; nothing was written to the output folder."""
 
 
 @dataclass(frozen=True)
@@ -41,75 +57,268 @@ class PulledVersion:
     eval_loss: float
     base_eval_loss: float
     path: Path
+    manifest: Manifest
+    downloaded_bytes: int  # over the network by this call (0: everything came from the cache or was in place)
+    layout: str = "adapter"
 
 
-def pull(coordinator: str, run_name: str, out: Path, version: int = 0, show_progress: bool = False) -> PulledVersion:
-    """Download ``version`` (0: latest) of ``run_name`` into ``out`` (created or replaced) and verify it."""
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nomoat" / "adapters"
+
+
+def known_coordinators_file() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "nomoat" / "known_coordinators.json"
+
+
+def resolve_version(text: str | int | None) -> int:
+    """'latest', None or 0 -> 0 (latest); 'N' or N -> N; PullError otherwise."""
+    if text in (None, "", "latest", 0):
+        return 0
+    try:
+        number = int(text)
+    except (TypeError, ValueError):
+        raise PullError(f"--version must be 'latest' or a version number, not {text!r}") from None
+    if number < 1:
+        raise PullError(f"version numbers start at 1, got {number}")
+    return number
+
+
+def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None) -> str:
+    """The peer ID whose signature this pull accepts: the one given, else the one remembered for this address
+    (recording ``signer`` on first use)."""
+    if trusted_signer:
+        return trusted_signer
+    path = known_coordinators_file()
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise PullError(f"cannot read the known coordinators file {path}: {exc}") from None
+    if coordinator in known:
+        return known[coordinator]
+    known[coordinator] = signer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(known, indent=2, sort_keys=True))
+    partial.replace(path)
+    return signer
+
+
+def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, layout: Layout = "adapter",
+         trusted_signer: str | None = None, cache_dir: Path | None = None, chunk_bytes: int = 0,
+         show_progress: bool = False, on_bytes: Callable[[int], None] | None = None) -> PulledVersion:
+    """Pull ``version`` ('latest'/0 or N) of ``run_name`` into ``out`` in the given layout, verified.
+
+    ``on_bytes`` is called with each received chunk's size (progress reporting; raising from it interrupts the
+    pull, and the next pull resumes where it stopped)."""
+    if layout not in ("adapter", "chain", "merged"):
+        raise PullError(f"layout must be adapter, chain or merged, not {layout!r}")
+    number = resolve_version(version)
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=out.parent))
-    try:
-        with CoordinatorClient(coordinator) as client:
-            info = _receive(client.pull_stream(run_name, version), staging, show_progress)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return PulledVersion(info.run_name, info.version, info.sha256, info.eval_loss, info.base_eval_loss, out)
+    fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer,
+                       chunk_bytes, show_progress, on_bytes)
+    with CoordinatorClient(coordinator) as client:
+        fetcher.client = client
+        manifest, folder = fetcher.fetch(run_name, number)
+        stack = [fetcher.fetch(link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
+    if layout == "adapter":
+        _install_adapter(folder, out)
+    elif layout == "chain":
+        _install_chain([*stack, folder], out)
+    else:
+        _install_merged(manifest, [*stack, folder], out)
+    return PulledVersion(manifest.run, manifest.version, manifest.sha256, manifest.eval_loss, manifest.base_eval_loss,
+                         out, manifest, fetcher.downloaded, layout)
 
 
-def _receive(stream, staging: Path, show_progress: bool):
-    header = None
-    expected: dict[str, FileDigest] = {}
-    hashers: dict[str, hashlib._Hash] = {}
-    sizes: dict[str, int] = {}
-    handles = {}
-    progress = None
-    try:
-        for message in stream:
-            if message.HasField("header"):
-                header = message.header
-                expected = {f.name: FileDigest(f.name, f.size, f.sha256) for f in header.files}
-                for name in expected:
-                    if "/" in name or name.startswith("."):
-                        raise PullError(f"coordinator sent an unsafe file name: {name!r}")
-                    handles[name] = (staging / name).open("wb")
-                    hashers[name], sizes[name] = hashlib.sha256(), 0
-                progress = tqdm(total=sum(f.size for f in expected.values()), unit="B", unit_scale=True,
-                                desc=f"{header.version.run_name} v{header.version.version}", disable=not show_progress)
-                continue
-            chunk = message.chunk
-            if header is None or chunk.name not in handles:
-                raise PullError(f"unexpected chunk for {chunk.name!r} before or outside the header's file list")
-            if chunk.offset != sizes[chunk.name]:
-                raise PullError(f"{chunk.name}: chunk at offset {chunk.offset}, expected {sizes[chunk.name]}")
-            handles[chunk.name].write(chunk.data)
-            hashers[chunk.name].update(chunk.data)
-            sizes[chunk.name] += len(chunk.data)
-            progress.update(len(chunk.data))
-    finally:
-        for handle in handles.values():
-            handle.close()
-        if progress is not None:
+def fetch_stack(coordinator: str, run_name: str, version: int | str = 0, *, trusted_signer: str | None = None,
+                cache_dir: Path | None = None) -> tuple[Manifest, list[Path]]:
+    """A version and every version it is stacked on, verified into the cache: (its manifest, cached adapter
+    folders root first, ending with its own). Workers of a stacked run merge these into their base model."""
+    fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer, 0, False, None)
+    with CoordinatorClient(coordinator) as client:
+        fetcher.client = client
+        manifest, folder = fetcher.fetch(run_name, resolve_version(version))
+        stack = [fetcher.fetch(link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
+    return manifest, [*stack, folder]
+
+
+class _Fetcher:
+    """Fetches verified versions into the content-addressed cache (``<cache>/<sha256>/``)."""
+
+    def __init__(self, coordinator: str, cache_dir: Path, trusted_signer: str | None, chunk_bytes: int,
+                 show_progress: bool, on_bytes: Callable[[int], None] | None):
+        self.coordinator, self.cache_dir, self.trusted_signer = coordinator, cache_dir, trusted_signer
+        self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
+        self.client: CoordinatorClient | None = None
+        self.downloaded = 0
+
+    def verified_manifest(self, payload: bytes, signature_json: str, what: str) -> Manifest:
+        if not payload:
+            raise PullError(f"{what} has no signed manifest (published by an older coordinator); it cannot be verified")
+        try:
+            signed = SignedManifest.from_parts(payload, signature_json)
+            trusted = trusted_signer_for(self.coordinator, signed.signer, self.trusted_signer)
+            return signed.verify(trusted)
+        except ManifestError as exc:
+            raise PullError(f"{what} failed verification: {exc}") from None
+
+    def fetch(self, run_name: str, version: int, expect: str | None = None) -> tuple[Manifest, Path]:
+        response = self.client.get_version(run_name, version)
+        what = f"version {response.version.version} of '{run_name}'"
+        manifest = self.verified_manifest(response.manifest, response.signature_json, what)
+        if manifest.run != run_name or (version and manifest.version != version):
+            raise PullError(f"{what}: the coordinator sent the manifest of {manifest.run}@{manifest.version}")
+        if expect is not None and manifest.sha256 != expect:
+            raise PullError(f"{what} hashes to {manifest.sha256}, but the stack names {expect}")
+        folder = self.cache_dir / manifest.sha256
+        if folder.is_dir() and _holds(folder, manifest):
+            return manifest, folder
+        partial = self.cache_dir / f".partial-{manifest.sha256}"
+        partial.mkdir(parents=True, exist_ok=True)
+        offsets = _resume_offsets(partial, manifest)
+        self._download(run_name, manifest, partial, offsets)
+        for entry in manifest.files:
+            actual = file_sha256(partial / entry.name)
+            if actual != entry.sha256:
+                (partial / entry.name).unlink()  # the next pull fetches this file afresh
+                raise PullError(f"{what} failed verification: {entry.name} hashes to {actual}, but the signed "
+                                f"manifest says {entry.sha256} (corrupted or tampered file)")
+        SignedManifest.from_parts(response.manifest, response.signature_json).write(partial)
+        (partial / VERSION_INFO_FILE).write_text(json.dumps(_version_info(manifest), indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(partial, folder)
+        return manifest, folder
+
+    def _download(self, run_name: str, manifest: Manifest, partial: Path, offsets: dict[str, int]) -> None:
+        expected = {entry.name: entry for entry in manifest.files}
+        remaining = sum(entry.size - offsets[entry.name] for entry in manifest.files)
+        if remaining == 0:
+            return
+        progress = tqdm(total=sum(entry.size for entry in manifest.files), initial=sum(offsets.values()),
+                        unit="B", unit_scale=True, desc=f"{manifest.run} v{manifest.version}",
+                        disable=not self.show_progress)
+        handles = {}
+        try:
+            stream = self.client.pull_stream(run_name, manifest.version, offsets, self.chunk_bytes)
+            for message in stream:
+                if message.HasField("header"):
+                    if message.header.version.sha256 != manifest.sha256:
+                        raise PullError(f"the coordinator streamed {message.header.version.sha256}, "
+                                        f"not the version whose manifest it signed ({manifest.sha256})")
+                    continue
+                chunk = message.chunk
+                entry = expected.get(chunk.name)
+                if entry is None:
+                    raise PullError(f"coordinator sent a chunk of {chunk.name!r}, which the manifest does not list")
+                if chunk.offset != offsets[chunk.name] or chunk.offset + len(chunk.data) > entry.size:
+                    raise PullError(f"{chunk.name}: chunk at offset {chunk.offset} does not continue the "
+                                    f"{offsets[chunk.name]} bytes held (file size {entry.size})")
+                if chunk.name not in handles:
+                    handles[chunk.name] = (partial / chunk.name).open("ab")
+                handles[chunk.name].write(chunk.data)
+                handles[chunk.name].flush()
+                offsets[chunk.name] += len(chunk.data)
+                self.downloaded += len(chunk.data)
+                progress.update(len(chunk.data))
+                if self.on_bytes is not None:
+                    self.on_bytes(len(chunk.data))
+        finally:
+            for handle in handles.values():
+                handle.close()
             progress.close()
-    if header is None:
-        raise PullError("coordinator sent no version header")
-    received = []
-    for name, entry in expected.items():
-        if sizes[name] != entry.size:
-            raise PullError(f"{name}: received {sizes[name]} bytes, expected {entry.size}")
-        received.append(FileDigest(name, sizes[name], hashers[name].hexdigest()))
-    digest = version_digest(received)
-    if digest != header.version.sha256:
-        raise PullError(
-            f"version {header.version.version} of '{header.version.run_name}' failed verification: the files hash to "
-            f"{digest}, but the coordinator published {header.version.sha256} (corrupted or tampered files)"
-        )
-    info = header.version
-    (staging / VERSION_INFO_FILE).write_text(json.dumps({
-        "run": info.run_name, "version": info.version, "sha256": info.sha256, "epoch": info.epoch,
-        "samples": info.samples, "eval_loss": info.eval_loss, "base_eval_loss": info.base_eval_loss,
-        "contributors": list(info.contributors), "created_at": info.created_at,
-    }, indent=2))
-    return info
+        short = [f"{name} ({offsets[name]} of {entry.size} bytes)" for name, entry in expected.items()
+                 if offsets[name] != entry.size]
+        if short:
+            raise PullError("the download ended early: " + ", ".join(short) + "; pull again to resume")
+
+
+def _resume_offsets(partial: Path, manifest: Manifest) -> dict[str, int]:
+    """Bytes already held of each file; a file longer than the manifest says is dropped (it cannot be right)."""
+    offsets = {}
+    for entry in manifest.files:
+        path = partial / entry.name
+        size = path.stat().st_size if path.is_file() else 0
+        if size > entry.size:
+            path.unlink()
+            size = 0
+        offsets[entry.name] = size
+    return offsets
+
+
+def _holds(folder: Path, manifest: Manifest) -> bool:
+    """``folder`` holds exactly this version: its signed manifest and files matching it."""
+    try:
+        if read_signed_manifest(folder).payload != manifest.to_bytes():
+            return False
+    except ManifestError:
+        return False
+    return all((folder / e.name).is_file() and (folder / e.name).stat().st_size == e.size
+               and file_sha256(folder / e.name) == e.sha256 for e in manifest.files)
+
+
+def _version_info(manifest: Manifest) -> dict:
+    return {"run": manifest.run, "version": manifest.version, "sha256": manifest.sha256, "epoch": manifest.epoch,
+            "samples": manifest.samples, "eval_loss": manifest.eval_loss, "base_eval_loss": manifest.base_eval_loss,
+            "contributors": list(manifest.contributors), "created_at": manifest.created_at,
+            "chain": [str(link) for link in manifest.chain], "base_model": manifest.base_model}
+
+
+def _copy_version(folder: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(folder):
+        shutil.copyfile(folder / name, target / name)
+
+
+def _install_adapter(folder: Path, out: Path) -> None:
+    manifest = read_signed_manifest(folder)
+    if out.is_dir() and _holds(out, Manifest.from_bytes(manifest.payload)):
+        return  # already there, verified
+    write_folder_atomically(out, lambda staging: _copy_version(folder, staging))
+
+
+def _stack_entries(folders: list[Path]) -> list[tuple[str, Path, Manifest]]:
+    entries = []
+    for index, folder in enumerate(folders):
+        manifest = Manifest.from_bytes(read_signed_manifest(folder).payload)
+        entries.append((f"{index:02d}-{manifest.run}-v{manifest.version}", folder, manifest))
+    return entries
+
+
+def _install_chain(folders: list[Path], out: Path) -> None:
+    entries = _stack_entries(folders)
+
+    def fill(staging: Path) -> None:
+        for name, folder, _ in entries:
+            _copy_version(folder, staging / name)
+        top = entries[-1][2]
+        (staging / STACK_FILE).write_text(json.dumps({
+            "base_model": top.base_model, "base_model_fingerprint": top.base_model_fingerprint,
+            "apply_in_order": [{"folder": name, "run": m.run, "version": m.version, "sha256": m.sha256}
+                               for name, _, m in entries],
+        }, indent=2))
+
+    write_folder_atomically(out, fill)
+
+
+def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
+    from swarm.merge import MergeError, apply_adapter_chain, write_tokenizer
+    from swarm.model import base_model_fingerprint, load_base_model
+
+    base, tokenizer = load_base_model(manifest.base_model)
+    if base_model_fingerprint(base) != manifest.base_model_fingerprint:
+        raise PullError(f"the base model '{manifest.base_model}' here differs from the one the run trained on "
+                        f"({manifest.base_model_fingerprint}); merging would give a different model")
+    try:
+        model = apply_adapter_chain(base, folders)
+    except MergeError as exc:
+        raise PullError(f"cannot merge {manifest.run}@{manifest.version} into {manifest.base_model}: {exc}") from None
+
+    def fill(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        write_tokenizer(tokenizer, staging)
+        # the verified adapter and its signed manifest travel along; at the top level the manifest would list
+        # files that are not there, and adapter_config.json would make tools treat the folder as an adapter
+        _copy_version(folders[-1], staging / MERGED_ADAPTER_FOLDER)
+
+    write_folder_atomically(out, fill)
+

@@ -23,6 +23,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 RUN_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+VERSION_REF_PATTERN = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})@([1-9][0-9]*)$")
+
+
+def parse_version_ref(ref: str) -> tuple[str, int]:
+    """'RUN@VERSION' -> (run, version); SpecError when it is not of that form."""
+    match = VERSION_REF_PATTERN.match(ref.strip())
+    if not match:
+        raise SpecError(f"'{ref}' is not a published version reference of the form RUN@VERSION (e.g. demo@3)")
+    return match.group(1), int(match.group(2))
 
 
 class SpecError(ValueError):
@@ -79,6 +88,17 @@ class RunSpec(_Frozen):
     publish_interval_s: float = Field(30.0, gt=0, description="Seconds between adapter snapshots by the coordinator.")
     seed: int = Field(0, ge=0, description="Seed of the LoRA initialisation and the data split.")
     averaging: AveragingSpec = Field(default_factory=AveragingSpec)
+    parent: str | None = Field(
+        None, description="Stack this run on a published version, 'RUN@VERSION': its workers train a new LoRA on "
+        "the base model with that version (and the versions it was itself stacked on) merged in.",
+    )
+
+    @field_validator("parent")
+    @classmethod
+    def _check_parent(cls, value: str | None) -> str | None:
+        if value is not None and not VERSION_REF_PATTERN.match(value):
+            raise ValueError(f"must be RUN@VERSION (e.g. demo@3), not {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -109,7 +129,10 @@ class RunSpec(_Frozen):
         return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = self.model_dump(mode="json")
+        if fields["parent"] is None:  # runs that stack on nothing keep the hash they had before stacking existed
+            del fields["parent"]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "RunSpec":

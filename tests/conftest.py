@@ -13,6 +13,28 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
+def user_folders(tmp_path_factory):
+    """Config (identities, trusted coordinator keys) and cache (pulled adapters) of the session's own user, so
+    tests never read or write the real ~/.config/nomoat or ~/.cache/nomoat."""
+    home = tmp_path_factory.mktemp("user")
+    saved = {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    os.environ["XDG_CONFIG_HOME"], os.environ["XDG_CACHE_HOME"] = str(home / "config"), str(home / "cache")
+    yield home
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def trusted_coordinators(tmp_path, monkeypatch):
+    """Each test trusts coordinators afresh: test coordinators have new keys, and a later test may get an
+    earlier one's port, which trust-on-first-use would (rightly) refuse."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def reap_children():
     yield
     children = psutil.Process().children(recursive=True)

@@ -8,12 +8,21 @@ import torch
 from peft import PeftModel
 
 from coordinator.adapter_store import PARTIAL_PREFIX, AdapterStore, StoreError
+from coordinator.publisher import PublishPolicy, ShardSnapshot
 from coordinator.server import Coordinator, CoordinatorConfig
 from swarm.model import build_lora_model, build_tiny_model, lora_parameters
 from swarm.pull import PullError, pull
 from swarm.spec import RunSpec
 
 SPEC = RunSpec(name="store-test", data_slices=2)
+
+
+def lora_filled(fill: float, spec: RunSpec = SPEC) -> dict[str, torch.Tensor]:
+    model = build_lora_model(build_tiny_model(), spec.lora, seed=spec.seed)
+    with torch.no_grad():
+        for param in lora_parameters(model).values():
+            param.fill_(fill)
+    return {name: param.detach().clone() for name, param in lora_parameters(model).items()}
 
 
 def make_adapter_dir(path: Path, fill: float) -> Path:
@@ -27,20 +36,32 @@ def make_adapter_dir(path: Path, fill: float) -> Path:
 
 @pytest.fixture()
 def coordinator(tmp_path):
-    with Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False)) as running:
+    # no quality gate here: these tests publish arbitrary adapters
+    policy = PublishPolicy(max_eval_regression=1e9)
+    with Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False,
+                                       publish_policy=policy)) as running:
         running.registry.launch(SPEC)
         yield running
 
 
-def publish_by_hand(coordinator, source: Path, version: int):
-    stored = coordinator.store.put(SPEC.name, version, source)
-    return coordinator.storage.add_version(SPEC.name, version, stored.sha256, str(stored.path), epoch=version,
-                                           samples=10 * version, eval_loss=1.0, base_eval_loss=2.0, contributors=[])
+def publish_tensors(coordinator, run_name: str, tensors: dict[str, torch.Tensor], epoch: int):
+    """Publish through the real publisher (merge, eval, gate, signed manifest, store), as if every shard's peers
+    had agreed on ``tensors`` at ``epoch``."""
+    context = coordinator.registry.context(run_name)
+    snapshots = [ShardSnapshot(shard, epoch, "peer", {name: tensors[name] for name in names}, ("peer",))
+                 for shard, names in enumerate(context.shard_names)]
+    return coordinator.publisher.publish_snapshots(context, snapshots)
+
+
+def publish_by_hand(coordinator, fill: float, version: int):
+    outcome = publish_tensors(coordinator, SPEC.name, lora_filled(fill), epoch=version)
+    assert outcome.published and outcome.version.version == version, outcome.message
+    return outcome.version
 
 
 def test_pull_writes_a_stock_peft_adapter(coordinator, tmp_path):
-    publish_by_hand(coordinator, make_adapter_dir(tmp_path / "a1", 0.01), 1)
-    publish_by_hand(coordinator, make_adapter_dir(tmp_path / "a2", 0.02), 2)
+    publish_by_hand(coordinator, 0.01, 1)
+    publish_by_hand(coordinator, 0.02, 2)
     latest = pull(coordinator.address, SPEC.name, tmp_path / "out")
     assert latest.version == 2
     first = pull(coordinator.address, SPEC.name, tmp_path / "out1", version=1)
@@ -51,7 +72,7 @@ def test_pull_writes_a_stock_peft_adapter(coordinator, tmp_path):
 
 
 def test_pull_rejects_a_corrupted_file_and_writes_nothing(coordinator, tmp_path):
-    record = publish_by_hand(coordinator, make_adapter_dir(tmp_path / "a1", 0.01), 1)
+    record = publish_by_hand(coordinator, 0.01, 1)
     weights = Path(record.path) / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
@@ -72,7 +93,7 @@ def test_pull_of_missing_run_or_version_is_a_clear_error(coordinator, tmp_path):
 
 
 def test_interrupted_store_write_leaves_previous_versions_intact(coordinator, tmp_path, monkeypatch):
-    first = publish_by_hand(coordinator, make_adapter_dir(tmp_path / "a1", 0.01), 1)
+    first = publish_by_hand(coordinator, 0.01, 1)
     broken = make_adapter_dir(tmp_path / "a2", 0.02)
     real_copy = shutil.copyfile
     calls = []

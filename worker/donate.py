@@ -21,8 +21,9 @@ from swarm.dht import start_dht
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 from swarm.model import pick_device
+from swarm.pull import fetch_stack
 from swarm.receipts import Receipt, sign_receipt
-from swarm.spec import RunSpec
+from swarm.spec import RunSpec, parse_version_ref
 from worker.model_setup import build_run_model
 from worker.outbox import Outbox, OutboxSender
 from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
@@ -67,7 +68,14 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                            f"spec hashes to {spec.content_hash}")
     logger.info("joined run %s as %s: shards %s, data slice %d/%d (%d samples)", spec.name, identity.peer_id,
                 list(assignment.shards), assignment.data_slice, assignment.data_slices, assignment.slice_samples)
-    run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint)
+    parent_adapters: list[Path] = []
+    if spec.parent:  # a stacked run trains on base + the parent chain, fetched verified from the coordinator
+        parent_run, parent_version = parse_version_ref(spec.parent)
+        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version)
+        logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
+                    len(parent_adapters))
+    run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
+                                parent_adapters=parent_adapters)
     texts = client.data_slice(spec.name, assignment.data_slice)
     shards = list(assignment.shards)
     for shard in range(spec.shards):  # shards this worker does not train stay fixed

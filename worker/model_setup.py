@@ -1,13 +1,16 @@
-"""A worker's model: the run's base model (checked against the run's fingerprint) wrapped with the run's LoRA,
-and the LoRA parameters split into the run's shards."""
+"""A worker's model: the run's base model (checked against the run's fingerprint), with the parent chain of a
+stacked run merged in, wrapped with the run's LoRA, and the LoRA parameters split into the run's shards."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import PeftModel
 
+from swarm.merge import apply_adapter_chain
 from swarm.model import base_model_fingerprint, build_lora_model, load_base_model, lora_parameters
 from swarm.shards import partition_parameters
 from swarm.spec import RunSpec
@@ -32,8 +35,10 @@ class RunModel:
         return [named[name] for name in self.shard_names[shard]]
 
 
-def build_run_model(spec: RunSpec, expected_fingerprint: str | None = None) -> RunModel:
-    """Load the base model, check its fingerprint (when given), add the run's LoRA with the run's seed."""
+def build_run_model(spec: RunSpec, expected_fingerprint: str | None = None,
+                    parent_adapters: Sequence[Path] = ()) -> RunModel:
+    """Load the base model, check its fingerprint (when given), merge in the parent chain of a stacked run
+    (``parent_adapters``, root first, as ``swarm.pull.fetch_stack`` returns them), add the run's LoRA."""
     base, tokenizer = load_base_model(spec.base_model)
     if expected_fingerprint:
         actual = base_model_fingerprint(base)
@@ -42,6 +47,7 @@ def build_run_model(spec: RunSpec, expected_fingerprint: str | None = None) -> R
                 f"base model '{spec.base_model}' here has fingerprint {actual}, but run '{spec.name}' was launched "
                 f"with {expected_fingerprint}: a different checkpoint or library version; refusing to train"
             )
+    base = apply_adapter_chain(base, parent_adapters)
     model = build_lora_model(base, spec.lora, seed=spec.seed)
     num_layers = int(getattr(base.config, "num_hidden_layers", 1))
     shard_names = partition_parameters(list(lora_parameters(model)), num_layers, spec.shards)

@@ -1,0 +1,315 @@
+"""The adapter registry: snapshots cross-checked across real hivemind peers, the quality gate, signed manifests,
+resumable and cached pulls, merged pulls, stacked runs, retention and export, against a real coordinator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import hivemind
+import pytest
+import torch
+from hivemind.optim.state_averager import TrainingStateAverager
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from coordinator.publisher import PublishPolicy, SnapshotError, fetch_shard_snapshot
+from coordinator.server import Coordinator, CoordinatorConfig
+from swarm.client import CoordinatorClient, CoordinatorError
+from swarm.dht import shard_state_prefix
+from swarm.manifest import MANIFEST_FILE, read_signed_manifest
+from swarm.model import build_tiny_model
+from swarm.pull import STACK_FILE, PullError, fetch_stack, pull
+from swarm.spec import RunSpec
+from tests.test_store_and_pull import lora_filled, publish_tensors
+from worker.model_setup import build_run_model
+
+PARENT = RunSpec(name="parent", data_slices=2)
+CHILD = RunSpec(name="child", data_slices=2, parent="parent@1", seed=7)
+TOKENS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]])
+
+
+def lora_random(seed: int, scale: float = 0.05, spec: RunSpec = PARENT) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(tensor.shape, generator=generator) * scale
+            for name, tensor in lora_filled(0.0, spec).items()}
+
+
+def logits_of(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=TOKENS).logits
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def make_coordinator(tmp_path):
+    running = []
+
+    def start(**policy) -> Coordinator:
+        config = CoordinatorConfig(data_dir=tmp_path / f"coord{len(running)}", port=0, publish=False,
+                                   publish_policy=PublishPolicy(**policy))
+        running.append(Coordinator(config).start())
+        return running[-1]
+
+    yield start
+    for coordinator in running:
+        coordinator.stop()
+
+
+# Trustworthy snapshots: real hivemind peers serve a shard's state; one diverges, one sends NaN.
+
+def serve_state(initial_peers: list[str], run_id: str, tensors: list[torch.Tensor], epoch: int):
+    dht = hivemind.DHT(initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+    averager = TrainingStateAverager(dht=dht, optimizer=partial(torch.optim.SGD, lr=0.1),
+                                     params=[torch.nn.Parameter(t.clone()) for t in tensors],
+                                     prefix=shard_state_prefix(run_id), allow_state_sharing=True, start=True)
+    averager.local_epoch = epoch
+    averager.state_sharing_priority = epoch
+    return dht, averager
+
+
+@pytest.fixture(scope="module")
+def state_swarm():
+    run_id = "crosscheck_shard0"
+    honest = [torch.randn(8, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    diverged = [tensor + 0.5 for tensor in honest]
+    poisoned = [tensor.clone() for tensor in honest]
+    poisoned[1][0, 0] = float("nan")
+    coordinator_dht = hivemind.DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+    peers = [str(address) for address in coordinator_dht.get_visible_maddrs()]
+    served = [serve_state(peers, run_id, tensors, epoch=5) for tensors in (honest, honest, diverged, poisoned)]
+    ids = [str(dht.peer_id) for dht, _ in served]
+    served += [serve_state(peers, "split_shard0", tensors, epoch=3) for tensors in (honest, diverged)]
+    yield coordinator_dht, run_id, honest, ids
+    for dht, averager in served:
+        averager.shutdown()
+        dht.shutdown()
+    coordinator_dht.shutdown()
+
+
+def test_a_diverging_and_a_nan_peer_are_left_out_of_the_snapshot(state_swarm):
+    dht, run_id, honest, (good1, good2, diverged, poisoned) = state_swarm
+    names = [f"t{i}" for i in range(3)]
+    snapshot = fetch_shard_snapshot(dht, run_id, 0, names, [tuple(t.shape) for t in honest], timeout=30,
+                                    policy=PublishPolicy(compare_peers=4))
+    assert set(snapshot.agreeing_peers) == {good1, good2}
+    reasons = dict(snapshot.excluded)
+    assert "disagrees with the majority" in reasons[diverged]
+    assert "non-finite" in reasons[poisoned]
+    assert all(torch.equal(snapshot.tensors[name], tensor) for name, tensor in zip(names, honest))
+
+
+def test_a_spec_mismatch_or_a_split_vote_aborts_the_snapshot(state_swarm):
+    dht, run_id, honest, _ = state_swarm
+    names = [f"t{i}" for i in range(3)]
+    with pytest.raises(SnapshotError, match="shape"):
+        fetch_shard_snapshot(dht, run_id, 0, names, [(8, 15)] * 3, timeout=30, policy=PublishPolicy(compare_peers=4))
+
+
+def test_two_peers_that_disagree_give_no_majority_and_no_snapshot(state_swarm):
+    dht, _, honest, _ = state_swarm
+    names = [f"t{i}" for i in range(3)]
+    with pytest.raises(SnapshotError, match="disagree and no majority"):
+        fetch_shard_snapshot(dht, "split_shard0", 0, names, [tuple(t.shape) for t in honest], timeout=30,
+                             policy=PublishPolicy(retry_pause_s=0.1))
+
+
+# The quality gate
+
+def test_the_gate_refuses_a_worse_version_and_status_shows_why(make_coordinator, tmp_path):
+    coordinator = make_coordinator(max_eval_regression=0.005)  # the tiny model's losses sit close together
+    coordinator.registry.launch(PARENT)
+    first = publish_tensors(coordinator, PARENT.name, lora_random(1, scale=0.01), epoch=1)
+    assert first.published, first.message
+    worse = publish_tensors(coordinator, PARENT.name, lora_random(2, scale=3.0), epoch=2)
+    assert not worse.published and "worse than version 1" in worse.message
+    assert coordinator.storage.get_version(PARENT.name).version == 1  # version 1 is still the one served
+    rejected = coordinator.storage.rejected_snapshots(PARENT.name)
+    assert len(rejected) == 1 and rejected[0].epoch == 2 and rejected[0].eval_loss > first.version.eval_loss * 1.005
+    shown = cli("status", "-c", coordinator.address)
+    assert "rejected snapshot at epoch 2" in shown.stdout and "worse than version 1" in shown.stdout, shown.stderr
+    assert pull(coordinator.address, PARENT.name, tmp_path / "out").version == 1
+
+
+# Signed manifests
+
+def test_tampered_manifest_and_tampered_weights_are_refused(make_coordinator, tmp_path):
+    coordinator = make_coordinator()
+    coordinator.registry.launch(PARENT)
+    record = publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1).version
+    pulled = pull(coordinator.address, PARENT.name, tmp_path / "ok")
+    assert pulled.manifest.coordinator == coordinator.identity.peer_id
+    assert read_signed_manifest(tmp_path / "ok").verify(coordinator.identity.peer_id).sha256 == record.sha256
+
+    manifest_path = Path(record.path) / MANIFEST_FILE
+    original = manifest_path.read_bytes()
+    manifest_path.write_bytes(original.replace(b'"samples":', b'"samples":1'))  # a claim changed after signing
+    with pytest.raises(PullError, match="signature does not match"):
+        pull(coordinator.address, PARENT.name, tmp_path / "bad1", cache_dir=tmp_path / "cache1")
+    manifest_path.write_bytes(original)
+
+    weights = Path(record.path) / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PullError, match="adapter_model.safetensors hashes to .* tampered"):
+        pull(coordinator.address, PARENT.name, tmp_path / "bad2", cache_dir=tmp_path / "cache2")
+    assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()
+    with pytest.raises(PullError, match="not by the trusted coordinator"):
+        pull(coordinator.address, PARENT.name, tmp_path / "bad3", trusted_signer="QmSomebodyElse")
+    failed = cli("pull", "-c", coordinator.address, "--run", PARENT.name, "--out", str(tmp_path / "bad4"),
+                 "--cache-dir", str(tmp_path / "cache4"))
+    assert failed.returncode != 0 and "tampered" in failed.stderr
+
+
+def test_a_coordinator_with_another_key_at_a_known_address_is_refused(make_coordinator, tmp_path):
+    coordinator = make_coordinator()
+    coordinator.registry.launch(PARENT)
+    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
+    pull(coordinator.address, PARENT.name, tmp_path / "first")  # trusted on first use
+    known = json.loads((Path(__import__("os").environ["XDG_CONFIG_HOME"]) / "nomoat" /
+                        "known_coordinators.json").read_text())
+    assert known[coordinator.address] == coordinator.identity.peer_id
+    known[coordinator.address] = "QmAnImpostorOrAnOldKey"
+    (Path(__import__("os").environ["XDG_CONFIG_HOME"]) / "nomoat" / "known_coordinators.json").write_text(
+        json.dumps(known))
+    with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey"):
+        pull(coordinator.address, PARENT.name, tmp_path / "second")
+
+
+# Pull for real use
+
+def test_an_interrupted_pull_resumes_and_a_second_pull_downloads_nothing(make_coordinator, tmp_path):
+    coordinator = make_coordinator()
+    coordinator.registry.launch(PARENT)
+    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
+    received = []
+
+    def cut_after_three_chunks(size: int) -> None:
+        received.append(size)
+        if len(received) == 3:
+            raise ConnectionError("link dropped")
+
+    with pytest.raises(ConnectionError):
+        pull(coordinator.address, PARENT.name, tmp_path / "out", chunk_bytes=4096, on_bytes=cut_after_three_chunks)
+    assert not (tmp_path / "out").exists()
+    held = sum(received)
+    resumed = pull(coordinator.address, PARENT.name, tmp_path / "out", version="latest", chunk_bytes=4096)
+    total = sum(entry.size for entry in resumed.manifest.files)
+    assert 0 < held < total and resumed.downloaded_bytes == total - held
+    model = PeftModel.from_pretrained(build_tiny_model(), str(tmp_path / "out"))
+    assert torch.isfinite(logits_of(model)).all()
+    again = pull(coordinator.address, PARENT.name, tmp_path / "out", version=1)
+    elsewhere = pull(coordinator.address, PARENT.name, tmp_path / "elsewhere", version="1")
+    assert again.downloaded_bytes == 0 and elsewhere.downloaded_bytes == 0
+    with pytest.raises(PullError, match="'latest' or a version number"):
+        pull(coordinator.address, PARENT.name, tmp_path / "x", version="newest")
+
+
+def test_merged_pull_loads_without_peft_and_matches_the_adapter(make_coordinator, tmp_path):
+    coordinator = make_coordinator()
+    coordinator.registry.launch(PARENT)
+    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
+    result = cli("pull", "-c", coordinator.address, "--run", PARENT.name, "--version", "1", "--merge",
+                 "--out", str(tmp_path / "merged"))
+    assert result.returncode == 0, result.stderr
+    pull(coordinator.address, PARENT.name, tmp_path / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    adapted = PeftModel.from_pretrained(build_tiny_model(), str(tmp_path / "adapter"))
+    assert torch.allclose(logits_of(merged), logits_of(adapted), atol=1e-5)
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert (tmp_path / "merged" / "nomoat_tokenizer.json").exists()
+
+
+# Stacking
+
+def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand(make_coordinator, tmp_path):
+    coordinator = make_coordinator(keep_versions=1)
+    coordinator.registry.launch(PARENT)
+    parent_v1 = publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1).version
+    bad_parent = CHILD.model_copy(update={"name": "orphan", "parent": "parent@9"})
+    with pytest.raises(CoordinatorError, match="has not published version 9"):
+        with CoordinatorClient(coordinator.address) as client:
+            client.launch_run(bad_parent)
+    launched = cli("launch", "-c", coordinator.address, "--name", CHILD.name, "--parent", "parent@1",
+                   "--data-slices", "2", "--seed", "7")
+    assert launched.returncode == 0, launched.stderr
+    context = coordinator.registry.context(CHILD.name)
+    assert [str(link) for link in context.chain] == ["parent@1"]
+    publish_tensors(coordinator, PARENT.name, lora_random(3, scale=0.001), epoch=2)  # retention keeps 1 ...
+    assert coordinator.storage.get_version(PARENT.name, 1).collected_at is None  # ... but never a parent
+    child = publish_tensors(coordinator, CHILD.name, lora_random(2, spec=CHILD), epoch=1)
+    assert child.published, child.message
+
+    # what a worker of the stacked run trains on: base + parent, fetched and verified from the coordinator
+    manifest, stack = fetch_stack(coordinator.address, PARENT.name, 1)
+    worker_model = build_run_model(CHILD, context.record.base_model_fingerprint, parent_adapters=stack)
+    coordinator_base, _ = context.load_base()
+    worker_base = {name.replace(".base_layer", ""): tensor for name, tensor in
+                   worker_model.model.get_base_model().state_dict().items() if "lora_" not in name}
+    assert worker_base.keys() == coordinator_base.state_dict().keys()
+    for name, tensor in coordinator_base.state_dict().items():
+        assert torch.equal(worker_base[name], tensor), name
+
+    pulled = pull(coordinator.address, CHILD.name, tmp_path / "merged", layout="merged")
+    assert [str(link) for link in pulled.manifest.chain] == ["parent@1"]
+    assert pulled.manifest.parent.sha256 == parent_v1.sha256
+    chain = pull(coordinator.address, CHILD.name, tmp_path / "chain", layout="chain")
+    order = json.loads((chain.path / STACK_FILE).read_text())["apply_in_order"]
+    assert [(entry["run"], entry["version"]) for entry in order] == [("parent", 1), ("child", 1)]
+
+    by_hand = build_tiny_model()
+    by_hand = PeftModel.from_pretrained(by_hand, str(chain.path / order[0]["folder"])).merge_and_unload()
+    by_hand = PeftModel.from_pretrained(by_hand, str(chain.path / order[1]["folder"]))
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert torch.allclose(logits_of(merged), logits_of(by_hand), atol=1e-5)
+    assert not torch.allclose(logits_of(merged), logits_of(build_tiny_model()), atol=1e-3)  # both adapters count
+
+
+# Retention
+
+def test_retention_keeps_the_newest_releases_and_versions_being_pulled(make_coordinator, tmp_path):
+    coordinator = make_coordinator(keep_versions=1, max_eval_regression=1e9)
+    coordinator.registry.launch(PARENT)
+    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
+    with CoordinatorClient(coordinator.address) as client:
+        assert client.mark_release(PARENT.name, 1).release
+        publish_tensors(coordinator, PARENT.name, lora_random(2), epoch=2)
+        # a pull of version 2 is under way: the service's stream has sent its header and holds the version
+        # (over gRPC, a version this small is read out in one go; the lease matters for big ones)
+        stream = coordinator.service.pull(PARENT.name, 2, chunk_bytes=4096)
+        header = next(stream)
+        publish_tensors(coordinator, PARENT.name, lora_random(3), epoch=3)  # retention runs after the publish
+        assert coordinator.storage.get_version(PARENT.name, 2).collected_at is None
+        received = sum(len(data) for _, _, data in stream)
+    assert received == sum(entry.size for entry in header.files)
+    assert coordinator.retention.collect(PARENT.name) == [2]  # the pull is over: now it goes
+    assert not Path(coordinator.storage.get_version(PARENT.name, 2).path).exists()
+    assert Path(coordinator.storage.get_version(PARENT.name, 1).path).exists()  # the release stays
+    with pytest.raises(CoordinatorError, match="removed by retention"):
+        pull(coordinator.address, PARENT.name, tmp_path / "out", version=2)
+    shown = cli("status", "-c", coordinator.address).stdout
+    assert "version 1:" in shown and "[release]" in shown and "[removed by retention]" in shown
+    assert pull(coordinator.address, PARENT.name, tmp_path / "out", version=1).version == 1
+
+
+# Export
+
+def test_export_writes_a_hugging_face_repo_with_a_model_card(make_coordinator, tmp_path):
+    coordinator = make_coordinator()
+    coordinator.registry.launch(PARENT)
+    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
+    result = cli("export", "-c", coordinator.address, "--run", PARENT.name, "--out", str(tmp_path / "repo"))
+    assert result.returncode == 0, result.stderr
+    card = (tmp_path / "repo" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: peft" in card and PARENT.name in card
+    assert coordinator.identity.peer_id in card  # the signer
+    assert (tmp_path / "repo" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "repo" / MANIFEST_FILE).exists()
+    PeftModel.from_pretrained(build_tiny_model(), str(tmp_path / "repo"))
