@@ -1,6 +1,7 @@
 """launch -> donate (2 worker processes, 2 shards) -> publish -> pull -> load with PEFT and generate, through the
 real CLI, a real coordinator, hivemind on loopback and SQLite. One swarm is shared by the tests of this module."""
 
+import json
 import re
 import subprocess
 import sys
@@ -9,11 +10,13 @@ import time
 import pytest
 import torch
 from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from swarm.client import CoordinatorClient
 from swarm.data import load_texts, split_dataset
 from swarm.evaluation import eval_loss
 from swarm.local_swarm import LocalSwarm
+from swarm.manifest import read_signed_manifest
 from swarm.model import build_tiny_model, lora_parameters
 from swarm.spec import RunSpec
 from swarm.tokenizer import ByteTokenizer
@@ -89,6 +92,9 @@ def test_published_adapter_merges_both_shards_from_the_swarm(swarm, tmp_path):
     out = tmp_path / "adapter"
     result = cli("pull", "-c", swarm["address"], "--run", RUN, "--out", str(out))
     assert "version 1" in result.stdout
+    # the coordinator compared both workers' states of each shard before it published, and signed the result
+    manifest = read_signed_manifest(out).verify()
+    assert manifest.peers_compared == 2 and manifest.version == 1
     model = PeftModel.from_pretrained(build_tiny_model(), str(out))
     pulled = {name: param for name, param in model.named_parameters() if "lora_" in name}
     layers = {name.split(".layers.")[1].split(".")[0] for name in pulled}
@@ -143,3 +149,40 @@ def test_workers_leave_cleanly_on_sigterm(swarm):
     assert codes == [0, 0], local.log("worker0.log")[-2000:]
     with CoordinatorClient(swarm["address"]) as client:
         assert client.status(RUN).runs[0].live_workers == 0
+
+
+def test_a_run_stacked_on_the_published_version_trains_and_publishes_the_chain(swarm, tmp_path):
+    """A worker of a stacked run fetches the parent version, merges it into its base and trains a new LoRA on
+    top; the pulled merged model equals base + parent + child applied by hand with stock PEFT."""
+    local, address = swarm["local"], swarm["address"]
+    child = "e2e-child"
+    cli("launch", "-c", address, "--name", child, "--parent", f"{RUN}@1", "--base-model", "tiny",
+        "--dataset", "sample", "--batch-size", "8", "--target-batch-size", "64", "--lr", "0.01",
+        "--data-slices", "2", "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+    saved = swarm["workdir"] / "child-lora.pt"
+    worker = local.start_worker(address, child, 2, ["--max-epochs", "2", "--save-lora", str(saved),
+                                                    "--linger", "60"])
+    deadline = time.monotonic() + 180
+    while not saved.exists():
+        assert time.monotonic() < deadline and worker.poll() is None, local.log("worker2.log")[-3000:]
+        time.sleep(0.5)
+    time.sleep(1.0)
+    with CoordinatorClient(address) as client:
+        published = client.publish_now(child)
+    assert published.published, published.message
+    assert list(published.version.chain) == [f"{RUN}@1"]
+    assert published.version.eval_loss < published.version.base_eval_loss  # it learned on top of the parent
+    worker.terminate()
+    assert worker.wait(timeout=60) == 0
+
+    cli("pull", "-c", address, "--run", child, "--merge", "--out", str(tmp_path / "merged"))
+    cli("pull", "-c", address, "--run", child, "--chain", "--out", str(tmp_path / "chain"))
+    order = [entry["folder"] for entry in
+             json.loads((tmp_path / "chain" / "stack.json").read_text())["apply_in_order"]]
+    assert len(order) == 2 and order[0].startswith(f"00-{RUN}-v1")
+    by_hand = PeftModel.from_pretrained(build_tiny_model(), str(tmp_path / "chain" / order[0])).merge_and_unload()
+    by_hand = PeftModel.from_pretrained(by_hand, str(tmp_path / "chain" / order[1]))
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    prompt = torch.tensor([[256] + ByteTokenizer().encode("ada has a garden")])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=prompt).logits, by_hand(input_ids=prompt).logits, atol=1e-5)

@@ -760,6 +760,41 @@ def test_upgrade_carries_contributions_over_as_receipts(db_url: str) -> None:
         engine.dispose()
 
 
+def test_upgrade_keeps_versions_published_before_manifests(db_url: str) -> None:
+    engine = create_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+        at = T0 if engine.dialect.name == "postgresql" else T0.strftime("%Y-%m-%d %H:%M:%S.%f")
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO runs (name, spec_json, spec_hash, base_model_fingerprint, dataset_digest, created_at) "
+                "VALUES ('demo', '{}', 'hash-demo', 'fingerprint', 'digest', :at)"), {"at": at})
+            connection.execute(text(
+                "INSERT INTO adapter_versions (run_name, version, sha256, path, epoch, samples, eval_loss, "
+                "base_eval_loss, contributors_json, created_at) VALUES ('demo', 1, 'abc', '/store/demo/v000001', 3, "
+                "96, 1.5, 2.5, '[\"peer-a\"]', :at)"), {"at": at})
+        storage = Storage(db_url, clock=FakeClock(T0 + timedelta(days=1)))  # upgrades to head
+        try:
+            old = storage.get_version("demo", 1)
+            assert (old.sha256, old.epoch, old.contributors) == ("abc", 3, ("peer-a",))
+            assert (old.manifest, old.manifest_signature, old.release, old.collected_at) == (None, None, False, None)
+            assert storage.set_release("demo", 1).release
+            with pytest.raises(ValueError, match="is a release"):
+                storage.mark_collected("demo", 1)
+            assert storage.rejected_snapshots("demo") == []
+            storage.add_rejected_snapshot("demo", "eval loss nan", epoch=4, eval_loss=float("nan"))
+            [rejected] = storage.rejected_snapshots("demo")
+            assert (rejected.reason, rejected.epoch, rejected.eval_loss) == ("eval loss nan", 4, None)
+        finally:
+            storage.close()
+    finally:
+        engine.dispose()
+
+
 def test_concurrent_receipts_with_resends_count_each_id_once(
     open_storage, db_url: str, request: pytest.FixtureRequest
 ) -> None:
