@@ -62,7 +62,11 @@ def download_state(
     coroutine = functools.partial(
         _download_in_dht_process, prefix=shard_state_prefix(shard_run_id), peer_id=peer_id, timeout=timeout
     )
-    metadata, tensors = dht.run_coroutine(coroutine)
+    metadata, shared = dht.run_coroutine(coroutine)
+    # the tensors arrive in shared memory (hivemind's file_system strategy, kept alive by torch's shm manager);
+    # private copies free it now, not at interpreter exit when the manager may be gone (an abort in torch)
+    tensors = [tensor.clone() for tensor in shared]
+    del shared
     if not isinstance(metadata, dict) or not isinstance(metadata.get("epoch"), int):
         raise StateDownloadError(f"peer {peer_id} sent no state for {shard_run_id}")
     if len(tensors) < num_parameters:

@@ -7,6 +7,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# hivemind's default (file_system) shares tensors through torch's shm manager; in the pytest process, which
+# runs in-process coordinators and peers for a whole session, a tensor still held at exit then aborts the
+# interpreter ("terminate called ... Broken pipe") after all tests passed. File descriptors need no manager.
+os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402

@@ -6,24 +6,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import hivemind
 import pytest
 import torch
-from hivemind.optim.state_averager import TrainingStateAverager
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from coordinator.publisher import PublishPolicy, SnapshotError, fetch_shard_snapshot
+from coordinator.publisher import PublishPolicy, SnapshotError, choose_agreeing_state, fetch_shard_snapshot
 from coordinator.server import Coordinator, CoordinatorConfig
 from swarm.client import CoordinatorClient, CoordinatorError
-from swarm.dht import shard_state_prefix
 from swarm.manifest import MANIFEST_FILE, read_signed_manifest
 from swarm.model import build_tiny_model
 from swarm.pull import STACK_FILE, PullError, fetch_stack, pull
 from swarm.spec import RunSpec
+from swarm.state_download import DownloadedState
 from tests.test_store_and_pull import lora_filled, publish_tensors
 from worker.model_setup import build_run_model
 
@@ -64,32 +62,32 @@ def make_coordinator(tmp_path):
 
 # Trustworthy snapshots: real hivemind peers serve a shard's state; one diverges, one sends NaN.
 
-def serve_state(initial_peers: list[str], run_id: str, tensors: list[torch.Tensor], epoch: int):
-    dht = hivemind.DHT(initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
-    averager = TrainingStateAverager(dht=dht, optimizer=partial(torch.optim.SGD, lr=0.1),
-                                     params=[torch.nn.Parameter(t.clone()) for t in tensors],
-                                     prefix=shard_state_prefix(run_id), allow_state_sharing=True, start=True)
-    averager.local_epoch = epoch
-    averager.state_sharing_priority = epoch
-    return dht, averager
+def serve_state(initial_peer: str, run_id: str, tensors: list[torch.Tensor], epoch: int, folder: Path):
+    """A real peer process serving ``tensors`` as a shard's state at ``epoch`` (see tests/state_peer.py); it
+    prints its peer ID once it serves."""
+    path = folder / f"state-{run_id}-{len(list(folder.iterdir()))}.pt"
+    torch.save(tensors, path)
+    return subprocess.Popen([sys.executable, "-m", "tests.state_peer", initial_peer, run_id, str(path), str(epoch)],
+                            stdout=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
-def state_swarm():
+def state_swarm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("states")
     run_id = "crosscheck_shard0"
     honest = [torch.randn(8, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     diverged = [tensor + 0.5 for tensor in honest]
     poisoned = [tensor.clone() for tensor in honest]
     poisoned[1][0, 0] = float("nan")
     coordinator_dht = hivemind.DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
-    peers = [str(address) for address in coordinator_dht.get_visible_maddrs()]
-    served = [serve_state(peers, run_id, tensors, epoch=5) for tensors in (honest, honest, diverged, poisoned)]
-    ids = [str(dht.peer_id) for dht, _ in served]
-    served += [serve_state(peers, "split_shard0", tensors, epoch=3) for tensors in (honest, diverged)]
+    peer = str(coordinator_dht.get_visible_maddrs()[0])
+    served = [serve_state(peer, run_id, tensors, 5, folder) for tensors in (honest, honest, diverged, poisoned)]
+    ids = [process.stdout.readline().strip() for process in served]  # all serving now
     yield coordinator_dht, run_id, honest, ids
-    for dht, averager in served:
-        averager.shutdown()
-        dht.shutdown()
+    for process in served:
+        process.terminate()
+    for process in served:
+        process.wait(timeout=30)
     coordinator_dht.shutdown()
 
 
@@ -105,19 +103,27 @@ def test_a_diverging_and_a_nan_peer_are_left_out_of_the_snapshot(state_swarm):
     assert all(torch.equal(snapshot.tensors[name], tensor) for name, tensor in zip(names, honest))
 
 
-def test_a_spec_mismatch_or_a_split_vote_aborts_the_snapshot(state_swarm):
+def test_a_spec_mismatch_aborts_the_snapshot(state_swarm):
     dht, run_id, honest, _ = state_swarm
     names = [f"t{i}" for i in range(3)]
     with pytest.raises(SnapshotError, match="shape"):
         fetch_shard_snapshot(dht, run_id, 0, names, [(8, 15)] * 3, timeout=30, policy=PublishPolicy(compare_peers=4))
 
 
-def test_two_peers_that_disagree_give_no_majority_and_no_snapshot(state_swarm):
-    dht, _, honest, _ = state_swarm
-    names = [f"t{i}" for i in range(3)]
+def test_peers_that_split_evenly_give_no_snapshot_and_stale_peers_are_not_compared():
+    honest = [torch.ones(4, 4)]
+    other = [torch.full((4, 4), 2.0)]
+    state = lambda peer, epoch, tensors: DownloadedState(peer, epoch, tensors)  # noqa: E731
     with pytest.raises(SnapshotError, match="disagree and no majority"):
-        fetch_shard_snapshot(dht, "split_shard0", 0, names, [tuple(t.shape) for t in honest], timeout=30,
-                             policy=PublishPolicy(retry_pause_s=0.1))
+        choose_agreeing_state([state("a", 3, honest), state("b", 3, other)], [(4, 4)], PublishPolicy())
+    # the newest epoch served by two peers is the one compared; an older peer is left out, not outvoted
+    choice = choose_agreeing_state([state("a", 4, honest), state("b", 4, honest), state("c", 3, other)],
+                                   [(4, 4)], PublishPolicy())
+    assert [s.peer_id for s in choice.chosen] == ["a", "b"] and "behind the compared epoch 4" in dict(
+        choice.excluded)["c"]
+    # one peer alone (nobody to compare with) is used, and says so
+    alone = choose_agreeing_state([state("a", 4, honest)], [(4, 4)], PublishPolicy())
+    assert not alone.cross_checked and alone.chosen[0].peer_id == "a"
 
 
 # The quality gate
