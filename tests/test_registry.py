@@ -4,6 +4,7 @@ resumable and cached pulls, merged pulls, stacked runs, retention and export, ag
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,25 @@ def make_coordinator(tmp_path):
     yield start
     for coordinator in running:
         coordinator.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_coordinator(tmp_path_factory):
+    """One coordinator (default policy) for the tests that each need a run with one published version."""
+    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("shared"), port=0, publish=False)
+    coordinator = Coordinator(config).start()
+    yield coordinator
+    coordinator.stop()
+
+
+@pytest.fixture()
+def published(shared_coordinator, request):
+    """(coordinator, run name, version 1's record): a run of its own, named after the test."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60].strip("-")
+    shared_coordinator.registry.launch(PARENT.model_copy(update={"name": name}))
+    outcome = publish_tensors(shared_coordinator, name, lora_random(1), epoch=1)
+    assert outcome.published, outcome.message
+    return shared_coordinator, name, outcome.version
 
 
 # Trustworthy snapshots: real hivemind peers serve a shard's state; one diverges, one sends NaN.
@@ -145,11 +165,9 @@ def test_the_gate_refuses_a_worse_version_and_status_shows_why(make_coordinator,
 
 # Signed manifests
 
-def test_tampered_manifest_and_tampered_weights_are_refused(make_coordinator, tmp_path):
-    coordinator = make_coordinator()
-    coordinator.registry.launch(PARENT)
-    record = publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1).version
-    pulled = pull(coordinator.address, PARENT.name, tmp_path / "ok")
+def test_tampered_manifest_and_tampered_weights_are_refused(published, tmp_path):
+    coordinator, run, record = published
+    pulled = pull(coordinator.address, run, tmp_path / "ok")
     assert pulled.manifest.coordinator == coordinator.identity.peer_id
     assert read_signed_manifest(tmp_path / "ok").verify(coordinator.identity.peer_id).sha256 == record.sha256
 
@@ -157,7 +175,7 @@ def test_tampered_manifest_and_tampered_weights_are_refused(make_coordinator, tm
     original = manifest_path.read_bytes()
     manifest_path.write_bytes(original.replace(b'"samples":', b'"samples":1'))  # a claim changed after signing
     with pytest.raises(PullError, match="signature does not match"):
-        pull(coordinator.address, PARENT.name, tmp_path / "bad1", cache_dir=tmp_path / "cache1")
+        pull(coordinator.address, run, tmp_path / "bad1", cache_dir=tmp_path / "cache1")
     manifest_path.write_bytes(original)
 
     weights = Path(record.path) / "adapter_model.safetensors"
@@ -165,20 +183,18 @@ def test_tampered_manifest_and_tampered_weights_are_refused(make_coordinator, tm
     data[-3] ^= 0x01
     weights.write_bytes(bytes(data))
     with pytest.raises(PullError, match="adapter_model.safetensors hashes to .* tampered"):
-        pull(coordinator.address, PARENT.name, tmp_path / "bad2", cache_dir=tmp_path / "cache2")
+        pull(coordinator.address, run, tmp_path / "bad2", cache_dir=tmp_path / "cache2")
     assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()
     with pytest.raises(PullError, match="not by the trusted coordinator"):
-        pull(coordinator.address, PARENT.name, tmp_path / "bad3", trusted_signer="QmSomebodyElse")
-    failed = cli("pull", "-c", coordinator.address, "--run", PARENT.name, "--out", str(tmp_path / "bad4"),
+        pull(coordinator.address, run, tmp_path / "bad3", trusted_signer="QmSomebodyElse")
+    failed = cli("pull", "-c", coordinator.address, "--run", run, "--out", str(tmp_path / "bad4"),
                  "--cache-dir", str(tmp_path / "cache4"))
     assert failed.returncode != 0 and "tampered" in failed.stderr
 
 
-def test_a_coordinator_with_another_key_at_a_known_address_is_refused(make_coordinator, tmp_path):
-    coordinator = make_coordinator()
-    coordinator.registry.launch(PARENT)
-    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
-    pull(coordinator.address, PARENT.name, tmp_path / "first")  # trusted on first use
+def test_a_coordinator_with_another_key_at_a_known_address_is_refused(published, tmp_path):
+    coordinator, run, _ = published
+    pull(coordinator.address, run, tmp_path / "first")  # trusted on first use
     known = json.loads((Path(__import__("os").environ["XDG_CONFIG_HOME"]) / "nomoat" /
                         "known_coordinators.json").read_text())
     assert known[coordinator.address] == coordinator.identity.peer_id
@@ -186,15 +202,13 @@ def test_a_coordinator_with_another_key_at_a_known_address_is_refused(make_coord
     (Path(__import__("os").environ["XDG_CONFIG_HOME"]) / "nomoat" / "known_coordinators.json").write_text(
         json.dumps(known))
     with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey"):
-        pull(coordinator.address, PARENT.name, tmp_path / "second")
+        pull(coordinator.address, run, tmp_path / "second")
 
 
 # Pull for real use
 
-def test_an_interrupted_pull_resumes_and_a_second_pull_downloads_nothing(make_coordinator, tmp_path):
-    coordinator = make_coordinator()
-    coordinator.registry.launch(PARENT)
-    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
+def test_an_interrupted_pull_resumes_and_a_second_pull_downloads_nothing(published, tmp_path):
+    coordinator, run, _ = published
     received = []
 
     def cut_after_three_chunks(size: int) -> None:
@@ -203,29 +217,27 @@ def test_an_interrupted_pull_resumes_and_a_second_pull_downloads_nothing(make_co
             raise ConnectionError("link dropped")
 
     with pytest.raises(ConnectionError):
-        pull(coordinator.address, PARENT.name, tmp_path / "out", chunk_bytes=4096, on_bytes=cut_after_three_chunks)
+        pull(coordinator.address, run, tmp_path / "out", chunk_bytes=4096, on_bytes=cut_after_three_chunks)
     assert not (tmp_path / "out").exists()
     held = sum(received)
-    resumed = pull(coordinator.address, PARENT.name, tmp_path / "out", version="latest", chunk_bytes=4096)
+    resumed = pull(coordinator.address, run, tmp_path / "out", version="latest", chunk_bytes=4096)
     total = sum(entry.size for entry in resumed.manifest.files)
     assert 0 < held < total and resumed.downloaded_bytes == total - held
     model = PeftModel.from_pretrained(build_tiny_model(), str(tmp_path / "out"))
     assert torch.isfinite(logits_of(model)).all()
-    again = pull(coordinator.address, PARENT.name, tmp_path / "out", version=1)
-    elsewhere = pull(coordinator.address, PARENT.name, tmp_path / "elsewhere", version="1")
+    again = pull(coordinator.address, run, tmp_path / "out", version=1)
+    elsewhere = pull(coordinator.address, run, tmp_path / "elsewhere", version="1")
     assert again.downloaded_bytes == 0 and elsewhere.downloaded_bytes == 0
     with pytest.raises(PullError, match="'latest' or a version number"):
-        pull(coordinator.address, PARENT.name, tmp_path / "x", version="newest")
+        pull(coordinator.address, run, tmp_path / "x", version="newest")
 
 
-def test_merged_pull_loads_without_peft_and_matches_the_adapter(make_coordinator, tmp_path):
-    coordinator = make_coordinator()
-    coordinator.registry.launch(PARENT)
-    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
-    result = cli("pull", "-c", coordinator.address, "--run", PARENT.name, "--version", "1", "--merge",
+def test_merged_pull_loads_without_peft_and_matches_the_adapter(published, tmp_path):
+    coordinator, run, _ = published
+    result = cli("pull", "-c", coordinator.address, "--run", run, "--version", "1", "--merge",
                  "--out", str(tmp_path / "merged"))
     assert result.returncode == 0, result.stderr
-    pull(coordinator.address, PARENT.name, tmp_path / "adapter")
+    pull(coordinator.address, run, tmp_path / "adapter")
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
     adapted = PeftModel.from_pretrained(build_tiny_model(), str(tmp_path / "adapter"))
     assert torch.allclose(logits_of(merged), logits_of(adapted), atol=1e-5)
@@ -307,14 +319,12 @@ def test_retention_keeps_the_newest_releases_and_versions_being_pulled(make_coor
 
 # Export
 
-def test_export_writes_a_hugging_face_repo_with_a_model_card(make_coordinator, tmp_path):
-    coordinator = make_coordinator()
-    coordinator.registry.launch(PARENT)
-    publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
-    result = cli("export", "-c", coordinator.address, "--run", PARENT.name, "--out", str(tmp_path / "repo"))
+def test_export_writes_a_hugging_face_repo_with_a_model_card(published, tmp_path):
+    coordinator, run, _ = published
+    result = cli("export", "-c", coordinator.address, "--run", run, "--out", str(tmp_path / "repo"))
     assert result.returncode == 0, result.stderr
     card = (tmp_path / "repo" / "README.md").read_text()
-    assert card.startswith("---\n") and "library_name: peft" in card and PARENT.name in card
+    assert card.startswith("---\n") and "library_name: peft" in card and run in card
     assert coordinator.identity.peer_id in card  # the signer
     assert (tmp_path / "repo" / "adapter_model.safetensors").exists()
     assert (tmp_path / "repo" / MANIFEST_FILE).exists()
