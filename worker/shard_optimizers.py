@@ -13,7 +13,10 @@ from typing import Callable, Iterable
 
 import hivemind
 import torch
+from hivemind.optim.progress_tracker import LocalTrainingProgress
+from hivemind.p2p import PeerID
 
+from swarm.dht import shard_progress_key
 from swarm.log import get_logger
 from swarm.spec import RunSpec
 from swarm.state_download import list_state_sharers
@@ -99,6 +102,10 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
         next_chunk_timeout=spec.averaging.averaging_timeout,
         use_local_updates=False,
         average_state_every=spec.averaging.average_state_every,
+        # hivemind 1.1.12 keeps client_mode=None when it is not given (its fallback to the DHT's is inverted),
+        # then treats None as "not a client" and sets a state-sharing priority that a client-mode averager
+        # refuses with ValueError at the first epoch: a NAT'ed worker crashed. Passing the DHT's avoids that.
+        client_mode=dht.client_mode,
         verbose=verbose,
         tracker_opts=dict(
             default_refresh_period=spec.averaging.progress_refresh_s,
@@ -108,15 +115,30 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
     )
 
 
+def _peers_of_shard(dht: hivemind.DHT, shard_run_id: str) -> set[str]:
+    """Peers (base58) known to train a shard: those serving its state, those publishing progress for it (NAT'ed
+    client-mode peers never serve state, so they are seen only there), and this peer itself."""
+    peers = set(list_state_sharers(dht, shard_run_id))
+    found = dht.get(shard_progress_key(shard_run_id), latest=True)
+    if found is not None and isinstance(found.value, dict):
+        for entry in found.value.values():
+            try:
+                peers.add(PeerID(LocalTrainingProgress.parse_obj(entry.value).peer_id).to_base58())
+            except Exception:
+                continue  # an expired (None) or malformed record
+    peers.add(dht.peer_id.to_base58())
+    return peers
+
+
 def wait_for_peers(dht: hivemind.DHT, spec: RunSpec, shards: Iterable[int], peers: int, timeout: float) -> bool:
-    """Block until every given shard has ``peers`` peers (this one included) serving state, or ``timeout``.
+    """Block until every given shard has ``peers`` peers (this one included) training it, or ``timeout``.
 
     A swarm that starts together (the demo, tests, a scheduled event) uses this so that the first epochs are
     averaged by everyone instead of being stepped alone by whoever is fastest.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(len(list_state_sharers(dht, spec.shard_run_id(shard))) >= peers for shard in shards):
+        if all(len(_peers_of_shard(dht, spec.shard_run_id(shard))) >= peers for shard in shards):
             return True
         time.sleep(0.2)
     return False
