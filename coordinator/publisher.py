@@ -23,7 +23,7 @@ import math
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,8 +57,14 @@ class PublishPolicy:
     """What the publisher trusts and what it publishes."""
 
     compare_peers: int = 3  # download each shard's state from up to this many peers and compare them
-    agreement_rtol: float = 0.02  # two peers agree on a tensor when |a-b| <= rtol * max(|a|, |b|) + atol (L2 norms):
-    agreement_atol: float = 1e-5  # peers that averaged the same epochs hold the same values; strays exceed this
+    # Two peers agree on a tensor when |a - b| <= rtol * max(|a|, |b|) + (atol + drift_steps * step_size) * sqrt(n)
+    # (L2 norms, n elements). Peers that averaged the same epochs hold the same values; after a failed round a
+    # peer drifts by about one optimizer step (~lr per element with Adam) per epoch it stepped alone, until the
+    # next state averaging repairs it. The drift allowance tolerates that; a poisoned or broken peer is far out.
+    agreement_rtol: float = 0.02
+    agreement_atol: float = 1e-5  # per element
+    drift_steps: float = 5.0  # unaveraged optimizer steps two honest peers may be apart
+    step_size: float = 0.0  # per-element size of one optimizer step: the publisher sets the run's lr
     max_eval_regression: float = 0.05  # refuse a version whose eval loss is this fraction worse than the previous
     keep_versions: int = 10  # retention: the newest K versions keep their files (releases and parents always)
     attempts: int = 3  # downloads are retried when peers straddle an epoch boundary
@@ -84,9 +90,10 @@ class ShardSnapshot:
 
 def tensors_agree(first: list[torch.Tensor], second: list[torch.Tensor], policy: PublishPolicy) -> bool:
     """Every tensor within the policy's tolerance of its counterpart."""
+    per_element = policy.agreement_atol + policy.drift_steps * policy.step_size
     for a, b in zip(first, second):
         scale = max(a.norm().item(), b.norm().item())
-        if (a - b).norm().item() > policy.agreement_rtol * scale + policy.agreement_atol:
+        if (a - b).norm().item() > policy.agreement_rtol * scale + per_element * math.sqrt(a.numel()):
             return False
     return True
 
@@ -238,9 +245,10 @@ class Publisher:
 
     def fetch_snapshots(self, context: RunContext) -> list[ShardSnapshot]:
         """Every shard's cross-checked state; NothingToSnapshot when no shard moved since the last version."""
+        policy = replace(self.policy, step_size=context.spec.lr)
         snapshots = [fetch_shard_snapshot(self.dht, context.spec.shard_run_id(shard), shard,
                                           context.shard_names[shard], context.shard_shapes[shard],
-                                          self.download_timeout, self.policy)
+                                          self.download_timeout, policy)
                      for shard in range(context.spec.shards)]
         previous = self.storage.get_version(context.spec.name)
         if previous is not None and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
