@@ -10,7 +10,6 @@ Usage::
 
     store = AdapterStore(Path("~/.nomoat/store"))
     stored = store.put("demo", 3, peft_dir, sign=lambda files: sign_manifest(Manifest(..., files=files), key))
-    store.signed_manifest(stored.path)        # what pullers verify
     store.remove("demo", 1)                   # retention: gone in one rename, then deleted
 """
 
@@ -25,7 +24,7 @@ from typing import Callable
 
 from swarm.adapter_files import ADAPTER_FILES, FileDigest, describe_files, version_digest
 from swarm.log import get_logger
-from swarm.manifest import SignedManifest, read_signed_manifest
+from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, SignedManifest
 
 logger = get_logger(__name__)
 PARTIAL_PREFIX = ".partial-"
@@ -81,7 +80,7 @@ class AdapterStore:
             files = describe_files(partial)
             if sign is not None:
                 sign(tuple(files)).write(partial)
-                for name in os.listdir(partial):
+                for name in (MANIFEST_FILE, SIGNATURE_FILE):  # the adapter files are synced above
                     with (partial / name).open("rb+") as handle:
                         os.fsync(handle.fileno())
             _fsync_dir(partial)
@@ -93,10 +92,6 @@ class AdapterStore:
             shutil.rmtree(partial, ignore_errors=True)
             raise StoreError(f"could not store version {version} of '{run_name}' in {self.root}: {exc}") from None
         return StoredVersion(path=final, sha256=version_digest(files), files=files)
-
-    def signed_manifest(self, path: Path) -> SignedManifest:
-        """The signed manifest stored with a version (ManifestError if it has none or it is unreadable)."""
-        return read_signed_manifest(Path(path))
 
     def remove(self, run_name: str, version: int) -> None:
         """Delete a version's files: renamed aside in one step (readers never see half a folder), then removed."""

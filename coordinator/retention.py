@@ -59,10 +59,6 @@ class Retention:
                 if self._leases[(run_name, version)] <= 0:
                     del self._leases[(run_name, version)]
 
-    def leased(self, run_name: str, version: int) -> bool:
-        with self._lock:
-            return self._leases[(run_name, version)] > 0
-
     def stacking_parents(self) -> set[tuple[str, int]]:
         """Versions some run is launched on top of (their ancestors are parents of their own runs)."""
         parents = set()

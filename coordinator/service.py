@@ -185,8 +185,11 @@ class CoordinatorService:
 
     def version_manifest(self, run_name: str, version: int = 0) -> PullHeader:
         """A version's record, signed manifest (as stored beside its files) and files, without the files."""
-        record = self._served_version(run_name, version)
-        path = Path(record.path)
+        return self._header(self._served_version(run_name, version))
+
+    @staticmethod
+    def _header(record: VersionRecord) -> PullHeader:
+        run_name, path = record.run_name, Path(record.path)
         signed = None
         if record.manifest is not None:
             try:
@@ -221,7 +224,7 @@ class CoordinatorService:
                     held.enter_context(self.retention.lease(run_name, record.version))
             except RetentionError as exc:
                 raise RequestError(str(exc), not_found=True) from None
-            header = self.version_manifest(run_name, record.version)
+            header = self._header(record)
             yield header
             path = Path(header.record.path)
             for entry in header.files:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 import math
+
+import grpc
 
 from coordinator.service import CoordinatorService, PullHeader, RequestError, RunState
 from coordinator.storage import RejectedSnapshotRecord, UnknownRunError, VersionRecord

@@ -116,16 +116,13 @@ def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, 
     out = Path(out).expanduser()
     fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer,
                        chunk_bytes, show_progress, on_bytes)
-    with CoordinatorClient(coordinator) as client:
-        fetcher.client = client
-        manifest, folder = fetcher.fetch(run_name, number)
-        stack = [fetcher.fetch(link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
+    manifest, folders = fetcher.fetch_stack(run_name, number)
     if layout == "adapter":
-        _install_adapter(folder, out)
+        _install_adapter(manifest, folders[-1], out)
     elif layout == "chain":
-        _install_chain([*stack, folder], out)
+        _install_chain(folders, out)
     else:
-        _install_merged(manifest, [*stack, folder], out)
+        _install_merged(manifest, folders, out)
     return PulledVersion(manifest.run, manifest.version, manifest.sha256, manifest.eval_loss, manifest.base_eval_loss,
                          out, manifest, fetcher.downloaded, layout)
 
@@ -135,11 +132,7 @@ def fetch_stack(coordinator: str, run_name: str, version: int | str = 0, *, trus
     """A version and every version it is stacked on, verified into the cache: (its manifest, cached adapter
     folders root first, ending with its own). Workers of a stacked run merge these into their base model."""
     fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer, 0, False, None)
-    with CoordinatorClient(coordinator) as client:
-        fetcher.client = client
-        manifest, folder = fetcher.fetch(run_name, resolve_version(version))
-        stack = [fetcher.fetch(link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
-    return manifest, [*stack, folder]
+    return fetcher.fetch_stack(run_name, resolve_version(version))
 
 
 class _Fetcher:
@@ -151,6 +144,14 @@ class _Fetcher:
         self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
         self.client: CoordinatorClient | None = None
         self.downloaded = 0
+
+    def fetch_stack(self, run_name: str, version: int) -> tuple[Manifest, list[Path]]:
+        """The version's manifest and the cached folders of its chain, root first, then its own."""
+        with CoordinatorClient(self.coordinator) as client:
+            self.client = client
+            manifest, folder = self.fetch(run_name, version)
+            stack = [self.fetch(link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
+        return manifest, [*stack, folder]
 
     def verified_manifest(self, payload: bytes, signature_json: str, what: str) -> Manifest:
         if not payload:
@@ -269,9 +270,8 @@ def _copy_version(folder: Path, target: Path) -> None:
         shutil.copyfile(folder / name, target / name)
 
 
-def _install_adapter(folder: Path, out: Path) -> None:
-    manifest = read_signed_manifest(folder)
-    if out.is_dir() and _holds(out, Manifest.from_bytes(manifest.payload)):
+def _install_adapter(manifest: Manifest, folder: Path, out: Path) -> None:
+    if out.is_dir() and _holds(out, manifest):
         return  # already there, verified
     write_folder_atomically(out, lambda staging: _copy_version(folder, staging))
 

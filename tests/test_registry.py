@@ -4,6 +4,7 @@ resumable and cached pulls, merged pulls, stacked runs, retention and export, ag
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -206,12 +207,11 @@ def test_tampered_manifest_and_tampered_weights_are_refused(published, tmp_path)
 def test_a_coordinator_with_another_key_at_a_known_address_is_refused(published, tmp_path):
     coordinator, run, _ = published
     pull(coordinator.address, run, tmp_path / "first")  # trusted on first use
-    known = json.loads((Path(__import__("os").environ["XDG_CONFIG_HOME"]) / "nomoat" /
-                        "known_coordinators.json").read_text())
+    known_file = Path(os.environ["XDG_CONFIG_HOME"]) / "nomoat" / "known_coordinators.json"
+    known = json.loads(known_file.read_text())
     assert known[coordinator.address] == coordinator.identity.peer_id
     known[coordinator.address] = "QmAnImpostorOrAnOldKey"
-    (Path(__import__("os").environ["XDG_CONFIG_HOME"]) / "nomoat" / "known_coordinators.json").write_text(
-        json.dumps(known))
+    known_file.write_text(json.dumps(known))
     with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey"):
         pull(coordinator.address, run, tmp_path / "second")
 
