@@ -23,8 +23,9 @@ from pathlib import Path
 import grpc
 from sqlalchemy import create_engine, text
 
+from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
-from coordinator.registry import RunRegistry
+from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
@@ -87,10 +88,10 @@ def _database(kind: str) -> tuple[str, callable]:
 def run(kind: str, workers: int, per_worker: int, processes: int, server_threads: int) -> dict:
     url, drop = _database(kind)
     storage = Storage(url)
-    registry = RunRegistry(storage)
-    registry.launch(RunSpec(name=RUN, base_model="tiny", dataset="sample", batch_size_per_step=BATCH,
+    runs = RunRuntimes(storage, DatasetVault(Path(tempfile.mkdtemp(prefix="nomoat-bench-datasets-"))))
+    runs.launch(RunSpec(name=RUN, base_model="tiny", dataset="sample", batch_size_per_step=BATCH,
                             target_batch_size=64))
-    service = CoordinatorService(storage, registry, publisher=None, ledger=Ledger(storage, registry), initial_peers=[])
+    service = CoordinatorService(storage, runs, publisher=None, ledger=Ledger(storage, runs), initial_peers=[])
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=server_threads))
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
     port = free_port()

@@ -5,7 +5,7 @@ Plain functions over ``Storage``; the gRPC servicer and the progress watcher cal
 
 Usage::
 
-    ledger = Ledger(storage, registry, refresh_shard=watcher.poll_shard)
+    ledger = Ledger(storage, runs, refresh_shard=watcher.poll_shard)
     results = ledger.submit([signed_receipt, ...])    # [SubmitResult(receipt_id, "accepted", ""), ...]
     ledger.recheck_unverified()                      # upgrade receipts as DHT evidence arrives
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Sequence
 
-from coordinator.registry import RunRegistry
+from coordinator.runtime import RunRuntimes, RunUnavailableError
 from coordinator.storage import (
     ObservationRecord,
     OverlappingReceiptError,
@@ -99,10 +99,10 @@ def classify(receipt: ReceiptRecord, observations: Sequence[ObservationRecord],
 
 
 class Ledger:
-    def __init__(self, storage: Storage, registry: RunRegistry, policy: LedgerPolicy | None = None,
+    def __init__(self, storage: Storage, runs: RunRuntimes, policy: LedgerPolicy | None = None,
                  refresh_shard: Callable[[str, int], int] = lambda run, shard: 0,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
-        self.storage, self.registry = storage, registry
+        self.storage, self.runs = storage, runs
         self.policy = policy or LedgerPolicy()
         self.refresh_shard = refresh_shard  # read the shard's DHT progress now; returns peers seen (watcher's poll)
         self.clock = clock
@@ -145,9 +145,11 @@ class Ledger:
         """The id of the worker registration the receipt belongs to; ``ReceiptError`` if it is implausible."""
         policy = self.policy
         try:
-            spec = self.registry.context(receipt.run).spec
+            spec = self.runs.get(receipt.run).spec
         except UnknownRunError:
             raise ReceiptError(f"no run named {receipt.run!r}") from None
+        except RunUnavailableError as exc:
+            raise ReceiptError(str(exc)) from None
         if not 0 <= receipt.shard < spec.shards:
             raise ReceiptError(f"run {receipt.run!r} has no shard {receipt.shard}")
         for name in ("epoch", "steps", "samples", "tokens"):

@@ -7,7 +7,7 @@ observations, and has the ledger cross-check receipts against them.
 
 Usage::
 
-    watcher = ProgressWatcher(dht, storage, registry, ledger_recheck=ledger.recheck_unverified)
+    watcher = ProgressWatcher(dht, storage, runs, ledger_recheck=ledger.recheck_unverified)
     watcher.start(interval_s=2.0)
     watcher.poll_shard("demo", 0)   # read one shard now
 """
@@ -24,7 +24,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
 from hivemind.p2p import PeerID
 
-from coordinator.registry import RunRegistry
+from coordinator.runtime import RunRuntime, RunRuntimes
 from coordinator.storage import Storage
 from swarm.dht import shard_progress_key
 from swarm.identity import peer_id_of_public_key
@@ -63,9 +63,9 @@ def read_shard_progress(dht: hivemind.DHT, shard_run_id: str) -> list[tuple[str,
 
 
 class ProgressWatcher:
-    def __init__(self, dht: hivemind.DHT, storage: Storage, registry: RunRegistry,
+    def __init__(self, dht: hivemind.DHT, storage: Storage, runs: RunRuntimes,
                  ledger_recheck: Callable[[str], int] = lambda run: 0):
-        self.dht, self.storage, self.registry = dht, storage, registry
+        self.dht, self.storage, self.runs = dht, storage, runs
         self.ledger_recheck = ledger_recheck
         self._validated: set[str] = set()
         self._lock = threading.Lock()
@@ -83,7 +83,11 @@ class ProgressWatcher:
 
     def poll_shard(self, run_name: str, shard: int) -> int:
         """Read the shard's progress records now and store them; returns how many peers were seen."""
-        shard_run_id = self.registry.context(run_name).spec.shard_run_id(shard)
+        return self._poll(self.runs.get(run_name), shard)
+
+    def _poll(self, runtime: RunRuntime, shard: int) -> int:
+        run_name = runtime.name
+        shard_run_id = runtime.spec.shard_run_id(shard)
         self._ensure_validators(shard_run_id)
         records = read_shard_progress(self.dht, shard_run_id)
         for peer_id, progress, key_bound in records:
@@ -92,10 +96,13 @@ class ProgressWatcher:
         return len(records)
 
     def poll_all(self) -> None:
-        for run in self.storage.list_runs():
-            for shard in range(self.registry.context(run.name).spec.shards):
-                self.poll_shard(run.name, shard)
-            self.ledger_recheck(run.name)
+        for runtime in self.runs.available():
+            try:
+                for shard in range(runtime.spec.shards):
+                    self._poll(runtime, shard)
+                self.ledger_recheck(runtime.name)
+            except Exception as exc:  # one run's bad records must not stop the others from being watched
+                logger.warning("run %s: progress watcher pass failed: %s", runtime.name, exc)
 
     def _loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):

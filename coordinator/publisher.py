@@ -6,7 +6,7 @@ files a single worker uploads.
 
 Usage::
 
-    publisher = Publisher(storage, registry, store, dht, identity, PublishPolicy(max_eval_regression=0.05))
+    publisher = Publisher(storage, runs, store, dht, identity, PublishPolicy(max_eval_regression=0.05))
     outcome = publisher.publish("demo")          # PublishOutcome(published=True, version=VersionRecord(...))
 
 Before a version is stored, each shard's state is downloaded from several peers and compared (a peer that
@@ -31,14 +31,13 @@ import hivemind
 import torch
 
 from coordinator.adapter_store import AdapterStore, StoreError
-from coordinator.registry import RunContext, RunRegistry
 from coordinator.retention import Retention
+from coordinator.runtime import RunRuntime, RunRuntimes
 from coordinator.storage import Storage, VersionRecord
 from swarm.evaluation import eval_loss
 from swarm.identity import Identity
 from swarm.log import get_logger
 from swarm.manifest import Manifest, SignedManifest, sign_manifest
-from swarm.model import build_lora_model, lora_parameters
 from swarm.state_download import DownloadedState, StateDownloadError, download_state, list_state_sharers
 
 logger = get_logger(__name__)
@@ -193,10 +192,10 @@ def fetch_shard_snapshot(dht: hivemind.DHT, shard_run_id: str, shard: int, names
 
 
 class Publisher:
-    def __init__(self, storage: Storage, registry: RunRegistry, store: AdapterStore, dht: hivemind.DHT,
+    def __init__(self, storage: Storage, runs: RunRuntimes, store: AdapterStore, dht: hivemind.DHT,
                  identity: Identity, policy: PublishPolicy | None = None, download_timeout: float = 60.0,
                  retention: Retention | None = None):
-        self.storage, self.registry, self.store, self.dht = storage, registry, store, dht
+        self.storage, self.runs, self.store, self.dht = storage, runs, store, dht
         self.identity = identity
         self.policy = policy or PublishPolicy()
         self.retention = retention
@@ -207,34 +206,22 @@ class Publisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _evaluate(self, context: RunContext, tensors: dict[str, torch.Tensor] | None):
-        base, tokenizer = context.load_base()
-        model = build_lora_model(base, context.spec.lora, seed=context.spec.seed)
-        if tensors is not None:
-            params = lora_parameters(model)
-            with torch.no_grad():
-                for name, tensor in tensors.items():
-                    if params[name].shape != tensor.shape:
-                        raise SnapshotError(f"{name}: swarm sent shape {tuple(tensor.shape)}, "
-                                            f"run expects {tuple(params[name].shape)}")
-                    params[name].copy_(tensor)
-        loss = eval_loss(model, context.split.eval, tokenizer, context.spec.seq_len)
-        return model, loss
-
-    def base_eval_loss(self, context: RunContext) -> float:
+    def base_eval_loss(self, runtime: RunRuntime) -> float:
         """Eval loss of the base model (with the run's parent chain merged in) and the run's untrained LoRA
         (B = 0: exactly that base)."""
-        if context.spec.name not in self._base_eval:
-            self._base_eval[context.spec.name] = self._evaluate(context, None)[1]
-        return self._base_eval[context.spec.name]
+        if runtime.name not in self._base_eval:
+            with runtime.evaluation_model(None) as model:
+                self._base_eval[runtime.name] = eval_loss(model, runtime.split.eval, runtime.tokenizer,
+                                                          runtime.spec.seq_len)
+        return self._base_eval[runtime.name]
 
     def publish(self, run_name: str) -> PublishOutcome:
         with self._lock:
             self._last_attempt[run_name] = time.monotonic()
             try:
-                context = self.registry.context(run_name)
-                snapshots = self.fetch_snapshots(context)
-                return self.publish_snapshots(context, snapshots)
+                runtime = self.runs.get(run_name)
+                snapshots = self.fetch_snapshots(runtime)
+                return self.publish_snapshots(runtime, snapshots)
             except NothingToSnapshot as exc:
                 logger.info("run %s: nothing to publish: %s", run_name, exc)
                 return PublishOutcome(False, str(exc))
@@ -243,25 +230,38 @@ class Publisher:
                 self.storage.add_rejected_snapshot(run_name, str(exc))
                 return PublishOutcome(False, str(exc))
 
-    def fetch_snapshots(self, context: RunContext) -> list[ShardSnapshot]:
+    def fetch_snapshots(self, runtime: RunRuntime) -> list[ShardSnapshot]:
         """Every shard's cross-checked state; NothingToSnapshot when no shard moved since the last version."""
-        policy = replace(self.policy, step_size=context.spec.lr)
-        snapshots = [fetch_shard_snapshot(self.dht, context.spec.shard_run_id(shard), shard,
-                                          context.shard_names[shard], context.shard_shapes[shard],
-                                          self.download_timeout, policy)
-                     for shard in range(context.spec.shards)]
-        previous = self.storage.get_version(context.spec.name)
+        spec = runtime.spec
+        policy = replace(self.policy, step_size=spec.lr)
+        snapshots = [fetch_shard_snapshot(self.dht, spec.shard_run_id(shard), shard, runtime.shard_names[shard],
+                                          runtime.shard_shapes[shard], self.download_timeout, policy)
+                     for shard in range(spec.shards)]
+        previous = self.storage.get_version(spec.name)
         if previous is not None and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
             raise NothingToSnapshot(f"no new epoch since version {previous.version} (epoch {previous.epoch})")
         return snapshots
 
-    def publish_snapshots(self, context: RunContext, snapshots: list[ShardSnapshot]) -> PublishOutcome:
+    def publish_snapshots(self, runtime: RunRuntime, snapshots: list[ShardSnapshot]) -> PublishOutcome:
         """Merge the shards, evaluate, apply the quality gate, and store and sign version N (caller holds no
         lock; one publish runs at a time through ``publish``). Rejections are recorded with their reason."""
-        run_name = context.spec.name
+        run_name = runtime.name
         epoch = min(snapshot.epoch for snapshot in snapshots)
         merged = {name: tensor for snapshot in snapshots for name, tensor in snapshot.tensors.items()}
-        model, loss = self._evaluate(context, merged)
+        base_loss = self.base_eval_loss(runtime)
+        with tempfile.TemporaryDirectory() as workdir:
+            try:
+                with runtime.evaluation_model(merged) as model:
+                    loss = eval_loss(model, runtime.split.eval, runtime.tokenizer, runtime.spec.seq_len)
+                    model.save_pretrained(workdir, safe_serialization=True)
+            except ValueError as exc:  # the swarm's tensors do not fit the run's LoRA
+                raise SnapshotError(str(exc)) from None
+            return self._store_version(runtime, snapshots, epoch, loss, base_loss, Path(workdir))
+
+    def _store_version(self, runtime: RunRuntime, snapshots: list[ShardSnapshot], epoch: int, loss: float,
+                       base_loss: float, adapter_dir: Path) -> PublishOutcome:
+        """Gate the evaluated adapter in ``adapter_dir``; store, sign and record it as the next version."""
+        run_name = runtime.name
         previous = self.storage.get_version(run_name)
         refusal = self.quality_gate(loss, previous)
         if refusal:
@@ -272,33 +272,31 @@ class Publisher:
         now = datetime.now(timezone.utc)
         contributors = self.storage.contributors_between(run_name, previous.created_at if previous else None, now)
         samples = sum(self.storage.samples_by_shard(run_name).values())
-        base_loss = self.base_eval_loss(context)
-
+        peers_compared = min(len(s.agreeing_peers) for s in snapshots)
         signed: SignedManifest | None = None
 
         def sign(files) -> SignedManifest:
             nonlocal signed
             manifest = Manifest(
-                run=run_name, version=version, spec_hash=context.record.spec_hash,
-                base_model=context.spec.base_model, base_model_fingerprint=context.record.base_model_fingerprint,
+                run=run_name, version=version, spec_hash=runtime.record.spec_hash,
+                base_model=runtime.spec.base_model, base_model_fingerprint=runtime.record.base_model_fingerprint,
                 epoch=epoch, samples=samples, eval_loss=loss, base_eval_loss=base_loss,
                 contributors=tuple(contributors), files=tuple(files), created_at=now.isoformat(),
-                coordinator=self.identity.peer_id, parent=context.chain[-1] if context.chain else None,
-                chain=tuple(context.chain), peers_compared=min(len(s.agreeing_peers) for s in snapshots),
+                coordinator=self.identity.peer_id, parent=runtime.chain[-1] if runtime.chain else None,
+                chain=tuple(runtime.chain), peers_compared=peers_compared,
             )
             signed = sign_manifest(manifest, self.identity)
             return signed
 
-        with tempfile.TemporaryDirectory() as workdir:
-            model.save_pretrained(workdir, safe_serialization=True)
-            stored = self.store.put(run_name, version, Path(workdir), sign=sign)
+        stored = self.store.put(run_name, version, adapter_dir, sign=sign)
+        assert signed is not None  # the store signs every version it puts
         record = self.storage.add_version(
             run_name, version, stored.sha256, str(stored.path), epoch, samples, loss, base_loss, contributors,
             manifest=signed.payload.decode(), manifest_signature=signed.signature_json(),
         )
         logger.info("run %s: published version %d (epoch %d, eval loss %.4f, base %.4f, %d contributors, "
                     "%d peer(s) agreed)", run_name, version, epoch, loss, base_loss, len(contributors),
-                    min(len(s.agreeing_peers) for s in snapshots))
+                    peers_compared)
         if self.retention is not None:
             try:
                 self.retention.collect(run_name)
@@ -321,14 +319,14 @@ class Publisher:
         """Publish each run whenever its publish_interval_s has passed since the last attempt."""
         def loop():
             while not self._stop.wait(poll_s):
-                for record in self.storage.list_runs():
+                for runtime in self.runs.available():
                     try:
-                        interval = self.registry.context(record.name).spec.publish_interval_s
-                        last = self._last_attempt.setdefault(record.name, time.monotonic())
+                        interval = runtime.spec.publish_interval_s
+                        last = self._last_attempt.setdefault(runtime.name, time.monotonic())
                         if time.monotonic() - last >= interval:
-                            self.publish(record.name)
+                            self.publish(runtime.name)
                     except Exception:  # one broken run must not stop publishing for the others
-                        logger.exception("run %s: publisher failed", record.name)
+                        logger.exception("run %s: publisher failed", runtime.name)
 
         self._thread = threading.Thread(target=loop, name="publisher", daemon=True)
         self._thread.start()

@@ -19,11 +19,12 @@ import grpc
 import hivemind
 
 from coordinator.adapter_store import AdapterStore
+from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
-from coordinator.registry import RunContext, RunRegistry
 from coordinator.retention import Retention
+from coordinator.runtime import RunRuntime, RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
@@ -59,19 +60,19 @@ class Coordinator:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
         self.store = AdapterStore(data_dir / "store")
-        self.registry = RunRegistry(self.storage)
+        self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"))
         self.peer_book = data_dir / "dht_peers.json"
         # one key is the coordinator's libp2p peer ID and signs the manifests of the versions it publishes
         self.identity = load_or_create_identity(data_dir / "dht_identity.key")
         self.dht = self._start_dht()
         self.initial_peers = visible_addresses(self.dht)
         self.retention = Retention(self.storage, self.store, config.publish_policy.keep_versions)
-        self.publisher = Publisher(self.storage, self.registry, self.store, self.dht, self.identity,
+        self.publisher = Publisher(self.storage, self.runs, self.store, self.dht, self.identity,
                                    config.publish_policy, retention=self.retention)
-        self.watcher = ProgressWatcher(self.dht, self.storage, self.registry)
-        self.ledger = Ledger(self.storage, self.registry, refresh_shard=self.watcher.poll_shard)
+        self.watcher = ProgressWatcher(self.dht, self.storage, self.runs)
+        self.ledger = Ledger(self.storage, self.runs, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
-        self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.ledger,
+        self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
                                           self.initial_peers, announce=self._announce, retention=self.retention)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
@@ -112,8 +113,8 @@ class Coordinator:
             partial.write_text(json.dumps(peers))
             partial.replace(self.peer_book)
 
-    def _announce(self, context: RunContext) -> None:
-        announce_run(self.dht, RunAnnouncement(context.spec.name, context.spec.content_hash, self.address))
+    def _announce(self, runtime: RunRuntime) -> None:
+        announce_run(self.dht, RunAnnouncement(runtime.spec.name, runtime.spec.content_hash, self.address))
 
     def _housekeeping_loop(self) -> None:
         """Every 5 s remember the connected DHT peers; every 60 s re-announce the runs."""
@@ -123,19 +124,20 @@ class Coordinator:
             try:
                 self._save_peer_book()
                 if ticks % 12 == 0:
-                    for record in self.storage.list_runs():
-                        self._announce(self.registry.context(record.name))
+                    for runtime in self.runs.available():
+                        self._announce(runtime)
             except Exception as exc:  # housekeeping must never stop the coordinator
                 logger.warning("housekeeping failed: %s", exc)
 
     def start(self) -> "Coordinator":
+        self.runs.load_all()  # every run warm before the first request; a broken one is only marked unavailable
         self.server.start()
         if self.config.publish:
             self.publisher.start(self.config.publisher_poll_s)
         self._announcer.start()
         self.watcher.start(self.config.watch_interval_s)
-        for record in self.storage.list_runs():  # re-announce runs after a restart
-            self._announce(self.registry.context(record.name))
+        for runtime in self.runs.available():  # re-announce runs after a restart
+            self._announce(runtime)
         logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
         return self
 

@@ -1,5 +1,5 @@
-"""The coordinator's logic as plain functions over storage, registry, store and publisher; the gRPC servicer
-only translates messages to and from these calls.
+"""The coordinator's logic as plain functions over storage, the runs' runtimes, store and publisher; the gRPC
+servicer only translates messages to and from these calls.
 
 Errors a client caused raise ``RequestError`` (mapped to INVALID_ARGUMENT / NOT_FOUND by the servicer).
 """
@@ -14,11 +14,12 @@ from typing import Iterator
 
 from coordinator.ledger import Ledger, SubmitResult
 from coordinator.publisher import PublishOutcome, Publisher
-from coordinator.registry import LaunchError, RunContext, RunRegistry
 from coordinator.retention import Retention, RetentionError
+from coordinator.runtime import LaunchError, RunRuntime, RunRuntimes, RunUnavailableError
 from coordinator.storage import (
     LeaderboardRow,
     RejectedSnapshotRecord,
+    RunRecord,
     Storage,
     UnknownRunError,
     UnknownVersionError,
@@ -48,7 +49,7 @@ class RequestError(ValueError):
 @dataclass(frozen=True)
 class AssignmentPlan:
     worker: WorkerRecord
-    context: RunContext
+    runtime: RunRuntime
     initial_peers: list[str]
     slice_samples: int
 
@@ -63,9 +64,11 @@ class ShardState:
 
 @dataclass
 class RunState:
-    context: RunContext
+    record: RunRecord
+    spec: RunSpec | None  # None only when the stored spec itself cannot be read
     live_workers: int
     samples_trained: int
+    unavailable: str = ""  # why the run cannot be served on this coordinator; "" while it is served
     shards: list[ShardState] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
     rejected: list[RejectedSnapshotRecord] = field(default_factory=list)
@@ -81,27 +84,29 @@ class PullHeader:
 
 
 class CoordinatorService:
-    def __init__(self, storage: Storage, registry: RunRegistry, publisher: Publisher, ledger: Ledger,
-                 initial_peers: list[str], announce=lambda context: None, retention: Retention | None = None):
-        self.storage, self.registry, self.publisher, self.ledger = storage, registry, publisher, ledger
+    def __init__(self, storage: Storage, runs: RunRuntimes, publisher: Publisher, ledger: Ledger,
+                 initial_peers: list[str], announce=lambda runtime: None, retention: Retention | None = None):
+        self.storage, self.runs, self.publisher, self.ledger = storage, runs, publisher, ledger
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
         self.announce = announce
 
-    def _context(self, run_name: str) -> RunContext:
+    def _runtime(self, run_name: str) -> RunRuntime:
         try:
-            return self.registry.context(run_name)
+            return self.runs.get(run_name)
         except UnknownRunError as exc:
             raise RequestError(str(exc), not_found=True) from None
+        except RunUnavailableError as exc:
+            raise RequestError(str(exc)) from None
 
-    def launch(self, spec_json: str) -> RunContext:
+    def launch(self, spec_json: str) -> RunRuntime:
         try:
             spec = RunSpec.from_json(spec_json)
-            context = self.registry.launch(spec)
+            runtime = self.runs.launch(spec)
         except (SpecError, LaunchError, ValueError) as exc:
             raise RequestError(str(exc)) from None
-        self.announce(context)
-        return context
+        self.announce(runtime)
+        return runtime
 
     def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> AssignmentPlan:
         if not peer_id:
@@ -111,8 +116,8 @@ class CoordinatorService:
             if newest is None:
                 raise RequestError("no run has been launched on this coordinator yet", not_found=True)
             run_name = newest.name
-        context = self._context(run_name)
-        spec = context.spec
+        runtime = self._runtime(run_name)
+        spec = runtime.spec
         live = self.storage.live_workers(run_name, LIVE_WINDOW_S)
         shard_load = Counter(shard for worker in live for shard in worker.shards)
         wanted = spec.shards if max_shards <= 0 else min(max_shards, spec.shards)
@@ -121,14 +126,14 @@ class CoordinatorService:
         chosen_slice = min(range(spec.data_slices), key=lambda index: (slice_load[index], index))
         worker = self.storage.register_worker(run_name, peer_id, display_name or peer_id[:12], shards,
                                               chosen_slice, device)
-        samples = len(data_slice(context.split.train, spec.data_slices, chosen_slice))
-        return AssignmentPlan(worker, context, self.initial_peers, samples)
+        samples = len(data_slice(runtime.split.train, spec.data_slices, chosen_slice))
+        return AssignmentPlan(worker, runtime, self.initial_peers, samples)
 
     def data_slice(self, run_name: str, index: int, batch: int = 256) -> Iterator[list[str]]:
-        context = self._context(run_name)
-        if not 0 <= index < context.spec.data_slices:
-            raise RequestError(f"data slice {index} is outside 0..{context.spec.data_slices - 1}")
-        texts = data_slice(context.split.train, context.spec.data_slices, index)
+        runtime = self._runtime(run_name)
+        if not 0 <= index < runtime.spec.data_slices:
+            raise RequestError(f"data slice {index} is outside 0..{runtime.spec.data_slices - 1}")
+        texts = data_slice(runtime.split.train, runtime.spec.data_slices, index)
         for start in range(0, len(texts), batch):
             yield texts[start : start + batch]
 
@@ -139,7 +144,7 @@ class CoordinatorService:
 
     def leaderboard(self, run_name: str, include_unverified: bool = False) -> tuple[list[LeaderboardRow], int]:
         """The run's contributors, and the total counted samples their shares refer to."""
-        self._context(run_name)
+        self._runtime(run_name)
         rows = [row for row in self.storage.leaderboard(run_name, include_unverified) if row.samples > 0]
         return rows, sum(row.samples for row in rows)
 
@@ -150,29 +155,40 @@ class CoordinatorService:
             raise RequestError(str(exc), not_found=True) from None
 
     def status(self, run_name: str = "") -> list[RunState]:
-        records = [self.storage.get_run(run_name)] if run_name else self.storage.list_runs()
-        states = []
-        for record in records:
-            context = self._context(record.name)
-            live = self.storage.live_workers(record.name, LIVE_WINDOW_S)
-            samples = self.storage.samples_by_shard(record.name)
-            epochs = self.storage.latest_epoch_by_shard(record.name)
-            shards = [
-                ShardState(shard, sum(shard in worker.shards for worker in live), epochs.get(shard, 0),
-                           samples.get(shard, 0))
-                for shard in range(context.spec.shards)
-            ]
-            states.append(RunState(context, len(live), sum(samples.values()), shards,
-                                   self.storage.list_versions(record.name),
-                                   self.storage.rejected_snapshots(record.name)))
-        return states
+        """Every run (or the named one), served or not: an unavailable run is listed with the reason."""
+        try:
+            records = [self.storage.get_run(run_name)] if run_name else self.storage.list_runs()
+        except UnknownRunError as exc:
+            raise RequestError(str(exc), not_found=True) from None
+        return [self._state(record) for record in records]
+
+    def _state(self, record: RunRecord) -> RunState:
+        unavailable = ""
+        try:
+            spec: RunSpec | None = self.runs.get(record.name).spec
+        except RunUnavailableError as exc:
+            unavailable = str(exc)
+            try:
+                spec = RunSpec.from_json(record.spec_json)
+            except SpecError:
+                spec = None
+        live = self.storage.live_workers(record.name, LIVE_WINDOW_S)
+        samples = self.storage.samples_by_shard(record.name)
+        epochs = self.storage.latest_epoch_by_shard(record.name)
+        shards = [
+            ShardState(shard, sum(shard in worker.shards for worker in live), epochs.get(shard, 0),
+                       samples.get(shard, 0))
+            for shard in range(spec.shards if spec else 0)
+        ]
+        return RunState(record, spec, len(live), sum(samples.values()), unavailable, shards,
+                        self.storage.list_versions(record.name), self.storage.rejected_snapshots(record.name))
 
     def publish_now(self, run_name: str) -> PublishOutcome:
-        self._context(run_name)
+        self._runtime(run_name)
         return self.publisher.publish(run_name)
 
     def _served_version(self, run_name: str, version: int) -> VersionRecord:
-        self._context(run_name)
+        self._runtime(run_name)
         record = self.storage.get_version(run_name, version or None)
         if record is None:
             which = f"version {version}" if version else "any version"
@@ -203,7 +219,7 @@ class CoordinatorService:
         return PullHeader(record, signed, files)
 
     def mark_release(self, run_name: str, version: int, release: bool = True) -> VersionRecord:
-        self._context(run_name)
+        self._runtime(run_name)
         try:
             return self.storage.set_release(run_name, version, release)
         except UnknownVersionError as exc:

@@ -43,15 +43,17 @@ def header_message(header: PullHeader) -> pb.PullHeader:
 
 
 def run_message(state: RunState) -> pb.RunStatus:
-    spec = state.context.spec
+    spec, record = state.spec, state.record
     return pb.RunStatus(
-        run_name=spec.name, spec_hash=spec.content_hash, base_model=spec.base_model, dataset=spec.dataset,
-        shards=spec.shards, created_at=state.context.record.created_at.isoformat(),
-        samples_trained=state.samples_trained, live_workers=state.live_workers,
+        run_name=record.name, spec_hash=record.spec_hash, base_model=spec.base_model if spec else "",
+        dataset=spec.dataset if spec else "", shards=spec.shards if spec else 0,
+        created_at=record.created_at.isoformat(), samples_trained=state.samples_trained,
+        live_workers=state.live_workers,
         shard_status=[pb.ShardStatus(shard=s.shard, live_workers=s.live_workers, epoch=s.epoch, samples=s.samples)
                       for s in state.shards],
         versions=[version_message(record) for record in state.versions],
-        rejected_snapshots=[rejected_message(record) for record in state.rejected], parent=spec.parent or "",
+        rejected_snapshots=[rejected_message(record) for record in state.rejected],
+        parent=(spec.parent or "") if spec else "", unavailable=state.unavailable,
     )
 
 
@@ -96,10 +98,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def Join(self, request, context):
         plan = self.service.join(request.run_name, request.peer_id, request.display_name, request.max_shards,
                                  request.device)
-        spec = plan.context.spec
+        spec = plan.runtime.spec
         return pb.Assignment(
             worker_id=plan.worker.worker_id, run_name=spec.name, spec_json=spec.to_json(),
-            spec_hash=spec.content_hash, base_model_fingerprint=plan.context.record.base_model_fingerprint,
+            spec_hash=spec.content_hash, base_model_fingerprint=plan.runtime.record.base_model_fingerprint,
             shards=list(plan.worker.shards), initial_peers=plan.initial_peers, data_slice=plan.worker.data_slice,
             data_slices=spec.data_slices, slice_samples=plan.slice_samples, report_interval_s=5.0,
         )

@@ -263,6 +263,8 @@ def status(
     for state in response.runs:
         typer.echo(f"run {state.run_name}: base {state.base_model}, dataset {state.dataset}, {state.shards} shard(s), "
                    f"{state.live_workers} live worker(s), {state.samples_trained} samples trained")
+        if state.unavailable:
+            typer.echo(f"  UNAVAILABLE: {state.unavailable}")
         for shard in state.shard_status:
             typer.echo(f"  shard {shard.shard}: {shard.live_workers} worker(s), epoch {shard.epoch}, "
                        f"{shard.samples} samples")

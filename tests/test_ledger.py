@@ -7,16 +7,19 @@ watcher does with hivemind's records (the watcher itself runs in the swarm tests
 from __future__ import annotations
 
 import base64
+import tempfile
 import time
 from concurrent import futures
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import grpc
 import pytest
 
+from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger, LedgerPolicy, classify
-from coordinator.registry import RunRegistry
+from coordinator.runtime import RunRuntimes
 from coordinator.servicer import CoordinatorServicer
 from coordinator.service import CoordinatorService
 from coordinator.storage import ObservationRecord, ReceiptRecord, Storage
@@ -37,11 +40,11 @@ class Server:
 
     def __init__(self, db_url: str, port: int):
         self.storage = Storage(db_url)
-        self.registry = RunRegistry(self.storage)
+        self.runs = RunRuntimes(self.storage, DatasetVault(Path(tempfile.mkdtemp(prefix="nomoat-datasets-"))))
         # the DHT view the ledger refreshes on demand is what the progress watcher recorded in storage
-        self.ledger = Ledger(self.storage, self.registry,
+        self.ledger = Ledger(self.storage, self.runs,
                              refresh_shard=lambda run, shard: len(self.storage.observations(run, shard)))
-        service = CoordinatorService(self.storage, self.registry, publisher=None, ledger=self.ledger,
+        service = CoordinatorService(self.storage, self.runs, publisher=None, ledger=self.ledger,
                                      initial_peers=[])
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), self.server)
@@ -63,7 +66,7 @@ def spec() -> RunSpec:
 @pytest.fixture
 def server(tmp_path, spec):
     server = Server(f"sqlite:///{tmp_path / 'coordinator.db'}", free_port())
-    server.registry.launch(spec)
+    server.runs.launch(spec)
     yield server
     server.stop()
 
@@ -245,7 +248,7 @@ def test_outbox_keeps_receipts_while_the_coordinator_is_down_and_drains_after_re
     port = free_port()
     url = f"sqlite:///{tmp_path / 'coordinator.db'}"
     server = Server(url, port)
-    server.registry.launch(spec)
+    server.runs.launch(spec)
     _join(server, alice)
     outbox = Outbox(tmp_path / "outbox.sqlite", server.address)
     sender = OutboxSender(outbox, lambda: CoordinatorClient(server.address, timeout=5.0), interval_s=0.2).start()
@@ -309,7 +312,7 @@ def test_outbox_persists_across_reopening(tmp_path, alice):
 def test_many_concurrent_workers_lose_and_double_count_nothing(db_url, spec, tmp_path):
     """12 workers submit at once over gRPC, each resending some of its receipts; every receipt counts once."""
     server = Server(db_url, free_port())
-    server.registry.launch(spec)
+    server.runs.launch(spec)
     identities = [load_or_create_identity(tmp_path / f"worker{index}.key") for index in range(12)]
     for identity in identities:
         _join(server, identity)

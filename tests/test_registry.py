@@ -76,7 +76,7 @@ def shared_coordinator(tmp_path_factory):
 def published(shared_coordinator, request):
     """(coordinator, run name, version 1's record): a run of its own, named after the test."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60].strip("-")
-    shared_coordinator.registry.launch(PARENT.model_copy(update={"name": name}))
+    shared_coordinator.runs.launch(PARENT.model_copy(update={"name": name}))
     outcome = publish_tensors(shared_coordinator, name, lora_random(1), epoch=1)
     assert outcome.published, outcome.message
     return shared_coordinator, name, outcome.version
@@ -162,7 +162,7 @@ def test_peers_that_split_evenly_give_no_snapshot_and_stale_peers_are_not_compar
 
 def test_the_gate_refuses_a_worse_version_and_status_shows_why(make_coordinator, tmp_path):
     coordinator = make_coordinator(max_eval_regression=0.005)  # the tiny model's losses sit close together
-    coordinator.registry.launch(PARENT)
+    coordinator.runs.launch(PARENT)
     first = publish_tensors(coordinator, PARENT.name, lora_random(1, scale=0.01), epoch=1)
     assert first.published, first.message
     worse = publish_tensors(coordinator, PARENT.name, lora_random(2, scale=3.0), epoch=2)
@@ -260,7 +260,7 @@ def test_merged_pull_loads_without_peft_and_matches_the_adapter(published, tmp_p
 
 def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand(make_coordinator, tmp_path):
     coordinator = make_coordinator(keep_versions=1)
-    coordinator.registry.launch(PARENT)
+    coordinator.runs.launch(PARENT)
     parent_v1 = publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1).version
     bad_parent = CHILD.model_copy(update={"name": "orphan", "parent": "parent@9"})
     with pytest.raises(CoordinatorError, match="has not published version 9"):
@@ -269,8 +269,8 @@ def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand
     launched = cli("launch", "-c", coordinator.address, "--name", CHILD.name, "--parent", "parent@1",
                    "--data-slices", "2", "--seed", "7")
     assert launched.returncode == 0, launched.stderr
-    context = coordinator.registry.context(CHILD.name)
-    assert [str(link) for link in context.chain] == ["parent@1"]
+    runtime = coordinator.runs.get(CHILD.name)
+    assert [str(link) for link in runtime.chain] == ["parent@1"]
     publish_tensors(coordinator, PARENT.name, lora_random(3, scale=0.001), epoch=2)  # retention keeps 1 ...
     assert coordinator.storage.get_version(PARENT.name, 1).collected_at is None  # ... but never a parent
     child = publish_tensors(coordinator, CHILD.name, lora_random(2, spec=CHILD), epoch=1)
@@ -278,12 +278,14 @@ def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand
 
     # what a worker of the stacked run trains on: base + parent, fetched and verified from the coordinator
     manifest, stack = fetch_stack(coordinator.address, PARENT.name, 1)
-    worker_model = build_run_model(CHILD, context.record.base_model_fingerprint, parent_adapters=stack)
-    coordinator_base, _ = context.load_base()
-    worker_base = {name.replace(".base_layer", ""): tensor for name, tensor in
-                   worker_model.model.get_base_model().state_dict().items() if "lora_" not in name}
-    assert worker_base.keys() == coordinator_base.state_dict().keys()
-    for name, tensor in coordinator_base.state_dict().items():
+    worker_model = build_run_model(CHILD, runtime.record.base_model_fingerprint, parent_adapters=stack)
+    def base_weights(peft_model):
+        return {name.replace(".base_layer", ""): tensor for name, tensor in
+                peft_model.get_base_model().state_dict().items() if "lora_" not in name}
+
+    worker_base, coordinator_base = base_weights(worker_model.model), base_weights(runtime.model)
+    assert worker_base.keys() == coordinator_base.keys()
+    for name, tensor in coordinator_base.items():
         assert torch.equal(worker_base[name], tensor), name
 
     pulled = pull(coordinator.address, CHILD.name, tmp_path / "merged", layout="merged")
@@ -305,7 +307,7 @@ def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand
 
 def test_retention_keeps_the_newest_releases_and_versions_being_pulled(make_coordinator, tmp_path):
     coordinator = make_coordinator(keep_versions=1, max_eval_regression=1e9)
-    coordinator.registry.launch(PARENT)
+    coordinator.runs.launch(PARENT)
     publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
     with CoordinatorClient(coordinator.address) as client:
         assert client.mark_release(PARENT.name, 1).release

@@ -40,17 +40,17 @@ def coordinator(tmp_path):
     policy = PublishPolicy(max_eval_regression=1e9)
     with Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False,
                                        publish_policy=policy)) as running:
-        running.registry.launch(SPEC)
+        running.runs.launch(SPEC)
         yield running
 
 
 def publish_tensors(coordinator, run_name: str, tensors: dict[str, torch.Tensor], epoch: int):
     """Publish through the real publisher (merge, eval, gate, signed manifest, store), as if every shard's peers
     had agreed on ``tensors`` at ``epoch``."""
-    context = coordinator.registry.context(run_name)
+    runtime = coordinator.runs.get(run_name)
     snapshots = [ShardSnapshot(shard, epoch, "peer", {name: tensors[name] for name in names}, ("peer",))
-                 for shard, names in enumerate(context.shard_names)]
-    return coordinator.publisher.publish_snapshots(context, snapshots)
+                 for shard, names in enumerate(runtime.shard_names)]
+    return coordinator.publisher.publish_snapshots(runtime, snapshots)
 
 
 def publish_by_hand(coordinator, fill: float, version: int):
