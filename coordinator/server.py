@@ -19,6 +19,7 @@ import grpc
 import hivemind
 
 from coordinator.adapter_store import AdapterStore
+from coordinator.data_dir_lock import DataDirLock
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
@@ -57,7 +58,19 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig):
         self.config = config
         data_dir = Path(config.data_dir).expanduser()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock = DataDirLock(data_dir).acquire()  # DataDirLocked when another coordinator serves this data dir
+        try:
+            self._build(config, data_dir)
+        except BaseException:  # nothing half-started may outlive a failed start: no DHT process, no lock
+            if getattr(self, "dht", None) is not None:
+                self.dht.shutdown()
+            if getattr(self, "storage", None) is not None:
+                self.storage.close()
+            self.lock.release()
+            raise
+
+    def _build(self, config: CoordinatorConfig, data_dir: Path) -> None:
         self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
         self.store = AdapterStore(data_dir / "store")
         self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"))
@@ -74,13 +87,19 @@ class Coordinator:
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
                                           self.initial_peers, announce=self._announce, retention=self.retention)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
+        # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+                                  options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
-        bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        try:
+            bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        except RuntimeError:
+            bound = 0
         if bound == 0:
             raise RuntimeError(f"cannot listen on {config.host}:{config.port} (port in use?)")
         public_host = config.announce_host or config.host
         self.address = f"{public_host}:{bound}"
+        self.lock.describe_holder(self.address)
         self._stopped = threading.Event()
         self._announcer = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
 
@@ -153,6 +172,7 @@ class Coordinator:
         self.watcher.stop()
         self.dht.shutdown()
         self.storage.close()
+        self.lock.release()
 
     def __enter__(self) -> "Coordinator":
         return self.start()
