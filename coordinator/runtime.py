@@ -2,14 +2,15 @@
 run is launched or when the coordinator starts, and shared by the service, ledger, publisher and progress
 watcher.
 
-A run's inputs are taken in at launch: its samples go to the coordinator's dataset vault (by digest) and its base
-model is pinned by fingerprint. A restart rebuilds every run from the vault, each in isolation: a run that cannot
+A run's inputs are taken in at launch: its samples are read from the operator's dataset folders (never from a
+path of the requester's choosing) into the coordinator's dataset vault (by digest), and its base model is pinned
+by fingerprint. A restart rebuilds every run from the vault, each in isolation: a run that cannot
 be rebuilt (its base model changed, its stored data is gone) is marked unavailable with the reason, and every
 other run is served as before.
 
 Usage::
 
-    runs = RunRuntimes(storage, DatasetVault(data_dir / "datasets"))
+    runs = RunRuntimes(storage, DatasetVault(data_dir / "datasets"), DatasetSources([Path("/srv/datasets")]))
     runs.load_all()                      # at start, before serving
     runtime = runs.launch(spec)          # LaunchError with a readable message on bad input; nothing stored then
     runtime = runs.get("demo")           # UnknownRunError, or RunUnavailableError with the reason
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from coordinator.dataset_sources import DatasetSources
 from coordinator.dataset_vault import DatasetVault
 from coordinator.storage import RunExistsError, RunRecord, Storage, UnknownRunError
 from swarm.data import DatasetError, DatasetSplit, dataset_digest, load_texts, split_dataset
@@ -158,8 +160,8 @@ class RunRuntimes:
     """Every run's runtime, each built at most once per coordinator process (concurrent callers wait for the
     one load), and the reason for every run that could not be built."""
 
-    def __init__(self, storage: Storage, datasets: DatasetVault):
-        self.storage, self.datasets = storage, datasets
+    def __init__(self, storage: Storage, datasets: DatasetVault, sources: DatasetSources = DatasetSources()):
+        self.storage, self.datasets, self.sources = storage, datasets, sources
         self._runtimes: dict[str, RunRuntime] = {}
         self._unavailable: dict[str, str] = {}
         self._guard = threading.Lock()  # protects the two dicts and the per-run locks
@@ -183,7 +185,7 @@ class RunRuntimes:
                     return self._get_locked(spec.name)
                 raise LaunchError(f"run '{spec.name}' already exists with a different spec ({existing.spec_hash})")
             try:
-                texts = load_texts(spec.dataset)
+                texts = self.sources.load(spec.dataset)
                 built = _build_model(self.storage, spec)
             except (DatasetError, ModelLoadError, ShardError) as exc:
                 raise LaunchError(str(exc)) from None

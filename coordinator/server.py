@@ -20,6 +20,7 @@ import hivemind
 
 from coordinator.adapter_store import AdapterStore
 from coordinator.data_dir_lock import DataDirLock
+from coordinator.dataset_sources import DatasetSources
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
@@ -52,6 +53,7 @@ class CoordinatorConfig:
     publish: bool = True  # run the periodic publisher (PublishNow works either way)
     watch_interval_s: float = 2.0  # how often DHT progress is read to cross-check receipts
     publish_policy: PublishPolicy = field(default_factory=PublishPolicy)  # cross-check, quality gate, retention
+    dataset_dirs: tuple[Path, ...] = ()  # folders launched runs may take datasets from (besides 'sample')
 
 
 class Coordinator:
@@ -73,7 +75,7 @@ class Coordinator:
     def _build(self, config: CoordinatorConfig, data_dir: Path) -> None:
         self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
         self.store = AdapterStore(data_dir / "store")
-        self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"))
+        self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"), DatasetSources(config.dataset_dirs))
         self.peer_book = data_dir / "dht_peers.json"
         # one key is the coordinator's libp2p peer ID and signs the manifests of the versions it publishes
         self.identity = load_or_create_identity(data_dir / "dht_identity.key")

@@ -100,8 +100,8 @@ def test_concurrent_first_requests_build_a_run_once(tmp_path, count_base_loads):
 def test_a_launched_dataset_is_kept_by_digest_and_the_source_file_no_longer_matters(tmp_path):
     dataset = tmp_path / "notes.txt"
     dataset.write_text("\n".join(LINES))
-    config = CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False)
-    spec = RunSpec(name="from-file", dataset=str(dataset), data_slices=1, eval_fraction=0.1)
+    config = CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False, dataset_dirs=(tmp_path,))
+    spec = RunSpec(name="from-file", dataset="notes.txt", data_slices=1, eval_fraction=0.1)
     with Coordinator(config) as coordinator:
         launched = coordinator.runs.launch(spec)
         served_before = sorted(launched.split.train)
@@ -115,10 +115,10 @@ def test_a_launched_dataset_is_kept_by_digest_and_the_source_file_no_longer_matt
 
 
 def test_one_broken_run_leaves_the_coordinator_and_the_other_runs_serving(tmp_path):
-    config = CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False)
+    config = CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False, dataset_dirs=(tmp_path,))
     (tmp_path / "notes.txt").write_text("\n".join(LINES))
     healthy = RunSpec(name="healthy", data_slices=2)
-    broken = RunSpec(name="broken", data_slices=2, dataset=str(tmp_path / "notes.txt"))
+    broken = RunSpec(name="broken", data_slices=2, dataset=str(tmp_path / "notes.txt"))  # absolute, inside
     with Coordinator(config) as coordinator:
         coordinator.runs.launch(healthy)
         record = coordinator.runs.launch(broken).record
