@@ -108,7 +108,17 @@ class Ledger:
         self.clock = clock
 
     def submit(self, receipts: Sequence[SignedReceipt]) -> list[SubmitResult]:
-        return [self._submit_one(signed) for signed in receipts]
+        """One result per receipt, in order: a receipt that cannot be taken is refused alone, never its batch."""
+        results = []
+        for signed in receipts:
+            try:
+                results.append(self._submit_one(signed))
+            except Exception:  # a bug or a storage failure on one receipt: logged, reported, the rest go on
+                receipt_id = _receipt_id_of(signed)
+                logger.exception("receipt %s could not be processed", receipt_id or "(unreadable)")
+                results.append(SubmitResult(receipt_id, REJECTED, "internal error while checking this receipt; "
+                                                                   "it was not counted"))
+        return results
 
     def _submit_one(self, signed: SignedReceipt) -> SubmitResult:
         try:

@@ -16,12 +16,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from dataclasses import asdict, dataclass, fields
 
 from swarm.identity import Identity, peer_id_of_public_key, verify_signature
+from swarm.spec import RUN_NAME_PATTERN
 
 RECEIPT_FORMAT = "nomoat.receipt.v1"
+MAX_PAYLOAD_BYTES = 4096
+RECEIPT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PEER_ID_PATTERN = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,128}")  # base58
+# Inclusive bounds of every numeric field: far beyond any honest receipt, small enough for every database and
+# datetime (a receipt's times are unix seconds up to the year 2200).
+FIELD_BOUNDS: dict[str, tuple[float, float]] = {
+    "shard": (0, 4095), "epoch": (0, 2**31 - 1), "steps": (0, 2**40), "samples": (0, 2**40), "tokens": (0, 2**50),
+    "compute_seconds": (0.0, 3.2e7), "loss": (-1e6, 1e6), "started_at": (0.0, 7.3e9), "ended_at": (0.0, 7.3e9),
+}
 
 
 class ReceiptError(ValueError):
@@ -54,6 +65,8 @@ class Receipt:
 
     @classmethod
     def from_payload(cls, payload: bytes) -> "Receipt":
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ReceiptError(f"receipt payload is {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES} are accepted")
         try:
             data = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -72,6 +85,13 @@ class Receipt:
                 raise ReceiptError(f"receipt field {name} must be a finite number, got {value!r}")
             if kind == "str" and not isinstance(value, str):
                 raise ReceiptError(f"receipt field {name} must be a string, got {value!r}")
+            if name in FIELD_BOUNDS and not FIELD_BOUNDS[name][0] <= value <= FIELD_BOUNDS[name][1]:
+                low, high = FIELD_BOUNDS[name]
+                raise ReceiptError(f"receipt field {name} must be within {low:g}..{high:g}, got {value:g}")
+        for name, pattern in (("receipt_id", RECEIPT_ID_PATTERN), ("run", RUN_NAME_PATTERN),
+                              ("peer_id", PEER_ID_PATTERN)):
+            if not pattern.fullmatch(data[name]):
+                raise ReceiptError(f"receipt field {name} is malformed: {data[name][:80]!r}")
         return cls(**{name: float(data[name]) if kind == "float" else data[name] for name, kind in expected.items()})
 
 

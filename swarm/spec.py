@@ -22,13 +22,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-RUN_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-VERSION_REF_PATTERN = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})@([1-9][0-9]*)$")
+RUN_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always used with fullmatch: "demo\n" is no name
+VERSION_REF_PATTERN = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})@([1-9][0-9]{0,8})")
 
 
 def parse_version_ref(ref: str) -> tuple[str, int]:
     """'RUN@VERSION' -> (run, version); SpecError when it is not of that form."""
-    match = VERSION_REF_PATTERN.match(ref.strip())
+    match = VERSION_REF_PATTERN.fullmatch(ref.strip())
     if not match:
         raise SpecError(f"'{ref}' is not a published version reference of the form RUN@VERSION (e.g. demo@3)")
     return match.group(1), int(match.group(2))
@@ -39,18 +39,19 @@ class SpecError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
 
 
 class LoraSpec(_Frozen):
     """The LoRA adapter every worker of the run trains."""
 
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    alpha: float = Field(16.0, gt=0, le=1e5, description="LoRA scaling numerator (scale = alpha / rank).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         min_length=1,
+        max_length=64,
         description="Names of the base model's linear modules that get a LoRA adapter.",
     )
 
@@ -61,7 +62,7 @@ class AveragingSpec(_Frozen):
     matchmaking_time: float = Field(3.0, gt=0, le=600, description="Seconds to gather a group before averaging.")
     averaging_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before an all-reduce is abandoned.")
     average_state_every: int = Field(
-        10, ge=1, description="Epochs between parameter/optimizer-state averaging rounds, which repair peers that "
+        10, ge=1, le=1_000_000, description="Epochs between parameter/optimizer-state averaging rounds, which repair peers that "
         "stepped alone; gradients are averaged every epoch.",
     )
     progress_refresh_s: float = Field(
@@ -73,20 +74,20 @@ class RunSpec(_Frozen):
     """One community training run. Every field is fixed at launch."""
 
     name: str = Field(description="Run name: lowercase letters, digits, '-' and '_', up to 63 characters.")
-    base_model: str = Field("tiny", description="'tiny' (built-in preset), a Hugging Face model id or a local path.")
-    dataset: str = Field("sample", description="'sample' (built-in) or a local .jsonl ({'text': ...}) or .txt file.")
+    base_model: str = Field("tiny", max_length=512, description="'tiny' (built-in preset), a Hugging Face model id or a local path.")
+    dataset: str = Field("sample", max_length=512, description="'sample' (built-in) or a local .jsonl ({'text': ...}) or .txt file.")
     lora: LoraSpec = Field(default_factory=LoraSpec)
     shards: int = Field(1, ge=1, le=64, description="Number of adapter shards (by layer ranges), each averaged apart.")
-    batch_size_per_step: int = Field(4, ge=1, description="Samples one worker processes per local step.")
-    target_batch_size: int = Field(32, ge=1, description="Samples the whole swarm accumulates per optimizer epoch.")
+    batch_size_per_step: int = Field(4, ge=1, le=1_048_576, description="Samples one worker processes per local step.")
+    target_batch_size: int = Field(32, ge=1, le=1_073_741_824, description="Samples the whole swarm accumulates per optimizer epoch.")
     optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Torch optimizer of every shard.")
     lr: float = Field(3e-3, gt=0, le=10, description="Learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay (adamw and sgd).")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="Weight decay (adamw and sgd).")
     seq_len: int = Field(64, ge=8, le=32768, description="Tokens per training sample (longer ones are cut).")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the dataset held out for eval loss.")
     data_slices: int = Field(4, ge=1, le=4096, description="The train split is cut into this many slices for workers.")
-    publish_interval_s: float = Field(30.0, gt=0, description="Seconds between adapter snapshots by the coordinator.")
-    seed: int = Field(0, ge=0, description="Seed of the LoRA initialisation and the data split.")
+    publish_interval_s: float = Field(30.0, gt=0, le=7 * 86400, description="Seconds between adapter snapshots by the coordinator.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the LoRA initialisation and the data split.")
     averaging: AveragingSpec = Field(default_factory=AveragingSpec)
     parent: str | None = Field(
         None, description="Stack this run on a published version, 'RUN@VERSION': its workers train a new LoRA on "
@@ -96,14 +97,14 @@ class RunSpec(_Frozen):
     @field_validator("parent")
     @classmethod
     def _check_parent(cls, value: str | None) -> str | None:
-        if value is not None and not VERSION_REF_PATTERN.match(value):
+        if value is not None and not VERSION_REF_PATTERN.fullmatch(value):
             raise ValueError(f"must be RUN@VERSION (e.g. demo@3), not {value!r}")
         return value
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not RUN_NAME_PATTERN.match(value):
+        if not RUN_NAME_PATTERN.fullmatch(value):
             raise ValueError("must be 1-63 characters of lowercase letters, digits, '-' or '_', starting alphanumeric")
         return value
 
@@ -112,6 +113,8 @@ class RunSpec(_Frozen):
     def _check_nonempty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        if any(ord(char) < 32 or ord(char) == 127 for char in value):
+            raise ValueError("must not hold control characters")
         return value
 
     @model_validator(mode="after")

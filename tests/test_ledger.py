@@ -140,7 +140,12 @@ def test_forged_and_tampered_receipts_are_rejected_and_nothing_is_stored(server,
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (dict(samples=-8), "samples must be >= 0"),
+    (dict(samples=-8), "samples must be within 0.."),
+    (dict(epoch=2**62), "epoch must be within 0..2.14748e+09, got 4.61169e+18"),
+    (dict(started_at=1e300), "started_at must be within 0..7.3e+09"),
+    (dict(receipt_id="x" * 10_000), "at most 4096 are accepted"),
+    (dict(receipt_id="bad id\x1b[31m"), "receipt_id is malformed"),
+    (dict(run="ledger\n"), "run is malformed"),
     (dict(shard=5), "has no shard 5"),
     (dict(run="nope"), "no run named 'nope'"),
     (dict(samples=40 * BATCH, steps=4), "samples in 4 steps"),
@@ -150,10 +155,16 @@ def test_forged_and_tampered_receipts_are_rejected_and_nothing_is_stored(server,
 def test_implausible_receipts_are_refused_with_the_reason(server, alice, overrides, expected):
     _join(server, alice)
     server.storage.record_observation(RUN, 0, alice.peer_id, 2, 3.0, 16, True)  # the swarm is at epoch 2
-    signed = sign_receipt(_receipt(alice, time.time() - 20, **overrides), alice)
-    [result] = _submit(server, signed)
+    start = time.time() - 20
+    receipt_id = overrides.pop("receipt_id", None)
+    receipt = _receipt(alice, start, **overrides)
+    if receipt_id is not None:
+        receipt = replace(receipt, receipt_id=receipt_id)
+    good = sign_receipt(_receipt(alice, start - 15), alice)
+    [result, good_result] = _submit(server, sign_receipt(receipt, alice), good)  # refused alone, not its batch
     assert result.status == "rejected" and expected in result.message, result.message
-    assert _samples(server) == {}
+    assert good_result.status == "accepted", good_result.message
+    assert _samples(server) == {0: 4 * BATCH}
 
 
 def test_a_coordinator_blind_to_the_dht_accepts_high_epochs_unverified(server, alice):
@@ -285,13 +296,13 @@ def test_outbox_keeps_receipts_while_the_coordinator_is_down_and_drains_after_re
 def test_outbox_sets_rejected_receipts_aside_with_the_reason(server, alice, tmp_path):
     _join(server, alice)
     outbox = Outbox(tmp_path / "outbox.sqlite", server.address)
-    outbox.put(sign_receipt(_receipt(alice, time.time() - 20, samples=-1), alice))
+    outbox.put(sign_receipt(_receipt(alice, time.time() - 20, shard=5), alice))
     outbox.put(sign_receipt(_receipt(alice, time.time() - 40), alice))
     sender = OutboxSender(outbox, lambda: CoordinatorClient(server.address))
     assert sender.drain_once()
     assert outbox.count() == 0
     [(receipt_id, reason)] = outbox.rejected()
-    assert "samples must be >= 0" in reason
+    assert "has no shard 5" in reason
     assert _samples(server) == {0: 4 * BATCH}
     outbox.close()
 
