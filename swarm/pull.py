@@ -34,10 +34,9 @@ from typing import Callable, Literal
 
 from tqdm import tqdm
 
-from swarm.adapter_files import file_sha256
 from swarm.client import CoordinatorClient
-from swarm.manifest import Manifest, ManifestError, SignedManifest, read_signed_manifest
-from swarm.merge import write_folder_atomically
+from swarm.manifest import FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest, verify_files
+from swarm.merge import MergeError, write_folder_atomically, write_merged_model
 
 VERSION_INFO_FILE = "nomoat_version.json"
 STACK_FILE = "stack.json"
@@ -178,12 +177,11 @@ class _Fetcher:
         partial.mkdir(parents=True, exist_ok=True)
         offsets = _resume_offsets(partial, manifest)
         self._download(run_name, manifest, partial, offsets)
-        for entry in manifest.files:
-            actual = file_sha256(partial / entry.name)
-            if actual != entry.sha256:
-                (partial / entry.name).unlink()  # the next pull fetches this file afresh
-                raise PullError(f"{what} failed verification: {entry.name} hashes to {actual}, but the signed "
-                                f"manifest says {entry.sha256} (corrupted or tampered file)")
+        try:
+            verify_files(partial, manifest)
+        except FileMismatchError as exc:
+            (partial / exc.name).unlink(missing_ok=True)  # the next pull fetches this file afresh
+            raise PullError(f"{what} failed verification: {exc}") from None
         SignedManifest.from_parts(response.manifest, response.signature_json).write(partial)
         (partial / VERSION_INFO_FILE).write_text(json.dumps(_version_info(manifest), indent=2))
         shutil.rmtree(folder, ignore_errors=True)
@@ -251,10 +249,10 @@ def _holds(folder: Path, manifest: Manifest) -> bool:
     try:
         if read_signed_manifest(folder).payload != manifest.to_bytes():
             return False
+        verify_files(folder, manifest)
     except ManifestError:
         return False
-    return all((folder / e.name).is_file() and (folder / e.name).stat().st_size == e.size
-               and file_sha256(folder / e.name) == e.sha256 for e in manifest.files)
+    return True
 
 
 def _version_info(manifest: Manifest) -> dict:
@@ -301,24 +299,14 @@ def _install_chain(folders: list[Path], out: Path) -> None:
 
 
 def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
-    from swarm.merge import MergeError, apply_adapter_chain, write_tokenizer
-    from swarm.model import base_model_fingerprint, load_base_model
-
-    base, tokenizer = load_base_model(manifest.base_model)
-    if base_model_fingerprint(base) != manifest.base_model_fingerprint:
-        raise PullError(f"the base model '{manifest.base_model}' here differs from the one the run trained on "
-                        f"({manifest.base_model_fingerprint}); merging would give a different model")
-    try:
-        model = apply_adapter_chain(base, folders)
-    except MergeError as exc:
-        raise PullError(f"cannot merge {manifest.run}@{manifest.version} into {manifest.base_model}: {exc}") from None
-
     def fill(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
-        write_tokenizer(tokenizer, staging)
+        try:
+            write_merged_model(staging, manifest.base_model, manifest.base_model_fingerprint, folders)
+        except MergeError as exc:
+            raise PullError(f"cannot merge {manifest.run}@{manifest.version} into {manifest.base_model}: "
+                            f"{exc}") from None
         # the verified adapter and its signed manifest travel along; at the top level the manifest would list
         # files that are not there, and adapter_config.json would make tools treat the folder as an adapter
         _copy_version(folders[-1], staging / MERGED_ADAPTER_FOLDER)
 
     write_folder_atomically(out, fill)
-
