@@ -68,7 +68,7 @@ class Coordinator:
         self.retention = Retention(self.storage, self.store, config.publish_policy.keep_versions)
         self.publisher = Publisher(self.storage, self.registry, self.store, self.dht, self.identity,
                                    config.publish_policy, retention=self.retention)
-        self.watcher = ProgressWatcher(self.dht, self.storage, self.registry)
+        self.watcher = ProgressWatcher(self.dht, self.storage, self.registry, self.identity.as_hivemind_key())
         self.ledger = Ledger(self.storage, self.registry, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.ledger,

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.client import CoordinatorClient
 from swarm.dht import start_dht
@@ -85,16 +84,16 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     # hivemind forks its DHT and averager processes; a live gRPC channel does not survive fork (its threads
     # and locks are copied mid-use and the children stall), so the channel is closed until they are started
     client.close()
-    # hivemind signs each peer's DHT progress records with a process-wide key; making it the identity key ties
-    # those records to this peer ID, which lets the coordinator cross-check receipts against them
-    RSAPrivateKey._process_wide_key = identity.as_hivemind_key()
+    # the DHT runs under the identity key and the optimizers sign their progress records with it: the records
+    # are then this peer ID's own, which lets the coordinator cross-check receipts against them
+    signing_key = identity.as_hivemind_key()
     dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
                     announce_host=config.announce_host, identity_path=str(identity.path))
     optimizers = {}
     outbox: Outbox | None = None
     sender: OutboxSender | None = None
     try:
-        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht)
+        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key)
                       for shard in shards}
         client = CoordinatorClient(config.coordinator)
         if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
