@@ -22,11 +22,8 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.registry import RunRegistry
 from coordinator.storage import Storage
+from swarm.background import BackgroundLoop
 from swarm.dht import progress_validators, read_shard_progress
-from swarm.log import get_logger
-
-logger = get_logger(__name__)
-
 
 class ProgressWatcher:
     def __init__(self, dht: hivemind.DHT, storage: Storage, registry: RunRegistry, private_key: RSAPrivateKey,
@@ -36,8 +33,7 @@ class ProgressWatcher:
         self.ledger_recheck = ledger_recheck
         self._validated: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: BackgroundLoop | None = None
 
     def _ensure_validators(self, shard_run_id: str) -> None:
         # hivemind signs progress records and checks them against a schema; reading them needs both validators
@@ -65,18 +61,9 @@ class ProgressWatcher:
                 self.poll_shard(run.name, shard)
             self.ledger_recheck(run.name)
 
-    def _loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.poll_all()
-            except Exception as exc:  # keep watching; the next pass may succeed
-                logger.warning("progress watcher pass failed: %s", exc)
-
     def start(self, interval_s: float = 2.0) -> None:
-        self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="progress-watcher", daemon=True)
-        self._thread.start()
+        self._loop = BackgroundLoop("progress-watcher", interval_s, self.poll_all).start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loop is not None:
+            self._loop.stop(timeout=10)

@@ -34,6 +34,7 @@ from coordinator.adapter_store import AdapterStore, StoreError
 from coordinator.registry import RunContext, RunRegistry
 from coordinator.retention import Retention
 from coordinator.storage import Storage, VersionRecord
+from swarm.background import BackgroundLoop
 from swarm.evaluation import eval_loss
 from swarm.identity import Identity
 from swarm.log import get_logger
@@ -204,8 +205,7 @@ class Publisher:
         self._lock = threading.Lock()  # one publish at a time: version numbers stay dense
         self._last_attempt: dict[str, float] = {}
         self._base_eval: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: BackgroundLoop | None = None
 
     def _evaluate(self, context: RunContext, tensors: dict[str, torch.Tensor] | None):
         base, tokenizer = context.load_base()
@@ -319,21 +319,18 @@ class Publisher:
 
     def start(self, poll_s: float = 1.0) -> None:
         """Publish each run whenever its publish_interval_s has passed since the last attempt."""
-        def loop():
-            while not self._stop.wait(poll_s):
-                for record in self.storage.list_runs():
-                    try:
-                        interval = self.registry.context(record.name).spec.publish_interval_s
-                        last = self._last_attempt.setdefault(record.name, time.monotonic())
-                        if time.monotonic() - last >= interval:
-                            self.publish(record.name)
-                    except Exception:  # one broken run must not stop publishing for the others
-                        logger.exception("run %s: publisher failed", record.name)
+        self._loop = BackgroundLoop("publisher", poll_s, self._publish_due_runs).start()
 
-        self._thread = threading.Thread(target=loop, name="publisher", daemon=True)
-        self._thread.start()
+    def _publish_due_runs(self) -> None:
+        for record in self.storage.list_runs():
+            try:
+                interval = self.registry.context(record.name).spec.publish_interval_s
+                last = self._last_attempt.setdefault(record.name, time.monotonic())
+                if time.monotonic() - last >= interval:
+                    self.publish(record.name)
+            except Exception:  # one broken run must not stop publishing for the others
+                logger.exception("run %s: publisher failed", record.name)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.stop(timeout=30)

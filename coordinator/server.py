@@ -28,6 +28,7 @@ from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
 from proto import coordinator_pb2_grpc as pb_grpc
+from swarm.background import BackgroundLoop
 from swarm.client import CHANNEL_OPTIONS
 from swarm.dht import RunAnnouncement, announce_run, connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
@@ -81,7 +82,8 @@ class Coordinator:
         public_host = config.announce_host or config.host
         self.address = f"{public_host}:{bound}"
         self._stopped = threading.Event()
-        self._announcer = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
+        self._housekeeping_ticks = 0
+        self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._housekeeping_pass)
 
     def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
@@ -115,24 +117,19 @@ class Coordinator:
     def _announce(self, context: RunContext) -> None:
         announce_run(self.dht, RunAnnouncement(context.spec.name, context.spec.content_hash, self.address))
 
-    def _housekeeping_loop(self) -> None:
+    def _housekeeping_pass(self) -> None:
         """Every 5 s remember the connected DHT peers; every 60 s re-announce the runs."""
-        ticks = 0
-        while not self._stopped.wait(5.0):
-            ticks += 1
-            try:
-                self._save_peer_book()
-                if ticks % 12 == 0:
-                    for record in self.storage.list_runs():
-                        self._announce(self.registry.context(record.name))
-            except Exception as exc:  # housekeeping must never stop the coordinator
-                logger.warning("housekeeping failed: %s", exc)
+        self._housekeeping_ticks += 1
+        self._save_peer_book()
+        if self._housekeeping_ticks % 12 == 0:
+            for record in self.storage.list_runs():
+                self._announce(self.registry.context(record.name))
 
     def start(self) -> "Coordinator":
         self.server.start()
         if self.config.publish:
             self.publisher.start(self.config.publisher_poll_s)
-        self._announcer.start()
+        self._housekeeping.start()
         self.watcher.start(self.config.watch_interval_s)
         for record in self.storage.list_runs():  # re-announce runs after a restart
             self._announce(self.registry.context(record.name))
@@ -146,6 +143,7 @@ class Coordinator:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._housekeeping.stop(timeout=10)
         self.server.stop(grace=2).wait()
         self.publisher.stop()
         self.watcher.stop()
