@@ -176,11 +176,11 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
         size = path.stat().st_size
         if size != entry.size:
             raise FileMismatchError(f"{entry.name} is {size} bytes, but the signed manifest says {entry.size} "
-                                    f"(tampered or damaged file)", entry.name)
+                                    f"(corrupted or tampered file)", entry.name)
         actual = file_sha256(path)
         if actual != entry.sha256:
             raise FileMismatchError(f"{entry.name} hashes to {actual}, but the signed manifest says {entry.sha256} "
-                                    f"(tampered or damaged file)", entry.name)
+                                    f"(corrupted or tampered file)", entry.name)
 
 
 def read_signed_manifest(folder: Path) -> SignedManifest:
