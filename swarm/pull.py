@@ -2,7 +2,8 @@
 
 A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, and that
 the signer is the coordinator you trust (``trusted_signer``, or the key this address used the first time you
-pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts). Files then stream
+pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts; see
+``swarm.paths.UserDirs``). Files then stream
 in chunks into a cache folder named by the version's digest, resuming from what an interrupted pull left, and
 every file must match the manifest's size and sha256 before anything reaches ``out``; pulling a version that is
 already cached (or already in ``out``) downloads nothing.
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from swarm.client import CoordinatorClient
 from swarm.manifest import FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest, verify_files
 from swarm.merge import MergeError, write_folder_atomically, write_merged_model
+from swarm.paths import UserDirs
 
 VERSION_INFO_FILE = "nomoat_version.json"
 STACK_FILE = "stack.json"
@@ -61,14 +63,6 @@ class PulledVersion:
     layout: str = "adapter"
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nomoat" / "adapters"
-
-
-def known_coordinators_file() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "nomoat" / "known_coordinators.json"
-
-
 def resolve_version(text: str | int | None) -> int:
     """'latest', None or 0 -> 0 (latest); 'N' or N -> N; PullError otherwise."""
     if text in (None, "", "latest", 0):
@@ -82,12 +76,12 @@ def resolve_version(text: str | int | None) -> int:
     return number
 
 
-def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None) -> str:
-    """The peer ID whose signature this pull accepts: the one given, else the one remembered for this address
-    (recording ``signer`` on first use)."""
+def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None, known_file: Path) -> str:
+    """The peer ID whose signature this pull accepts: the one given, else the one remembered for this address in
+    ``known_file`` (recording ``signer`` there on first use)."""
     if trusted_signer:
         return trusted_signer
-    path = known_coordinators_file()
+    path = known_file
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as exc:
@@ -104,17 +98,20 @@ def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None
 
 def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, layout: Layout = "adapter",
          trusted_signer: str | None = None, cache_dir: Path | None = None, chunk_bytes: int = 0,
-         show_progress: bool = False, on_bytes: Callable[[int], None] | None = None) -> PulledVersion:
+         show_progress: bool = False, on_bytes: Callable[[int], None] | None = None,
+         user_dirs: UserDirs | None = None) -> PulledVersion:
     """Pull ``version`` ('latest'/0 or N) of ``run_name`` into ``out`` in the given layout, verified.
 
-    ``on_bytes`` is called with each received chunk's size (progress reporting; raising from it interrupts the
-    pull, and the next pull resumes where it stopped)."""
+    ``user_dirs`` holds the trusted coordinator keys and the cache (None: ``UserDirs.from_environment()``);
+    ``cache_dir`` overrides its cache. ``on_bytes`` is called with each received chunk's size (progress
+    reporting; raising from it interrupts the pull, and the next pull resumes where it stopped)."""
     if layout not in ("adapter", "chain", "merged"):
         raise PullError(f"layout must be adapter, chain or merged, not {layout!r}")
     number = resolve_version(version)
     out = Path(out).expanduser()
-    fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer,
-                       chunk_bytes, show_progress, on_bytes)
+    dirs = user_dirs or UserDirs.from_environment()
+    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), dirs.known_coordinators,
+                       trusted_signer, chunk_bytes, show_progress, on_bytes)
     manifest, folders = fetcher.fetch_stack(run_name, number)
     if layout == "adapter":
         _install_adapter(manifest, folders[-1], out)
@@ -127,19 +124,23 @@ def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, 
 
 
 def fetch_stack(coordinator: str, run_name: str, version: int | str = 0, *, trusted_signer: str | None = None,
-                cache_dir: Path | None = None) -> tuple[Manifest, list[Path]]:
+                cache_dir: Path | None = None, user_dirs: UserDirs | None = None) -> tuple[Manifest, list[Path]]:
     """A version and every version it is stacked on, verified into the cache: (its manifest, cached adapter
-    folders root first, ending with its own). Workers of a stacked run merge these into their base model."""
-    fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer, 0, False, None)
+    folders root first, ending with its own). Workers of a stacked run merge these into their base model.
+    ``user_dirs`` and ``cache_dir`` as for ``pull``."""
+    dirs = user_dirs or UserDirs.from_environment()
+    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), dirs.known_coordinators,
+                       trusted_signer, 0, False, None)
     return fetcher.fetch_stack(run_name, resolve_version(version))
 
 
 class _Fetcher:
     """Fetches verified versions into the content-addressed cache (``<cache>/<sha256>/``)."""
 
-    def __init__(self, coordinator: str, cache_dir: Path, trusted_signer: str | None, chunk_bytes: int,
-                 show_progress: bool, on_bytes: Callable[[int], None] | None):
+    def __init__(self, coordinator: str, cache_dir: Path, known_coordinators: Path, trusted_signer: str | None,
+                 chunk_bytes: int, show_progress: bool, on_bytes: Callable[[int], None] | None):
         self.coordinator, self.cache_dir, self.trusted_signer = coordinator, cache_dir, trusted_signer
+        self.known_coordinators = known_coordinators
         self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
         self.client: CoordinatorClient | None = None
         self.downloaded = 0
@@ -157,7 +158,8 @@ class _Fetcher:
             raise PullError(f"{what} has no signed manifest (published by an older coordinator); it cannot be verified")
         try:
             signed = SignedManifest.from_parts(payload, signature_json)
-            trusted = trusted_signer_for(self.coordinator, signed.signer, self.trusted_signer)
+            trusted = trusted_signer_for(self.coordinator, signed.signer, self.trusted_signer,
+                                         self.known_coordinators)
             return signed.verify(trusted)
         except ManifestError as exc:
             raise PullError(f"{what} failed verification: {exc}") from None

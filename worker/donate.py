@@ -20,6 +20,7 @@ from swarm.dht import start_dht
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 from swarm.model import pick_device
+from swarm.paths import UserDirs
 from swarm.pull import fetch_stack
 from swarm.receipts import Receipt, sign_receipt
 from swarm.spec import RunSpec, parse_version_ref
@@ -43,7 +44,8 @@ class DonateConfig:
     host: str = "127.0.0.1"  # DHT listen address
     announce_host: str | None = None  # address other peers dial, when host is 0.0.0.0
     client_mode: bool = False  # behind NAT: dial out only, never accept connections
-    identity: Path | None = None  # libp2p key file; default ~/.config/nomoat/identity.key
+    identity: Path | None = None  # libp2p key file; default: user_dirs.identity_key (~/.config/nomoat/identity.key)
+    user_dirs: UserDirs | None = None  # identity, trusted coordinator keys, pull cache; None: from XDG_* at donate()
     wait_for_peers: int = 1  # wait until this many peers (self included) serve each shard before training
     wait_timeout_s: float = 60.0
     limits: TrainingLimits = field(default_factory=TrainingLimits)
@@ -56,7 +58,8 @@ class DonateConfig:
 
 def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
     stop = stop or threading.Event()
-    identity = load_or_create_identity(config.identity)
+    dirs = config.user_dirs or UserDirs.from_environment()
+    identity = load_or_create_identity(config.identity or dirs.identity_key)
     device = pick_device(config.device)
     client = CoordinatorClient(config.coordinator)
     assignment = client.join(identity.peer_id, run_name=config.run, display_name=config.name,
@@ -70,7 +73,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     parent_adapters: list[Path] = []
     if spec.parent:  # a stacked run trains on base + the parent chain, fetched verified from the coordinator
         parent_run, parent_version = parse_version_ref(spec.parent)
-        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version)
+        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version, user_dirs=dirs)
         logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
