@@ -22,7 +22,7 @@ from coordinator.adapter_store import AdapterStore
 from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
-from coordinator.registry import RunContext, RunRegistry
+from coordinator.registry import RunRegistry
 from coordinator.retention import Retention
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
@@ -30,7 +30,7 @@ from coordinator.storage import Storage
 from proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
 from swarm.client import CHANNEL_OPTIONS
-from swarm.dht import RunAnnouncement, announce_run, connected_peer_addresses, start_dht, visible_addresses
+from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 
@@ -73,7 +73,7 @@ class Coordinator:
         self.ledger = Ledger(self.storage, self.registry, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.ledger,
-                                          self.initial_peers, announce=self._announce, retention=self.retention)
+                                          self.initial_peers, retention=self.retention)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
@@ -82,8 +82,8 @@ class Coordinator:
         public_host = config.announce_host or config.host
         self.address = f"{public_host}:{bound}"
         self._stopped = threading.Event()
-        self._housekeeping_ticks = 0
-        self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._housekeeping_pass)
+        # every 5 s remember the connected DHT peers, for the next start
+        self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
 
     def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
@@ -114,16 +114,6 @@ class Coordinator:
             partial.write_text(json.dumps(peers))
             partial.replace(self.peer_book)
 
-    def _announce(self, context: RunContext) -> None:
-        announce_run(self.dht, RunAnnouncement(context.spec.name, context.spec.content_hash, self.address))
-
-    def _housekeeping_pass(self) -> None:
-        """Every 5 s remember the connected DHT peers; every 60 s re-announce the runs."""
-        self._housekeeping_ticks += 1
-        self._save_peer_book()
-        if self._housekeeping_ticks % 12 == 0:
-            for record in self.storage.list_runs():
-                self._announce(self.registry.context(record.name))
 
     def start(self) -> "Coordinator":
         self.server.start()
@@ -131,8 +121,6 @@ class Coordinator:
             self.publisher.start(self.config.publisher_poll_s)
         self._housekeeping.start()
         self.watcher.start(self.config.watch_interval_s)
-        for record in self.storage.list_runs():  # re-announce runs after a restart
-            self._announce(self.registry.context(record.name))
         logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
         return self
 

@@ -33,7 +33,6 @@ from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
 
 LIVE_WINDOW_S = 60.0
-REPORT_INTERVAL_S = 5.0
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 4 * 1024, 4 * 1024 * 1024
 
 
@@ -82,11 +81,10 @@ class PullHeader:
 
 class CoordinatorService:
     def __init__(self, storage: Storage, registry: RunRegistry, publisher: Publisher, ledger: Ledger,
-                 initial_peers: list[str], announce=lambda context: None, retention: Retention | None = None):
+                 initial_peers: list[str], retention: Retention | None = None):
         self.storage, self.registry, self.publisher, self.ledger = storage, registry, publisher, ledger
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
-        self.announce = announce
 
     def _context(self, run_name: str) -> RunContext:
         try:
@@ -100,7 +98,6 @@ class CoordinatorService:
             context = self.registry.launch(spec)
         except (SpecError, LaunchError, ValueError) as exc:
             raise RequestError(str(exc)) from None
-        self.announce(context)
         return context
 
     def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> AssignmentPlan:

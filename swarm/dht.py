@@ -14,7 +14,7 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import hivemind
@@ -24,14 +24,9 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
 from hivemind.p2p import PeerID
-from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.identity import peer_id_of_public_key
-
-RUNS_KEY = "nomoat/runs"
-RUN_ANNOUNCEMENT_TTL_S = 600.0
-
 
 def shard_progress_key(shard_run_id: str) -> str:
     """Where hivemind.Optimizer's ProgressTracker publishes each peer's LocalTrainingProgress."""
@@ -131,34 +126,3 @@ def visible_addresses(dht: hivemind.DHT) -> list[str]:
     """Multiaddrs (with /p2p/<peer id>) other peers use as ``initial_peers``; loopback last."""
     addresses = [str(maddr) for maddr in dht.get_visible_maddrs()]
     return sorted(addresses, key=lambda address: "/127.0.0.1/" in address)
-
-
-@dataclass(frozen=True)
-class RunAnnouncement:
-    """A run as announced on the DHT: enough for a peer to find its coordinator and check the spec."""
-
-    run_name: str
-    spec_hash: str
-    coordinator: str
-
-
-def announce_run(dht: hivemind.DHT, announcement: RunAnnouncement, ttl_s: float = RUN_ANNOUNCEMENT_TTL_S) -> bool:
-    return bool(
-        dht.store(RUNS_KEY, subkey=announcement.run_name, value=asdict(announcement),
-                  expiration_time=get_dht_time() + ttl_s)
-    )
-
-
-def lookup_runs(dht: hivemind.DHT) -> dict[str, RunAnnouncement]:
-    """Every run currently announced on the DHT (malformed records are skipped)."""
-    found = dht.get(RUNS_KEY, latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    runs = {}
-    for run_name, entry in found.value.items():
-        value = getattr(entry, "value", None)
-        try:
-            runs[run_name] = RunAnnouncement(**value)
-        except TypeError:
-            continue
-    return runs
