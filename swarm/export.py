@@ -26,11 +26,10 @@ import yaml
 
 from swarm.adapter_files import ADAPTER_FILES, FileDigest, file_sha256
 from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, ManifestError, read_signed_manifest, verify_files
-from swarm.merge import MergeError, write_folder_atomically, write_merged_model
+from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
 from swarm.model import TINY_PRESET, ModelLoadError
 
 MODEL_CARD = "README.md"
-MERGED_ADAPTER_FOLDER = "nomoat_adapter"
 TAGS = ("nomoat", "lora", "peft")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 

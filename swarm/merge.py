@@ -33,6 +33,7 @@ logger = get_logger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BYTE_TOKENIZER_FILE = "nomoat_tokenizer.json"
+MERGED_ADAPTER_FOLDER = "nomoat_adapter"  # inside a merged model folder (pull, export): the version merged last
 _PEFT_PREFIX = "base_model.model."
 
 

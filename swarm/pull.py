@@ -37,12 +37,11 @@ from tqdm import tqdm
 
 from swarm.client import CoordinatorClient
 from swarm.manifest import FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest, verify_files
-from swarm.merge import MergeError, write_folder_atomically, write_merged_model
+from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
 from swarm.paths import UserDirs
 
 VERSION_INFO_FILE = "nomoat_version.json"
 STACK_FILE = "stack.json"
-MERGED_ADAPTER_FOLDER = "nomoat_adapter"  # inside a merged model folder: the version it was merged from
 Layout = Literal["adapter", "chain", "merged"]
 
 
