@@ -100,7 +100,8 @@ def worker_main(args: argparse.Namespace) -> None:
                    averaging=AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=args.timeout,
                                            progress_refresh_s=0.5, average_state_every=1000))
     param = torch.nn.Parameter(torch.zeros(args.lora_params))
-    optimizer = make_shard_optimizer(spec, 0, [param], dht, RSAPrivateKey(), verbose=False)  # records unbound: fine here
+    # a throwaway signing key: this benchmark needs no progress record bound to a peer ID
+    optimizer = make_shard_optimizer(spec, 0, [param], dht, RSAPrivateKey(), verbose=False)
     try:
         wait_for_peers(dht, spec, [0], args.workers, 120)
         step_compute = args.compute_per_epoch / STEPS_PER_EPOCH

@@ -25,6 +25,7 @@ from coordinator.storage import Storage
 from swarm.background import BackgroundLoop
 from swarm.dht import progress_validators, read_shard_progress
 
+
 class ProgressWatcher:
     def __init__(self, dht: hivemind.DHT, storage: Storage, registry: RunRegistry, private_key: RSAPrivateKey,
                  ledger_recheck: Callable[[str], int] = lambda run: 0):

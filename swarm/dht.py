@@ -28,6 +28,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.identity import peer_id_of_public_key
 
+
 def shard_progress_key(shard_run_id: str) -> str:
     """Where hivemind.Optimizer's ProgressTracker publishes each peer's LocalTrainingProgress."""
     return f"{shard_run_id}_progress"

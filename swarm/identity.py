@@ -1,6 +1,6 @@
 """A worker's persistent identity: the private key its hivemind/libp2p daemon uses, so its contributor ID is
-its libp2p peer ID. Created on first use (a worker keeps it at ``UserDirs.identity_key``). The same key signs the worker's
-contribution receipts (``swarm.receipts``) and, in the worker process, hivemind's DHT records.
+its libp2p peer ID. Created on first use (a worker's lives at ``swarm.paths.UserDirs.identity_key``). The same
+key signs the worker's contribution receipts (``swarm.receipts``) and its hivemind progress records in the DHT.
 
 Usage::
 

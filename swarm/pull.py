@@ -3,10 +3,9 @@
 A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, and that
 the signer is the coordinator you trust (``trusted_signer``, or the key this address used the first time you
 pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts; see
-``swarm.paths.UserDirs``). Files then stream
-in chunks into a cache folder named by the version's digest, resuming from what an interrupted pull left, and
-every file must match the manifest's size and sha256 before anything reaches ``out``; pulling a version that is
-already cached (or already in ``out``) downloads nothing.
+``swarm.paths.UserDirs``). Files then stream in chunks into a cache folder named by the version's digest,
+resuming from what an interrupted pull left, and every file must match the manifest's size and sha256 before
+anything reaches ``out``; pulling a version that is already cached (or already in ``out``) downloads nothing.
 
 Layouts:
 - ``adapter`` (default): ``out`` is the version's stock PEFT adapter (``PeftModel.from_pretrained(base, out)``;
@@ -36,7 +35,8 @@ from typing import Callable, Literal
 from tqdm import tqdm
 
 from swarm.client import CoordinatorClient
-from swarm.manifest import FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest, verify_files
+from swarm.manifest import (FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest,
+                            verify_files)
 from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
 from swarm.paths import UserDirs
 
@@ -80,7 +80,7 @@ def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None
     ``known_file`` (recording ``signer`` there on first use)."""
     if trusted_signer:
         return trusted_signer
-    path = known_file
+    path = Path(known_file)
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as exc:

@@ -18,7 +18,8 @@ from swarm.adapter_files import describe_files, file_sha256
 from swarm.export import ExportError, export_hf_repo, is_hub_model_id
 from swarm.identity import load_or_create_identity
 from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, ChainLink, Manifest, sign_manifest
-from swarm.merge import BYTE_TOKENIZER_FILE, MergeError, apply_adapter_chain, write_folder_atomically, write_merged_model
+from swarm.merge import (BYTE_TOKENIZER_FILE, MergeError, apply_adapter_chain, write_folder_atomically,
+                         write_merged_model)
 from swarm.model import (base_model_fingerprint, build_lora_model, build_tiny_model, load_base_model, lora_parameters,
                          tiny_config)
 from swarm.spec import LoraSpec
