@@ -78,6 +78,7 @@ def compute_seconds_per_epoch(payload: Payload, tokens: int, flops: float) -> fl
 def worker_main(args: argparse.Namespace) -> None:
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
     import torch
+    from hivemind.utils.crypto import RSAPrivateKey
 
     from swarm.dht import start_dht, visible_addresses
     from swarm.spec import AveragingSpec, RunSpec
@@ -99,7 +100,8 @@ def worker_main(args: argparse.Namespace) -> None:
                    averaging=AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=args.timeout,
                                            progress_refresh_s=0.5, average_state_every=1000))
     param = torch.nn.Parameter(torch.zeros(args.lora_params))
-    optimizer = make_shard_optimizer(spec, 0, [param], dht, verbose=False)
+    # a throwaway signing key: this benchmark needs no progress record bound to a peer ID
+    optimizer = make_shard_optimizer(spec, 0, [param], dht, RSAPrivateKey(), verbose=False)
     try:
         wait_for_peers(dht, spec, [0], args.workers, 120)
         step_compute = args.compute_per_epoch / STEPS_PER_EPOCH

@@ -101,7 +101,3 @@ class AdapterStore:
         trash = final.parent / f"{TRASH_PREFIX}{version:06d}-{uuid.uuid4().hex[:8]}"
         os.rename(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
-
-    def files(self, path: Path) -> list[FileDigest]:
-        """The files of a stored version as they are on disk now (sizes for streaming; hashes recomputed)."""
-        return describe_files(Path(path))

@@ -7,7 +7,7 @@ observations, and has the ledger cross-check receipts against them.
 
 Usage::
 
-    watcher = ProgressWatcher(dht, storage, runs, ledger_recheck=ledger.recheck_unverified)
+    watcher = ProgressWatcher(dht, storage, runs, identity.as_hivemind_key(), ledger.recheck_unverified)
     watcher.start(interval_s=2.0)
     watcher.poll_shard("demo", 0)   # read one shard now
 """
@@ -18,67 +18,33 @@ import threading
 from typing import Callable
 
 import hivemind
-from cryptography.hazmat.primitives import serialization
-from hivemind.dht.crypto import RSASignatureValidator
-from hivemind.dht.schema import SchemaValidator
-from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
-from hivemind.p2p import PeerID
+from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.runtime import RunRuntime, RunRuntimes
 from coordinator.storage import Storage
-from swarm.dht import shard_progress_key
-from swarm.identity import peer_id_of_public_key
+from swarm.background import BackgroundLoop
+from swarm.dht import progress_validators, read_shard_progress
 from swarm.log import get_logger
 
 logger = get_logger(__name__)
 
 
-def _owner_peer_id(subkey: bytes) -> str | None:
-    """The peer ID of the RSA key that owns (signed) a DHT record, from its ``[owner:ssh-rsa ...]`` subkey."""
-    found = RSASignatureValidator._PUBLIC_KEY_RE.findall(subkey)
-    if len(found) != 1:
-        return None
-    try:
-        key = serialization.load_ssh_public_key(found[0])
-        der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, TypeError):
-        return None
-    return peer_id_of_public_key(der)
-
-
-def read_shard_progress(dht: hivemind.DHT, shard_run_id: str) -> list[tuple[str, LocalTrainingProgress, bool]]:
-    """(peer ID, progress, key bound) for every peer that currently publishes progress for the shard."""
-    found = dht.get(shard_progress_key(shard_run_id), latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return []
-    records = []
-    for subkey, entry in found.value.items():
-        try:
-            progress = LocalTrainingProgress.parse_obj(entry.value)
-        except Exception:
-            continue  # an expired (None) or malformed record
-        peer_id = PeerID(progress.peer_id).to_base58()
-        records.append((peer_id, progress, _owner_peer_id(subkey) == peer_id))
-    return records
-
-
 class ProgressWatcher:
-    def __init__(self, dht: hivemind.DHT, storage: Storage, runs: RunRuntimes,
+    def __init__(self, dht: hivemind.DHT, storage: Storage, runs: RunRuntimes, private_key: RSAPrivateKey,
                  ledger_recheck: Callable[[str], int] = lambda run: 0):
         self.dht, self.storage, self.runs = dht, storage, runs
+        self.private_key = private_key  # hivemind's signature validator needs one; the coordinator's identity key
         self.ledger_recheck = ledger_recheck
         self._validated: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: BackgroundLoop | None = None
 
     def _ensure_validators(self, shard_run_id: str) -> None:
         # hivemind signs progress records and checks them against a schema; reading them needs both validators
         with self._lock:
             if shard_run_id in self._validated:
                 return
-            self.dht.add_validators([SchemaValidator(TrainingProgressSchema, prefix=shard_run_id),
-                                     RSASignatureValidator()])
+            self.dht.add_validators(progress_validators(shard_run_id, self.private_key))
             self._validated.add(shard_run_id)
 
     def poll_shard(self, run_name: str, shard: int) -> int:
@@ -90,9 +56,11 @@ class ProgressWatcher:
         shard_run_id = runtime.spec.shard_run_id(shard)
         self._ensure_validators(shard_run_id)
         records = read_shard_progress(self.dht, shard_run_id)
-        for peer_id, progress, key_bound in records:
-            self.storage.record_observation(run_name, shard, peer_id, progress.epoch, progress.samples_per_second,
-                                            progress.samples_accumulated, key_bound)
+        for record in records:
+            progress = record.progress
+            self.storage.record_observation(run_name, shard, record.peer_id, progress.epoch,
+                                            progress.samples_per_second, progress.samples_accumulated,
+                                            record.key_bound)
         return len(records)
 
     def poll_all(self) -> None:
@@ -104,18 +72,9 @@ class ProgressWatcher:
             except Exception as exc:  # one run's bad records must not stop the others from being watched
                 logger.warning("run %s: progress watcher pass failed: %s", runtime.name, exc)
 
-    def _loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.poll_all()
-            except Exception as exc:  # keep watching; the next pass may succeed
-                logger.warning("progress watcher pass failed: %s", exc)
-
     def start(self, interval_s: float = 2.0) -> None:
-        self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="progress-watcher", daemon=True)
-        self._thread.start()
+        self._loop = BackgroundLoop("progress-watcher", interval_s, self.poll_all).start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loop is not None:
+            self._loop.stop(timeout=10)

@@ -34,6 +34,7 @@ from coordinator.adapter_store import AdapterStore, StoreError
 from coordinator.retention import Retention
 from coordinator.runtime import RunRuntime, RunRuntimes
 from coordinator.storage import Storage, VersionRecord
+from swarm.background import BackgroundLoop
 from swarm.evaluation import eval_loss
 from swarm.identity import Identity
 from swarm.log import get_logger
@@ -203,8 +204,7 @@ class Publisher:
         self._lock = threading.Lock()  # one publish at a time: version numbers stay dense
         self._last_attempt: dict[str, float] = {}
         self._base_eval: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: BackgroundLoop | None = None
 
     def base_eval_loss(self, runtime: RunRuntime) -> float:
         """Eval loss of the base model (with the run's parent chain merged in) and the run's untrained LoRA
@@ -317,21 +317,17 @@ class Publisher:
 
     def start(self, poll_s: float = 1.0) -> None:
         """Publish each run whenever its publish_interval_s has passed since the last attempt."""
-        def loop():
-            while not self._stop.wait(poll_s):
-                for runtime in self.runs.available():
-                    try:
-                        interval = runtime.spec.publish_interval_s
-                        last = self._last_attempt.setdefault(runtime.name, time.monotonic())
-                        if time.monotonic() - last >= interval:
-                            self.publish(runtime.name)
-                    except Exception:  # one broken run must not stop publishing for the others
-                        logger.exception("run %s: publisher failed", runtime.name)
+        self._loop = BackgroundLoop("publisher", poll_s, self._publish_due_runs).start()
 
-        self._thread = threading.Thread(target=loop, name="publisher", daemon=True)
-        self._thread.start()
+    def _publish_due_runs(self) -> None:
+        for runtime in self.runs.available():
+            try:
+                last = self._last_attempt.setdefault(runtime.name, time.monotonic())
+                if time.monotonic() - last >= runtime.spec.publish_interval_s:
+                    self.publish(runtime.name)
+            except Exception:  # one broken run must not stop publishing for the others
+                logger.exception("run %s: publisher failed", runtime.name)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.stop(timeout=30)

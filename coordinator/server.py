@@ -26,13 +26,14 @@ from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.retention import Retention
-from coordinator.runtime import RunRuntime, RunRuntimes
+from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
 from proto import coordinator_pb2_grpc as pb_grpc
+from swarm.background import BackgroundLoop
 from swarm.client import CHANNEL_OPTIONS
-from swarm.dht import RunAnnouncement, announce_run, connected_peer_addresses, start_dht, visible_addresses
+from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 
@@ -84,11 +85,11 @@ class Coordinator:
         self.retention = Retention(self.storage, self.store, config.publish_policy.keep_versions)
         self.publisher = Publisher(self.storage, self.runs, self.store, self.dht, self.identity,
                                    config.publish_policy, retention=self.retention)
-        self.watcher = ProgressWatcher(self.dht, self.storage, self.runs)
+        self.watcher = ProgressWatcher(self.dht, self.storage, self.runs, self.identity.as_hivemind_key())
         self.ledger = Ledger(self.storage, self.runs, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
-                                          self.initial_peers, announce=self._announce, retention=self.retention)
+                                          self.initial_peers, retention=self.retention)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                                   options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
@@ -103,7 +104,8 @@ class Coordinator:
         self.address = f"{public_host}:{bound}"
         self.lock.describe_holder(self.address)
         self._stopped = threading.Event()
-        self._announcer = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
+        # every 5 s remember the connected DHT peers, for the next start
+        self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
 
     def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
@@ -134,31 +136,13 @@ class Coordinator:
             partial.write_text(json.dumps(peers))
             partial.replace(self.peer_book)
 
-    def _announce(self, runtime: RunRuntime) -> None:
-        announce_run(self.dht, RunAnnouncement(runtime.spec.name, runtime.spec.content_hash, self.address))
-
-    def _housekeeping_loop(self) -> None:
-        """Every 5 s remember the connected DHT peers; every 60 s re-announce the runs."""
-        ticks = 0
-        while not self._stopped.wait(5.0):
-            ticks += 1
-            try:
-                self._save_peer_book()
-                if ticks % 12 == 0:
-                    for runtime in self.runs.available():
-                        self._announce(runtime)
-            except Exception as exc:  # housekeeping must never stop the coordinator
-                logger.warning("housekeeping failed: %s", exc)
-
     def start(self) -> "Coordinator":
         self.runs.load_all()  # every run warm before the first request; a broken one is only marked unavailable
         self.server.start()
         if self.config.publish:
             self.publisher.start(self.config.publisher_poll_s)
-        self._announcer.start()
+        self._housekeeping.start()
         self.watcher.start(self.config.watch_interval_s)
-        for runtime in self.runs.available():  # re-announce runs after a restart
-            self._announce(runtime)
         logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
         return self
 
@@ -169,6 +153,7 @@ class Coordinator:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._housekeeping.stop(timeout=10)
         self.server.stop(grace=2).wait()
         self.publisher.stop()
         self.watcher.stop()

@@ -34,7 +34,6 @@ from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
 
 LIVE_WINDOW_S = 60.0
-REPORT_INTERVAL_S = 5.0
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 4 * 1024, 4 * 1024 * 1024
 
 
@@ -85,11 +84,10 @@ class PullHeader:
 
 class CoordinatorService:
     def __init__(self, storage: Storage, runs: RunRuntimes, publisher: Publisher, ledger: Ledger,
-                 initial_peers: list[str], announce=lambda runtime: None, retention: Retention | None = None):
+                 initial_peers: list[str], retention: Retention | None = None):
         self.storage, self.runs, self.publisher, self.ledger = storage, runs, publisher, ledger
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
-        self.announce = announce
 
     def _runtime(self, run_name: str) -> RunRuntime:
         try:
@@ -105,7 +103,6 @@ class CoordinatorService:
             runtime = self.runs.launch(spec)
         except (SpecError, LaunchError, ValueError) as exc:
             raise RequestError(str(exc)) from None
-        self.announce(runtime)
         return runtime
 
     def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> AssignmentPlan:

@@ -10,11 +10,8 @@ from coordinator.service import CoordinatorService, PullHeader, RequestError, Ru
 from coordinator.storage import RejectedSnapshotRecord, UnknownRunError, VersionRecord
 from proto import coordinator_pb2 as pb
 from proto import coordinator_pb2_grpc as pb_grpc
-from swarm.log import get_logger
 from swarm.manifest import Manifest
 from swarm.receipts import SignedReceipt
-
-logger = get_logger(__name__)
 
 
 def version_message(record: VersionRecord) -> pb.VersionInfo:

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from swarm.client import CoordinatorClient, CoordinatorError
+from swarm.paths import UserDirs
 from swarm.spec import SpecError, build_spec, load_spec_file, merge_fields
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
@@ -156,7 +157,8 @@ def donate(
     install_stop_signals(stop)
     config = DonateConfig(
         coordinator=coordinator, run=run, name=name, device=device, max_shards=max_shards, host=host,
-        announce_host=announce_host, client_mode=client_mode, identity=identity, wait_for_peers=wait_for_peers,
+        announce_host=announce_host, client_mode=client_mode, identity=identity,
+        user_dirs=UserDirs.from_environment(), wait_for_peers=wait_for_peers,
         limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
         show_progress=progress, save_lora_to=save_lora, linger_s=linger, outbox=outbox,
         drain_timeout_s=drain_timeout,
@@ -195,7 +197,7 @@ def pull(
     layout = "merged" if merge else "chain" if chain else "adapter"
     try:
         pulled = run_pull(coordinator, run, out, version=version, layout=layout, trusted_signer=trust,
-                          cache_dir=cache_dir, show_progress=True)
+                          cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment())
     except (CoordinatorError, PullError) as exc:
         _fail(str(exc))
     fetched = f"{pulled.downloaded_bytes} bytes downloaded" if pulled.downloaded_bytes else "nothing to download"
@@ -237,7 +239,8 @@ def export(
     from swarm.pull import PullError, fetch_stack
 
     try:
-        manifest, stack = fetch_stack(coordinator, run, version, trusted_signer=trust)
+        manifest, stack = fetch_stack(coordinator, run, version, trusted_signer=trust,
+                                      user_dirs=UserDirs.from_environment())
         folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
                                 merged_from=stack[:-1] if merge else None)
         if upload:

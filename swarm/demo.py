@@ -18,12 +18,9 @@ from swarm.client import CoordinatorClient
 from swarm.data import load_texts, split_dataset
 from swarm.evaluation import eval_loss
 from swarm.local_swarm import LocalSwarm
-from swarm.log import get_logger
 from swarm.model import load_base_model
 from swarm.pull import pull
 from swarm.spec import RunSpec
-
-logger = get_logger(__name__)
 
 
 @dataclass

@@ -7,25 +7,80 @@ All key names live here. hivemind.Optimizer's own keys derive from the shard run
 Usage::
 
     dht = start_dht(initial_peers=[], host="127.0.0.1")
-    announce_run(dht, RunAnnouncement(run_name="demo", spec_hash="sha256:...", coordinator="127.0.0.1:50051"))
-    lookup_runs(dht)  # {"demo": RunAnnouncement(...)}
+    dht.add_validators(progress_validators("demo/shard0", identity.as_hivemind_key()))
+    for record in read_shard_progress(dht, "demo/shard0"):   # ProgressRecord(peer_id, progress, key_bound)
+        ...
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import hivemind
-from hivemind.utils import get_dht_time
+from cryptography.hazmat.primitives import serialization
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.schema import SchemaValidator
+from hivemind.dht.validation import RecordValidatorBase
+from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
+from hivemind.p2p import PeerID
+from hivemind.utils.crypto import RSAPrivateKey
 
-RUNS_KEY = "nomoat/runs"
-RUN_ANNOUNCEMENT_TTL_S = 600.0
+from swarm.identity import peer_id_of_public_key
 
 
 def shard_progress_key(shard_run_id: str) -> str:
     """Where hivemind.Optimizer's ProgressTracker publishes each peer's LocalTrainingProgress."""
     return f"{shard_run_id}_progress"
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    """One peer's training progress for a shard, as its hivemind ProgressTracker published it."""
+
+    peer_id: str  # base58, as the record states it
+    progress: LocalTrainingProgress
+    key_bound: bool  # signed by the key ``peer_id`` derives from: the record is that peer's own
+
+
+def progress_validators(shard_run_id: str, private_key: RSAPrivateKey) -> list[RecordValidatorBase]:
+    """The validators a DHT peer needs to read (and sign) a shard's progress records: hivemind's schema and its
+    RSA owner signatures. ``private_key`` signs the records this peer owns (a worker passes its identity key);
+    hivemind keeps the first RSASignatureValidator a DHT is given, so every one added must carry the same key."""
+    return [SchemaValidator(TrainingProgressSchema, prefix=shard_run_id), RSASignatureValidator(private_key)]
+
+
+def _owner_peer_id(subkey: object) -> str | None:
+    """The peer ID of the RSA key that owns (signed) a DHT record, from its ``[owner:ssh-rsa ...]`` subkey."""
+    if not isinstance(subkey, bytes):
+        return None
+    found = RSASignatureValidator._PUBLIC_KEY_RE.findall(subkey)
+    if len(found) != 1:
+        return None
+    try:
+        key = serialization.load_ssh_public_key(found[0])
+        der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError):
+        return None
+    return peer_id_of_public_key(der)
+
+
+def read_shard_progress(dht: hivemind.DHT, shard_run_id: str) -> list[ProgressRecord]:
+    """Every peer's current progress record for the shard; expired and malformed records are skipped.
+
+    Only ``key_bound`` records are the named peer's own word: an unbound one may name any peer ID."""
+    found = dht.get(shard_progress_key(shard_run_id), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return []
+    records = []
+    for subkey, entry in found.value.items():
+        try:
+            progress = LocalTrainingProgress.parse_obj(getattr(entry, "value", None))
+            peer_id = PeerID(progress.peer_id).to_base58()
+        except Exception:
+            continue  # an expired (None) or malformed record
+        records.append(ProgressRecord(peer_id, progress, _owner_peer_id(subkey) == peer_id))
+    return records
 
 
 def shard_state_prefix(shard_run_id: str) -> str:
@@ -72,34 +127,3 @@ def visible_addresses(dht: hivemind.DHT) -> list[str]:
     """Multiaddrs (with /p2p/<peer id>) other peers use as ``initial_peers``; loopback last."""
     addresses = [str(maddr) for maddr in dht.get_visible_maddrs()]
     return sorted(addresses, key=lambda address: "/127.0.0.1/" in address)
-
-
-@dataclass(frozen=True)
-class RunAnnouncement:
-    """A run as announced on the DHT: enough for a peer to find its coordinator and check the spec."""
-
-    run_name: str
-    spec_hash: str
-    coordinator: str
-
-
-def announce_run(dht: hivemind.DHT, announcement: RunAnnouncement, ttl_s: float = RUN_ANNOUNCEMENT_TTL_S) -> bool:
-    return bool(
-        dht.store(RUNS_KEY, subkey=announcement.run_name, value=asdict(announcement),
-                  expiration_time=get_dht_time() + ttl_s)
-    )
-
-
-def lookup_runs(dht: hivemind.DHT) -> dict[str, RunAnnouncement]:
-    """Every run currently announced on the DHT (malformed records are skipped)."""
-    found = dht.get(RUNS_KEY, latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    runs = {}
-    for run_name, entry in found.value.items():
-        value = getattr(entry, "value", None)
-        try:
-            runs[run_name] = RunAnnouncement(**value)
-        except TypeError:
-            continue
-    return runs

@@ -25,12 +25,11 @@ from pathlib import Path
 import yaml
 
 from swarm.adapter_files import ADAPTER_FILES, FileDigest, file_sha256
-from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, ManifestError, read_signed_manifest
-from swarm.merge import MergeError, apply_adapter_chain, write_folder_atomically, write_tokenizer
+from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, ManifestError, read_signed_manifest, verify_files
+from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
 from swarm.model import TINY_PRESET, ModelLoadError
 
 MODEL_CARD = "README.md"
-MERGED_ADAPTER_FOLDER = "nomoat_adapter"
 TAGS = ("nomoat", "lora", "peft")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -88,8 +87,6 @@ def _write_adapter_repo(version_dir: Path, staging: Path, trusted_signer: str | 
 
 def _write_merged_repo(version_dir: Path, staging: Path, trusted_signer: str | None,
                        ancestors: list[Path]) -> None:
-    from swarm.model import base_model_fingerprint, load_base_model
-
     adapter_copy = staging / MERGED_ADAPTER_FOLDER
     adapter_copy.mkdir()
     manifest = _copy_verified(version_dir, adapter_copy, trusted_signer)
@@ -103,18 +100,12 @@ def _write_merged_repo(version_dir: Path, staging: Path, trusted_signer: str | N
             raise ExportError(f"{ancestor} holds {ancestor_manifest.link} ({ancestor_manifest.sha256}), but the "
                               f"chain names {link} ({link.sha256}) at that place")
     try:
-        model, tokenizer = load_base_model(manifest.base_model)
+        write_merged_model(staging, manifest.base_model, manifest.base_model_fingerprint,
+                           [Path(a) for a in ancestors] + [adapter_copy])
     except ModelLoadError as exc:
         raise ExportError(f"cannot load the base model to merge into: {exc}") from None
-    if base_model_fingerprint(model) != manifest.base_model_fingerprint:
-        raise ExportError(f"base model '{manifest.base_model}' here differs from the one the run trained on "
-                          f"(fingerprint {manifest.base_model_fingerprint})")
-    try:
-        model = apply_adapter_chain(model, [Path(a) for a in ancestors] + [adapter_copy])
     except MergeError as exc:
         raise ExportError(str(exc)) from None
-    model.save_pretrained(staging, safe_serialization=True)
-    write_tokenizer(tokenizer, staging)
     written = sorted(p for p in staging.iterdir() if p.is_file())
     extra = [FileDigest(p.name, p.stat().st_size, file_sha256(p)) for p in written]
     _write_card(staging, manifest, merged=True, extra_files=extra)
@@ -129,14 +120,10 @@ def _verify(folder: Path, trusted_signer: str | None) -> Manifest:
     names = {entry.name for entry in manifest.files}
     if not set(ADAPTER_FILES) <= names:
         raise ExportError(f"refusing to export {folder}: its manifest lists {sorted(names)}, not the adapter files")
-    for entry in manifest.files:
-        path = folder / entry.name
-        if not path.is_file():
-            raise ExportError(f"refusing to export {folder}: {entry.name} is missing")
-        size = path.stat().st_size
-        if size != entry.size or file_sha256(path) != entry.sha256:
-            raise ExportError(f"refusing to export {folder}: {entry.name} does not match the signed manifest "
-                              f"(tampered or damaged file; {size} bytes, manifest says {entry.size})")
+    try:
+        verify_files(folder, manifest)
+    except ManifestError as exc:
+        raise ExportError(f"refusing to export {folder}: {exc}") from None
     return manifest
 
 

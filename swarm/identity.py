@@ -1,10 +1,10 @@
 """A worker's persistent identity: the private key its hivemind/libp2p daemon uses, so its contributor ID is
-its libp2p peer ID. Created on first use under the user's config directory. The same key signs the worker's
-contribution receipts (``swarm.receipts``) and, in the worker process, hivemind's DHT records.
+its libp2p peer ID. Created on first use (a worker's lives at ``swarm.paths.UserDirs.identity_key``). The same
+key signs the worker's contribution receipts (``swarm.receipts``) and its hivemind progress records in the DHT.
 
 Usage::
 
-    identity = load_or_create_identity()          # ~/.config/nomoat/identity.key
+    identity = load_or_create_identity(UserDirs.from_environment().identity_key)   # ~/.config/nomoat/identity.key
     identity.peer_id                              # "Qm..."
     signature = identity.sign(b"payload")         # RSA PKCS#1 v1.5 over SHA-256
     peer_id_of_public_key(identity.public_key_der) == identity.peer_id
@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +24,6 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey
-
-
-def default_identity_path() -> Path:
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return config_home / "nomoat" / "identity.key"
 
 
 class IdentityError(ValueError):
@@ -79,8 +73,9 @@ def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> bo
     return True
 
 
-def load_or_create_identity(path: Path | None = None) -> Identity:
-    path = Path(path or default_identity_path()).expanduser()
+def load_or_create_identity(path: Path) -> Identity:
+    """The identity kept in the libp2p key file ``path``, created there (mode 0600) if it does not exist."""
+    path = Path(path).expanduser()
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         P2P.generate_identity(str(path))

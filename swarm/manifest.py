@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from swarm.adapter_files import FileDigest, version_digest
+from swarm.adapter_files import FileDigest, file_sha256, version_digest
 from swarm.identity import Identity, peer_id_of_public_key, verify_signature
 
 MANIFEST_FORMAT = "nomoat.manifest.v1"
@@ -32,6 +32,14 @@ SIGNATURE_FILE = "nomoat_manifest.sig"
 
 class ManifestError(ValueError):
     """A manifest whose signature, signer, fields or files cannot be trusted."""
+
+
+class FileMismatchError(ManifestError):
+    """A file the manifest lists is missing from the folder, or its size or sha256 differs; ``name`` says which."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,27 @@ def sign_manifest(manifest: Manifest, identity: Identity) -> SignedManifest:
         raise ManifestError(f"manifest names coordinator {manifest.coordinator}, signer is {identity.peer_id}")
     payload = manifest.to_bytes()
     return SignedManifest(payload, identity.public_key_der, identity.sign(payload))
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """Check every file ``manifest`` lists against ``folder``: present, with the listed size and sha256.
+
+    Raises FileMismatchError for the first file that is missing or differs (sizes are compared before hashing,
+    so a short file costs no hash). Files the manifest does not list are not looked at.
+    """
+    folder = Path(folder)
+    for entry in manifest.files:
+        path = folder / entry.name
+        if not path.is_file():
+            raise FileMismatchError(f"{entry.name} is missing", entry.name)
+        size = path.stat().st_size
+        if size != entry.size:
+            raise FileMismatchError(f"{entry.name} is {size} bytes, but the signed manifest says {entry.size} "
+                                    f"(corrupted or tampered file)", entry.name)
+        actual = file_sha256(path)
+        if actual != entry.sha256:
+            raise FileMismatchError(f"{entry.name} hashes to {actual}, but the signed manifest says {entry.sha256} "
+                                    f"(corrupted or tampered file)", entry.name)
 
 
 def read_signed_manifest(folder: Path) -> SignedManifest:

@@ -3,8 +3,10 @@ train a new LoRA on the base model with the parent chain's adapters merged in (r
 
 Usage::
 
-    model, tokenizer = load_merged_model("tiny", [Path("v3-of-parent"), Path("v5-of-child")])
-    write_merged_model(model, tokenizer, Path("./merged"))     # loads with AutoModelForCausalLM.from_pretrained
+    chain = [Path("v3-of-parent"), Path("v5-of-child")]          # root first
+    model = apply_adapter_chain(build_tiny_model(), chain)         # in memory, a plain transformers model
+    write_folder_atomically(Path("./merged"), lambda staging: write_merged_model(staging, "tiny", fingerprint, chain))
+    # ./merged loads with AutoModelForCausalLM.from_pretrained; fingerprint: the run's base_model_fingerprint
 
 ``apply_adapter_chain`` changes the model it is given in place (PEFT injects and merges into its modules) and
 returns it unwrapped; keep a copy if the plain base is still needed.
@@ -23,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from swarm.log import get_logger
-from swarm.model import load_base_model
+from swarm.model import base_model_fingerprint, load_base_model
 from swarm.tokenizer import ByteTokenizer, HuggingFaceTokenizer, TextTokenizer
 
 logger = get_logger(__name__)
@@ -31,6 +33,7 @@ logger = get_logger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BYTE_TOKENIZER_FILE = "nomoat_tokenizer.json"
+MERGED_ADAPTER_FOLDER = "nomoat_adapter"  # inside a merged model folder (pull, export): the version merged last
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -67,31 +70,26 @@ def apply_adapter_chain(model: torch.nn.Module, adapter_dirs: Sequence[Path]) ->
     return model.eval()
 
 
-def load_merged_model(base_model: str, adapter_dirs: Sequence[Path]) -> tuple[torch.nn.Module, TextTokenizer]:
-    """``base_model`` ('tiny', a Hub id or a local folder) with ``adapter_dirs`` merged in, and its tokenizer."""
-    model, tokenizer = load_base_model(base_model)
-    return apply_adapter_chain(model, adapter_dirs), tokenizer
+def write_merged_model(folder: Path, base_model: str, fingerprint: str, adapter_dirs: Sequence[Path]) -> None:
+    """Write ``base_model`` with ``adapter_dirs`` merged in (root first) and its tokenizer into ``folder``: a
+    standalone model (safetensors) that needs no PEFT to load. The ``tiny`` preset's byte tokenizer is
+    described in ``nomoat_tokenizer.json``.
 
-
-def write_merged_model(model: torch.nn.Module, tokenizer: TextTokenizer, out: Path) -> Path:
-    """Write ``model`` and ``tokenizer`` as a standalone model folder (safetensors) that needs no PEFT to load.
-
-    The folder is staged beside ``out`` and renamed into place; an existing ``out`` is replaced only once the
-    new one is complete. The ``tiny`` preset's byte tokenizer is described in ``nomoat_tokenizer.json``.
+    The base loaded here must have ``fingerprint`` (the run's, from its signed manifest), else the
+    merge would give a different model than the swarm trained: MergeError, as for an adapter that does not fit.
+    ``folder`` is usually a staging folder of ``write_folder_atomically``; ModelLoadError when the base model
+    cannot be loaded.
     """
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        raise MergeError("write_merged_model got a PeftModel; merge it first (apply_adapter_chain)")
-
-    def write(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
-        write_tokenizer(tokenizer, staging)
-
-    return write_folder_atomically(Path(out), write)
+    model, tokenizer = load_base_model(base_model)
+    if base_model_fingerprint(model) != fingerprint:
+        raise MergeError(f"the base model '{base_model}' here differs from the one the run trained on "
+                         f"(fingerprint {fingerprint}); merging would give a different model")
+    model = apply_adapter_chain(model, adapter_dirs)
+    model.save_pretrained(folder, safe_serialization=True)
+    _write_tokenizer(tokenizer, Path(folder))
 
 
-def write_tokenizer(tokenizer: TextTokenizer, folder: Path) -> None:
+def _write_tokenizer(tokenizer: TextTokenizer, folder: Path) -> None:
     """Save ``tokenizer`` into ``folder``: a Hugging Face tokenizer's own files, or a byte tokenizer's JSON."""
     if isinstance(tokenizer, HuggingFaceTokenizer):
         tokenizer.hf.save_pretrained(folder)

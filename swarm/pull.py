@@ -2,10 +2,10 @@
 
 A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, and that
 the signer is the coordinator you trust (``trusted_signer``, or the key this address used the first time you
-pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts). Files then stream
-in chunks into a cache folder named by the version's digest, resuming from what an interrupted pull left, and
-every file must match the manifest's size and sha256 before anything reaches ``out``; pulling a version that is
-already cached (or already in ``out``) downloads nothing.
+pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts; see
+``swarm.paths.UserDirs``). Files then stream in chunks into a cache folder named by the version's digest,
+resuming from what an interrupted pull left, and every file must match the manifest's size and sha256 before
+anything reaches ``out``; pulling a version that is already cached (or already in ``out``) downloads nothing.
 
 Layouts:
 - ``adapter`` (default): ``out`` is the version's stock PEFT adapter (``PeftModel.from_pretrained(base, out)``;
@@ -34,14 +34,14 @@ from typing import Callable, Literal
 
 from tqdm import tqdm
 
-from swarm.adapter_files import file_sha256
 from swarm.client import CoordinatorClient
-from swarm.manifest import Manifest, ManifestError, SignedManifest, read_signed_manifest
-from swarm.merge import write_folder_atomically
+from swarm.manifest import (FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest,
+                            verify_files)
+from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
+from swarm.paths import UserDirs
 
 VERSION_INFO_FILE = "nomoat_version.json"
 STACK_FILE = "stack.json"
-MERGED_ADAPTER_FOLDER = "nomoat_adapter"  # inside a merged model folder: the version it was merged from
 Layout = Literal["adapter", "chain", "merged"]
 
 
@@ -62,14 +62,6 @@ class PulledVersion:
     layout: str = "adapter"
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nomoat" / "adapters"
-
-
-def known_coordinators_file() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "nomoat" / "known_coordinators.json"
-
-
 def resolve_version(text: str | int | None) -> int:
     """'latest', None or 0 -> 0 (latest); 'N' or N -> N; PullError otherwise."""
     if text in (None, "", "latest", 0):
@@ -83,12 +75,12 @@ def resolve_version(text: str | int | None) -> int:
     return number
 
 
-def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None) -> str:
-    """The peer ID whose signature this pull accepts: the one given, else the one remembered for this address
-    (recording ``signer`` on first use)."""
+def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None, known_file: Path) -> str:
+    """The peer ID whose signature this pull accepts: the one given, else the one remembered for this address in
+    ``known_file`` (recording ``signer`` there on first use)."""
     if trusted_signer:
         return trusted_signer
-    path = known_coordinators_file()
+    path = Path(known_file)
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as exc:
@@ -105,17 +97,20 @@ def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None
 
 def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, layout: Layout = "adapter",
          trusted_signer: str | None = None, cache_dir: Path | None = None, chunk_bytes: int = 0,
-         show_progress: bool = False, on_bytes: Callable[[int], None] | None = None) -> PulledVersion:
+         show_progress: bool = False, on_bytes: Callable[[int], None] | None = None,
+         user_dirs: UserDirs | None = None) -> PulledVersion:
     """Pull ``version`` ('latest'/0 or N) of ``run_name`` into ``out`` in the given layout, verified.
 
-    ``on_bytes`` is called with each received chunk's size (progress reporting; raising from it interrupts the
-    pull, and the next pull resumes where it stopped)."""
+    ``user_dirs`` holds the trusted coordinator keys and the cache (None: ``UserDirs.from_environment()``);
+    ``cache_dir`` overrides its cache. ``on_bytes`` is called with each received chunk's size (progress
+    reporting; raising from it interrupts the pull, and the next pull resumes where it stopped)."""
     if layout not in ("adapter", "chain", "merged"):
         raise PullError(f"layout must be adapter, chain or merged, not {layout!r}")
     number = resolve_version(version)
     out = Path(out).expanduser()
-    fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer,
-                       chunk_bytes, show_progress, on_bytes)
+    dirs = user_dirs or UserDirs.from_environment()
+    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), dirs.known_coordinators,
+                       trusted_signer, chunk_bytes, show_progress, on_bytes)
     manifest, folders = fetcher.fetch_stack(run_name, number)
     if layout == "adapter":
         _install_adapter(manifest, folders[-1], out)
@@ -128,19 +123,23 @@ def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, 
 
 
 def fetch_stack(coordinator: str, run_name: str, version: int | str = 0, *, trusted_signer: str | None = None,
-                cache_dir: Path | None = None) -> tuple[Manifest, list[Path]]:
+                cache_dir: Path | None = None, user_dirs: UserDirs | None = None) -> tuple[Manifest, list[Path]]:
     """A version and every version it is stacked on, verified into the cache: (its manifest, cached adapter
-    folders root first, ending with its own). Workers of a stacked run merge these into their base model."""
-    fetcher = _Fetcher(coordinator, Path(cache_dir or default_cache_dir()).expanduser(), trusted_signer, 0, False, None)
+    folders root first, ending with its own). Workers of a stacked run merge these into their base model.
+    ``user_dirs`` and ``cache_dir`` as for ``pull``."""
+    dirs = user_dirs or UserDirs.from_environment()
+    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), dirs.known_coordinators,
+                       trusted_signer, 0, False, None)
     return fetcher.fetch_stack(run_name, resolve_version(version))
 
 
 class _Fetcher:
     """Fetches verified versions into the content-addressed cache (``<cache>/<sha256>/``)."""
 
-    def __init__(self, coordinator: str, cache_dir: Path, trusted_signer: str | None, chunk_bytes: int,
-                 show_progress: bool, on_bytes: Callable[[int], None] | None):
+    def __init__(self, coordinator: str, cache_dir: Path, known_coordinators: Path, trusted_signer: str | None,
+                 chunk_bytes: int, show_progress: bool, on_bytes: Callable[[int], None] | None):
         self.coordinator, self.cache_dir, self.trusted_signer = coordinator, cache_dir, trusted_signer
+        self.known_coordinators = known_coordinators
         self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
         self.client: CoordinatorClient | None = None
         self.downloaded = 0
@@ -158,7 +157,8 @@ class _Fetcher:
             raise PullError(f"{what} has no signed manifest (published by an older coordinator); it cannot be verified")
         try:
             signed = SignedManifest.from_parts(payload, signature_json)
-            trusted = trusted_signer_for(self.coordinator, signed.signer, self.trusted_signer)
+            trusted = trusted_signer_for(self.coordinator, signed.signer, self.trusted_signer,
+                                         self.known_coordinators)
             return signed.verify(trusted)
         except ManifestError as exc:
             raise PullError(f"{what} failed verification: {exc}") from None
@@ -178,12 +178,11 @@ class _Fetcher:
         partial.mkdir(parents=True, exist_ok=True)
         offsets = _resume_offsets(partial, manifest)
         self._download(run_name, manifest, partial, offsets)
-        for entry in manifest.files:
-            actual = file_sha256(partial / entry.name)
-            if actual != entry.sha256:
-                (partial / entry.name).unlink()  # the next pull fetches this file afresh
-                raise PullError(f"{what} failed verification: {entry.name} hashes to {actual}, but the signed "
-                                f"manifest says {entry.sha256} (corrupted or tampered file)")
+        try:
+            verify_files(partial, manifest)
+        except FileMismatchError as exc:
+            (partial / exc.name).unlink(missing_ok=True)  # the next pull fetches this file afresh
+            raise PullError(f"{what} failed verification: {exc}") from None
         SignedManifest.from_parts(response.manifest, response.signature_json).write(partial)
         (partial / VERSION_INFO_FILE).write_text(json.dumps(_version_info(manifest), indent=2))
         shutil.rmtree(folder, ignore_errors=True)
@@ -251,10 +250,10 @@ def _holds(folder: Path, manifest: Manifest) -> bool:
     try:
         if read_signed_manifest(folder).payload != manifest.to_bytes():
             return False
+        verify_files(folder, manifest)
     except ManifestError:
         return False
-    return all((folder / e.name).is_file() and (folder / e.name).stat().st_size == e.size
-               and file_sha256(folder / e.name) == e.sha256 for e in manifest.files)
+    return True
 
 
 def _version_info(manifest: Manifest) -> dict:
@@ -301,24 +300,14 @@ def _install_chain(folders: list[Path], out: Path) -> None:
 
 
 def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
-    from swarm.merge import MergeError, apply_adapter_chain, write_tokenizer
-    from swarm.model import base_model_fingerprint, load_base_model
-
-    base, tokenizer = load_base_model(manifest.base_model)
-    if base_model_fingerprint(base) != manifest.base_model_fingerprint:
-        raise PullError(f"the base model '{manifest.base_model}' here differs from the one the run trained on "
-                        f"({manifest.base_model_fingerprint}); merging would give a different model")
-    try:
-        model = apply_adapter_chain(base, folders)
-    except MergeError as exc:
-        raise PullError(f"cannot merge {manifest.run}@{manifest.version} into {manifest.base_model}: {exc}") from None
-
     def fill(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
-        write_tokenizer(tokenizer, staging)
+        try:
+            write_merged_model(staging, manifest.base_model, manifest.base_model_fingerprint, folders)
+        except MergeError as exc:
+            raise PullError(f"cannot merge {manifest.run}@{manifest.version} into {manifest.base_model}: "
+                            f"{exc}") from None
         # the verified adapter and its signed manifest travel along; at the top level the manifest would list
         # files that are not there, and adapter_config.json would make tools treat the folder as an adapter
         _copy_version(folders[-1], staging / MERGED_ADAPTER_FOLDER)
 
     write_folder_atomically(out, fill)
-

@@ -1,22 +1,68 @@
+"""DHT progress records on real loopback peers: a worker's hivemind.Optimizer signs them with the worker's
+identity key, passed explicitly (hivemind's process-wide key is left alone), so the coordinator's parser sees
+them as the worker's own; a record signed by another key is read but not bound to the peer ID it names."""
+
+from __future__ import annotations
+
 import time
 
-from swarm.dht import RunAnnouncement, announce_run, lookup_runs, start_dht, visible_addresses
+import torch
+from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils.crypto import RSAPrivateKey
+
+from swarm.dht import progress_validators, read_shard_progress, start_dht, visible_addresses
+from swarm.identity import load_or_create_identity
+from swarm.spec import RunSpec
+from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
 
 
-def test_run_announced_by_one_peer_is_found_by_another():
-    first = start_dht()
-    second = start_dht(visible_addresses(first))
+def _public(key: RSAPrivateKey) -> bytes:
+    return key.get_public_key().to_bytes()
+
+
+def _records_of(dht, shard_run_id: str, peers: int, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while len(records := read_shard_progress(dht, shard_run_id)) < peers:
+        assert time.monotonic() < deadline, records
+        time.sleep(0.2)
+    return {record.peer_id: record for record in records}
+
+
+def test_progress_records_are_signed_by_the_worker_identity_key(tmp_path):
+    coordinator_identity = load_or_create_identity(tmp_path / "coordinator.key")
+    worker_identity = load_or_create_identity(tmp_path / "worker.key")
+    mallory_identity = load_or_create_identity(tmp_path / "mallory.key")
+    spec = RunSpec(name="keys", batch_size_per_step=4, target_batch_size=10_000)
+    shard_run_id = spec.shard_run_id(0)
+    coordinator = start_dht(identity_path=str(coordinator_identity.path))
+    coordinator.add_validators(progress_validators(shard_run_id, coordinator_identity.as_hivemind_key()))
+    worker = start_dht(visible_addresses(coordinator), identity_path=str(worker_identity.path))
+    mallory = start_dht(visible_addresses(coordinator), identity_path=str(mallory_identity.path))
+    optimizer = tracker = None
     try:
-        announcement = RunAnnouncement("demo", "sha256:abc", "127.0.0.1:50051")
-        assert announce_run(first, announcement)
-        found = {}
-        deadline = time.monotonic() + 20
-        while "demo" not in found and time.monotonic() < deadline:
-            found = lookup_runs(second)
-            time.sleep(0.2)
-        assert found["demo"] == announcement
-        announce_run(second, RunAnnouncement("other", "sha256:def", "127.0.0.1:50052"))
-        assert set(lookup_runs(first)) == {"demo", "other"}
+        param = torch.nn.Parameter(torch.zeros(8))
+        optimizer = make_shard_optimizer(spec, 0, [param], worker, worker_identity.as_hivemind_key(), verbose=False)
+        param.grad = torch.ones_like(param)
+        assert optimizer.accumulate()  # reports 4 samples to the DHT
+        # a peer whose records are signed by some other key than the one its peer ID derives from
+        tracker = ProgressTracker(mallory, shard_run_id, spec.target_batch_size, private_key=RSAPrivateKey(),
+                                  start=True)
+        tracker.report_local_progress(local_epoch=0, samples_accumulated=3)
+
+        records = _records_of(coordinator, shard_run_id, peers=2)
+        assert set(records) == {worker_identity.peer_id, mallory_identity.peer_id}
+        own = records[worker_identity.peer_id]
+        assert own.key_bound and own.progress.samples_accumulated == 4 and own.progress.epoch == 0
+        foreign = records[mallory_identity.peer_id]
+        assert not foreign.key_bound and foreign.progress.samples_accumulated == 3
+
+        assert wait_for_peers(worker, spec, [0], peers=2, timeout=30)  # the worker reads the same records
+        process_wide = RSAPrivateKey._process_wide_key  # never set to the identity key (no global patching)
+        assert process_wide is None or _public(process_wide) != _public(worker_identity.as_hivemind_key())
     finally:
-        second.shutdown()
-        first.shutdown()
+        if tracker is not None:
+            tracker.shutdown()
+        if optimizer is not None:
+            optimizer.shutdown()
+        for dht in (mallory, worker, coordinator):
+            dht.shutdown()

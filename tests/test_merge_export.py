@@ -18,8 +18,10 @@ from swarm.adapter_files import describe_files, file_sha256
 from swarm.export import ExportError, export_hf_repo, is_hub_model_id
 from swarm.identity import load_or_create_identity
 from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, ChainLink, Manifest, sign_manifest
-from swarm.merge import BYTE_TOKENIZER_FILE, MergeError, apply_adapter_chain, load_merged_model, write_merged_model
-from swarm.model import base_model_fingerprint, build_lora_model, build_tiny_model, lora_parameters, tiny_config
+from swarm.merge import (BYTE_TOKENIZER_FILE, MergeError, apply_adapter_chain, write_folder_atomically,
+                         write_merged_model)
+from swarm.model import (base_model_fingerprint, build_lora_model, build_tiny_model, load_base_model, lora_parameters,
+                         tiny_config)
 from swarm.spec import LoraSpec
 from swarm.tokenizer import ByteTokenizer
 
@@ -60,6 +62,12 @@ def _merge_by_hand(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
     return model
 
 
+def _load_merged_model(base_model: str, adapter_dirs: list[Path]):
+    """``base_model`` with ``adapter_dirs`` merged in, and its tokenizer."""
+    model, tokenizer = load_base_model(base_model)
+    return apply_adapter_chain(model, adapter_dirs), tokenizer
+
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory) -> tuple[Path, Path]:
     """adapter 1 on the tiny base; adapter 2 trained (here: filled) on base + adapter 1 merged."""
@@ -87,7 +95,7 @@ def test_two_level_chain_matches_merging_by_hand(adapters):
     chained = apply_adapter_chain(build_tiny_model(), [first, second])
     torch.testing.assert_close(_logits(chained), _logits(by_hand), atol=ATOL, rtol=0)
     torch.testing.assert_close(_logits(chained), _logits(stacked_peft), atol=ATOL, rtol=0)
-    model, tokenizer = load_merged_model("tiny", [first, second])
+    model, tokenizer = _load_merged_model("tiny", [first, second])
     assert isinstance(tokenizer, ByteTokenizer)
     torch.testing.assert_close(_logits(model), _logits(by_hand), atol=ATOL, rtol=0)
     assert apply_adapter_chain(build_tiny_model(), []).state_dict().keys() == build_tiny_model().state_dict().keys()
@@ -95,11 +103,13 @@ def test_two_level_chain_matches_merging_by_hand(adapters):
 
 def test_written_merged_model_loads_without_peft(adapters, tmp_path):
     first, second = adapters
-    model, tokenizer = load_merged_model("tiny", [first, second])
+    model, _ = _load_merged_model("tiny", [first, second])
     out = tmp_path / "merged"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier export")  # an existing folder is replaced whole
-    assert write_merged_model(model, tokenizer, out) == out
+    fingerprint = base_model_fingerprint(build_tiny_model())
+    assert write_folder_atomically(out, lambda staging: write_merged_model(staging, "tiny", fingerprint,
+                                                                           [first, second])) == out
     assert (out / "model.safetensors").is_file() and not (out / "stale.txt").exists()
     assert not (out / "adapter_config.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no staging folder left beside it
@@ -131,8 +141,9 @@ def test_folders_that_are_not_fitting_adapters_are_refused(adapters, tmp_path):
     with pytest.raises(MergeError, match="does not fit"):
         apply_adapter_chain(base, [first, other])
     torch.testing.assert_close(_logits(base), before, atol=0, rtol=0)  # refused before the model was touched
-    with pytest.raises(MergeError, match="PeftModel"):
-        write_merged_model(PeftModel.from_pretrained(build_tiny_model(), str(first)), ByteTokenizer(), tmp_path / "x")
+    with pytest.raises(MergeError, match="differs from the one the run trained on"):
+        write_folder_atomically(tmp_path / "x", lambda staging: write_merged_model(staging, "tiny", "sha256:other",
+                                                                                   [first]))
     assert not (tmp_path / "x").exists()
 
 
@@ -210,7 +221,7 @@ def test_export_refuses_tampered_versions_and_leaves_nothing(adapters, coordinat
     data = bytearray((weights / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0x01
     (weights / "adapter_model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="adapter_model.safetensors does not match the signed manifest"):
+    with pytest.raises(ExportError, match="adapter_model.safetensors hashes to .*, but the signed manifest says"):
         export_hf_repo(weights, tmp_path / "out")
 
     manifest = tmp_path / "manifest"

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.client import CoordinatorClient
 from swarm.dht import start_dht
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
 from swarm.model import pick_device
+from swarm.paths import UserDirs
 from swarm.pull import fetch_stack
 from swarm.receipts import Receipt, sign_receipt
 from swarm.spec import RunSpec, parse_version_ref
@@ -44,7 +44,8 @@ class DonateConfig:
     host: str = "127.0.0.1"  # DHT listen address
     announce_host: str | None = None  # address other peers dial, when host is 0.0.0.0
     client_mode: bool = False  # behind NAT: dial out only, never accept connections
-    identity: Path | None = None  # libp2p key file; default ~/.config/nomoat/identity.key
+    identity: Path | None = None  # libp2p key file; default: user_dirs.identity_key (~/.config/nomoat/identity.key)
+    user_dirs: UserDirs | None = None  # identity, trusted coordinator keys, pull cache; None: from XDG_* at donate()
     wait_for_peers: int = 1  # wait until this many peers (self included) serve each shard before training
     wait_timeout_s: float = 60.0
     limits: TrainingLimits = field(default_factory=TrainingLimits)
@@ -57,7 +58,8 @@ class DonateConfig:
 
 def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
     stop = stop or threading.Event()
-    identity = load_or_create_identity(config.identity)
+    dirs = config.user_dirs or UserDirs.from_environment()
+    identity = load_or_create_identity(config.identity or dirs.identity_key)
     device = pick_device(config.device)
     client = CoordinatorClient(config.coordinator)
     assignment = client.join(identity.peer_id, run_name=config.run, display_name=config.name,
@@ -71,7 +73,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     parent_adapters: list[Path] = []
     if spec.parent:  # a stacked run trains on base + the parent chain, fetched verified from the coordinator
         parent_run, parent_version = parse_version_ref(spec.parent)
-        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version)
+        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version, user_dirs=dirs)
         logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
@@ -85,16 +87,16 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     # hivemind forks its DHT and averager processes; a live gRPC channel does not survive fork (its threads
     # and locks are copied mid-use and the children stall), so the channel is closed until they are started
     client.close()
-    # hivemind signs each peer's DHT progress records with a process-wide key; making it the identity key ties
-    # those records to this peer ID, which lets the coordinator cross-check receipts against them
-    RSAPrivateKey._process_wide_key = identity.as_hivemind_key()
+    # the DHT runs under the identity key and the optimizers sign their progress records with it: the records
+    # are then this peer ID's own, which lets the coordinator cross-check receipts against them
+    signing_key = identity.as_hivemind_key()
     dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
                     announce_host=config.announce_host, identity_path=str(identity.path))
     optimizers = {}
     outbox: Outbox | None = None
     sender: OutboxSender | None = None
     try:
-        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht)
+        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key)
                       for shard in shards}
         client = CoordinatorClient(config.coordinator)
         if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from swarm.background import BackgroundLoop
 from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.log import get_logger
 from swarm.receipts import Receipt, SignedReceipt
@@ -110,17 +111,16 @@ class OutboxSender:
 
     def __init__(self, outbox: Outbox, connect: Callable[[], CoordinatorClient], interval_s: float = 5.0):
         self.outbox, self.connect, self.interval_s = outbox, connect, interval_s
-        self._kick, self._stop = threading.Event(), threading.Event()
         self._client: CoordinatorClient | None = None
-        self._thread = threading.Thread(target=self._loop, name="outbox-sender", daemon=True)
+        self._loop = BackgroundLoop("outbox-sender", interval_s, self.drain_once)
         self._coordinator_down = False
 
     def start(self) -> "OutboxSender":
-        self._thread.start()
+        self._loop.start()
         return self
 
     def kick(self) -> None:
-        self._kick.set()
+        self._loop.wake()
 
     def drain_once(self) -> bool:
         """Send everything pending; False if the coordinator could not be reached (the rest stays queued)."""
@@ -150,20 +150,10 @@ class OutboxSender:
                 return False
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._kick.wait(self.interval_s)
-            self._kick.clear()
-            if self._stop.is_set():
-                break
-            self.drain_once()
-
     def stop(self, drain_timeout_s: float = 30.0) -> int:
         """Stop the background thread, then try to empty the outbox for up to ``drain_timeout_s``;
         returns how many receipts are still queued (they are sent by the next ``swarm donate``)."""
-        self._stop.set()
-        self._kick.set()
-        self._thread.join(timeout=60)
+        self._loop.stop(timeout=60)
         deadline = time.monotonic() + drain_timeout_s
         while not self.drain_once() and time.monotonic() < deadline:
             time.sleep(1.0)

@@ -13,10 +13,9 @@ from typing import Callable, Iterable
 
 import hivemind
 import torch
-from hivemind.optim.progress_tracker import LocalTrainingProgress
-from hivemind.p2p import PeerID
+from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.dht import shard_progress_key
+from swarm.dht import read_shard_progress
 from swarm.log import get_logger
 from swarm.spec import RunSpec
 from swarm.state_download import list_state_sharers
@@ -85,8 +84,12 @@ class ShardOptimizer(hivemind.Optimizer):
 
 
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,
-                         verbose: bool = True) -> ShardOptimizer:
+                         private_key: RSAPrivateKey, verbose: bool = True) -> ShardOptimizer:
     """The optimizer of one shard. Client mode follows the DHT's (a NAT'ed peer passes a client DHT).
+
+    ``private_key`` signs this peer's progress records in the DHT: the worker's identity key
+    (``Identity.as_hivemind_key()``, the key its DHT was started with), so that the coordinator can tie the
+    records to the worker's peer ID and cross-check its receipts. Every shard of one DHT must get the same key.
     ``verbose`` makes hivemind log each averaging round at INFO (including failed rounds)."""
     return ShardOptimizer(
         dht=dht,
@@ -108,6 +111,7 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
         client_mode=dht.client_mode,
         verbose=verbose,
         tracker_opts=dict(
+            private_key=private_key,
             default_refresh_period=spec.averaging.progress_refresh_s,
             min_refresh_period=min(0.5, spec.averaging.progress_refresh_s),
             max_refresh_period=max(10.0, spec.averaging.progress_refresh_s),
@@ -119,13 +123,7 @@ def _peers_of_shard(dht: hivemind.DHT, shard_run_id: str) -> set[str]:
     """Peers (base58) known to train a shard: those serving its state, those publishing progress for it (NAT'ed
     client-mode peers never serve state, so they are seen only there), and this peer itself."""
     peers = set(list_state_sharers(dht, shard_run_id))
-    found = dht.get(shard_progress_key(shard_run_id), latest=True)
-    if found is not None and isinstance(found.value, dict):
-        for entry in found.value.values():
-            try:
-                peers.add(PeerID(LocalTrainingProgress.parse_obj(entry.value).peer_id).to_base58())
-            except Exception:
-                continue  # an expired (None) or malformed record
+    peers.update(record.peer_id for record in read_shard_progress(dht, shard_run_id))
     peers.add(dht.peer_id.to_base58())
     return peers
 
