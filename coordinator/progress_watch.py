@@ -87,12 +87,12 @@ class ProgressWatcher:
         self._ensure_validators(shard_run_id)
         records = read_shard_progress(self.dht, shard_run_id)
         for peer_id, progress, key_bound in records:
-            self.storage.record_observation(run_name, shard, peer_id, progress.epoch, progress.samples_per_second,
-                                            progress.samples_accumulated, key_bound)
+            self.storage.ledger.record_observation(run_name, shard, peer_id, progress.epoch,
+                                                   progress.samples_per_second, progress.samples_accumulated, key_bound)
         return len(records)
 
     def poll_all(self) -> None:
-        for run in self.storage.list_runs():
+        for run in self.storage.runs.list_runs():
             for shard in range(self.registry.context(run.name).spec.shards):
                 self.poll_shard(run.name, shard)
             self.ledger_recheck(run.name)

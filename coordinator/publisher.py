@@ -240,7 +240,7 @@ class Publisher:
                 return PublishOutcome(False, str(exc))
             except (SnapshotError, StoreError) as exc:
                 logger.warning("run %s: snapshot not published: %s", run_name, exc)
-                self.storage.add_rejected_snapshot(run_name, str(exc))
+                self.storage.versions.add_rejected_snapshot(run_name, str(exc))
                 return PublishOutcome(False, str(exc))
 
     def fetch_snapshots(self, context: RunContext) -> list[ShardSnapshot]:
@@ -250,7 +250,7 @@ class Publisher:
                                           context.shard_names[shard], context.shard_shapes[shard],
                                           self.download_timeout, policy)
                      for shard in range(context.spec.shards)]
-        previous = self.storage.get_version(context.spec.name)
+        previous = self.storage.versions.get_version(context.spec.name)
         if previous is not None and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
             raise NothingToSnapshot(f"no new epoch since version {previous.version} (epoch {previous.epoch})")
         return snapshots
@@ -262,16 +262,17 @@ class Publisher:
         epoch = min(snapshot.epoch for snapshot in snapshots)
         merged = {name: tensor for snapshot in snapshots for name, tensor in snapshot.tensors.items()}
         model, loss = self._evaluate(context, merged)
-        previous = self.storage.get_version(run_name)
+        previous = self.storage.versions.get_version(run_name)
         refusal = self.quality_gate(loss, previous)
         if refusal:
             logger.warning("run %s: snapshot at epoch %d refused: %s", run_name, epoch, refusal)
-            self.storage.add_rejected_snapshot(run_name, refusal, epoch=epoch, eval_loss=loss)
+            self.storage.versions.add_rejected_snapshot(run_name, refusal, epoch=epoch, eval_loss=loss)
             return PublishOutcome(False, refusal, previous)
-        version = self.storage.next_version_number(run_name)
+        version = self.storage.versions.next_version_number(run_name)
         now = datetime.now(timezone.utc)
-        contributors = self.storage.contributors_between(run_name, previous.created_at if previous else None, now)
-        samples = sum(self.storage.samples_by_shard(run_name).values())
+        contributors = self.storage.ledger.contributors_between(run_name, previous.created_at if previous else None,
+                                                                now)
+        samples = sum(self.storage.ledger.samples_by_shard(run_name).values())
         base_loss = self.base_eval_loss(context)
 
         signed: SignedManifest | None = None
@@ -292,7 +293,7 @@ class Publisher:
         with tempfile.TemporaryDirectory() as workdir:
             model.save_pretrained(workdir, safe_serialization=True)
             stored = self.store.put(run_name, version, Path(workdir), sign=sign)
-        record = self.storage.add_version(
+        record = self.storage.versions.add_version(
             run_name, version, stored.sha256, str(stored.path), epoch, samples, loss, base_loss, contributors,
             manifest=signed.payload.decode(), manifest_signature=signed.signature_json(),
         )
@@ -321,7 +322,7 @@ class Publisher:
         """Publish each run whenever its publish_interval_s has passed since the last attempt."""
         def loop():
             while not self._stop.wait(poll_s):
-                for record in self.storage.list_runs():
+                for record in self.storage.runs.list_runs():
                     try:
                         interval = self.registry.context(record.name).spec.publish_interval_s
                         last = self._last_attempt.setdefault(record.name, time.monotonic())

@@ -67,10 +67,10 @@ def resolve_parent_chain(storage: Storage, spec: RunSpec) -> tuple[tuple[ChainLi
         return (), ()
     try:
         parent_run, parent_version = parse_version_ref(spec.parent)
-        parent_spec = RunSpec.from_json(storage.get_run(parent_run).spec_json)
+        parent_spec = RunSpec.from_json(storage.runs.get_run(parent_run).spec_json)
     except (SpecError, UnknownRunError) as exc:
         raise LaunchError(f"parent {spec.parent}: {exc}") from None
-    record = storage.get_version(parent_run, parent_version)
+    record = storage.versions.get_version(parent_run, parent_version)
     if record is None:
         raise LaunchError(f"parent {spec.parent}: run '{parent_run}' has not published version {parent_version}")
     if record.collected_at is not None:
@@ -84,7 +84,7 @@ def resolve_parent_chain(storage: Storage, spec: RunSpec) -> tuple[tuple[ChainLi
     links = (*manifest.chain, manifest.link)
     paths = []
     for link in links:
-        stored = storage.get_version(link.run, link.version)
+        stored = storage.versions.get_version(link.run, link.version)
         if stored is None or stored.collected_at is not None or stored.sha256 != link.sha256:
             raise LaunchError(f"parent chain of {spec.parent}: {link} is missing or changed in the store")
         paths.append(Path(stored.path))
@@ -119,7 +119,7 @@ class RunRegistry:
         """Validate ``spec`` against its real base model and dataset, then store it. Idempotent for the exact
         same spec; a different spec under an existing name is refused."""
         try:
-            existing = self.storage.get_run(spec.name)
+            existing = self.storage.runs.get_run(spec.name)
         except UnknownRunError:
             existing = None
         if existing is not None:
@@ -137,8 +137,8 @@ class RunRegistry:
                 f"dataset has {len(split.train)} train samples, fewer than data_slices ({spec.data_slices})"
             )
         try:
-            record = self.storage.create_run(spec.name, spec.to_json(), spec.content_hash, assets.fingerprint,
-                                             dataset_digest(texts))
+            record = self.storage.runs.create_run(spec.name, spec.to_json(), spec.content_hash, assets.fingerprint,
+                                                  dataset_digest(texts))
         except RunExistsError as exc:
             raise LaunchError(str(exc)) from None
         context = self._context_of(record, spec, assets)
@@ -151,7 +151,7 @@ class RunRegistry:
         with self._lock:
             if run_name in self._contexts:
                 return self._contexts[run_name]
-        record = self.storage.get_run(run_name)
+        record = self.storage.runs.get_run(run_name)
         spec = RunSpec.from_json(record.spec_json)
         assets = _load_run_assets(self.storage, spec)
         if dataset_digest(assets.texts) != record.dataset_digest:

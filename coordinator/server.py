@@ -123,7 +123,7 @@ class Coordinator:
             try:
                 self._save_peer_book()
                 if ticks % 12 == 0:
-                    for record in self.storage.list_runs():
+                    for record in self.storage.runs.list_runs():
                         self._announce(self.registry.context(record.name))
             except Exception as exc:  # housekeeping must never stop the coordinator
                 logger.warning("housekeeping failed: %s", exc)
@@ -134,7 +134,7 @@ class Coordinator:
             self.publisher.start(self.config.publisher_poll_s)
         self._announcer.start()
         self.watcher.start(self.config.watch_interval_s)
-        for record in self.storage.list_runs():  # re-announce runs after a restart
+        for record in self.storage.runs.list_runs():  # re-announce runs after a restart
             self._announce(self.registry.context(record.name))
         logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
         return self
