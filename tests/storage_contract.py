@@ -1,6 +1,7 @@
 """What the storage contract suites (tests/test_storage_*.py) share: a settable clock, storages opened on the
-``db_url`` backend (SQLite, and PostgreSQL when one answers; see conftest.py) and builders of runs, workers and
-receipts. A suite imports the fixtures it uses from here."""
+``db_url`` backend (SQLite, and PostgreSQL when one answers; see conftest.py), builders of runs, workers and
+receipts, and lookups of single rows that the stores leave out because the coordinator never needs them. A suite
+imports the fixtures it uses from here."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from coordinator.schema import Receipt, Worker
 from coordinator.storage import ReceiptRecord, RunRecord, Storage, WorkerRecord
+from coordinator.storage.database import to_record
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 START = T0 - timedelta(hours=1)  # before every interval that receipt_of picks by itself
@@ -105,3 +108,17 @@ def assert_no_receipts(storage: Storage, run: str = "demo") -> None:
     assert storage.ledger.samples_by_shard(run) == {}
     assert storage.ledger.leaderboard(run, include_unverified=True) == []
     assert storage.ledger.contributors_between(run, None, T0 + timedelta(days=365)) == []
+
+
+def get_worker(storage: Storage, worker_id: str) -> WorkerRecord | None:
+    """The worker registration as stored, read straight from its table."""
+    with storage.database.transaction() as session:
+        row = session.get(Worker, worker_id)
+        return None if row is None else to_record(WorkerRecord, row)
+
+
+def get_receipt(storage: Storage, receipt_id: str) -> ReceiptRecord | None:
+    """The receipt as stored, read straight from its table."""
+    with storage.database.transaction() as session:
+        row = session.get(Receipt, receipt_id)
+        return None if row is None else to_record(ReceiptRecord, row)

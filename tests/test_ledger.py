@@ -26,6 +26,7 @@ from swarm.identity import load_or_create_identity
 from swarm.local_swarm import free_port
 from swarm.receipts import Receipt, SignedReceipt, sign_receipt
 from swarm.spec import RunSpec
+from tests.storage_contract import get_receipt
 from worker.outbox import Outbox, OutboxSender
 
 RUN = "ledger"
@@ -107,7 +108,7 @@ def test_signed_receipts_are_accepted_once_and_resending_is_idempotent(server, a
     replay = _submit(server, first, second, first)
     assert [r.status for r in replay] == ["duplicate"] * 3
     assert _samples(server) == {0: 2 * 4 * BATCH}
-    stored = server.storage.ledger.get_receipt(results[0].receipt_id)
+    stored = get_receipt(server.storage, results[0].receipt_id)
     assert stored.peer_id == alice.peer_id and stored.payload.encode() == first.payload
     assert base64.b64decode(stored.signature) == first.signature  # the evidence is kept, re-verifiable
 

@@ -17,12 +17,14 @@ from coordinator.storage import (
     LeaderboardRow,
     ObservationRecord,
     OverlappingReceiptError,
+    PeerContext,
     ReceiptConflictError,
     ReceiptRecord,
     Storage,
     StorageError,
     UnknownRunError,
     UnknownWorkerError,
+    WorkerRecord,
 )
 from tests.storage_contract import (  # noqa: F401 (fixtures)
     START,
@@ -32,6 +34,8 @@ from tests.storage_contract import (  # noqa: F401 (fixtures)
     assert_no_receipts,
     clock,
     create_run,
+    get_receipt,
+    get_worker,
     open_storage,
     receipt_of,
     register,
@@ -69,8 +73,8 @@ def test_receipts_are_stored_summed_per_shard_and_touch_the_worker(storage: Stor
     stored, created = storage.ledger.add_receipt(receipt)
     assert created
     assert stored == replace(receipt, received_at=now)  # storage stamps the arrival time itself
-    assert storage.ledger.get_receipt(receipt.receipt_id) == stored
-    assert storage.ledger.get_receipt("no-such-receipt") is None
+    assert get_receipt(storage, receipt.receipt_id) == stored
+    assert get_receipt(storage, "no-such-receipt") is None
     add(storage, bob, shard=0, samples=5, epoch=4)
     add(storage, alice, shard=3, samples=2**33, epoch=1)  # beyond 32-bit integers
     add(storage, stranger, shard=0, samples=1000, epoch=9)
@@ -78,19 +82,19 @@ def test_receipts_are_stored_summed_per_shard_and_touch_the_worker(storage: Stor
     assert storage.ledger.samples_by_shard("demo") == {0: 15, 3: 2**33}
     assert storage.ledger.latest_epoch_by_shard("demo") == {0: 4, 3: 1}
     assert storage.ledger.samples_by_shard("other") == {0: 1000}
-    assert storage.runs.get_worker(alice.worker_id).last_seen == now
+    assert get_worker(storage, alice.worker_id).last_seen == now
 
     clock.advance(5)
     add(storage, peer="dave", shard=0, samples=1)  # a receipt need not name a worker registration
     assert storage.ledger.samples_by_shard("demo") == {0: 16, 3: 2**33}
-    assert storage.runs.get_worker(alice.worker_id).last_seen == now
+    assert get_worker(storage, alice.worker_id).last_seen == now
 
     with pytest.raises(UnknownWorkerError, match="is not peer"):
         storage.ledger.add_receipt(receipt_of(stranger, run_name="demo"))  # the worker belongs to another run
     with pytest.raises(UnknownWorkerError, match="is not peer"):
         storage.ledger.add_receipt(receipt_of(alice, peer_id="bob"))  # the worker belongs to another peer
     assert storage.ledger.samples_by_shard("demo") == {0: 16, 3: 2**33}
-    assert storage.runs.get_worker(alice.worker_id).last_seen == now
+    assert get_worker(storage, alice.worker_id).last_seen == now
 
 
 def test_receipt_times_are_stored_as_utc(storage: Storage) -> None:
@@ -99,8 +103,8 @@ def test_receipt_times_are_stored_as_utc(storage: Storage) -> None:
     started = datetime(2025, 1, 1, 9, 0, tzinfo=plus_two)  # 07:00 UTC, before every automatic interval
     stored = add(storage, started_at=started, ended_at=started + timedelta(seconds=90))
     assert stored.started_at == T0 - timedelta(hours=5) and stored.started_at.utcoffset() == timedelta(0)
-    assert storage.ledger.get_receipt(stored.receipt_id).started_at.utcoffset() == timedelta(0)
-    assert storage.ledger.get_receipt(stored.receipt_id).ended_at == T0 - timedelta(hours=5) + timedelta(seconds=90)
+    assert get_receipt(storage, stored.receipt_id).started_at.utcoffset() == timedelta(0)
+    assert get_receipt(storage, stored.receipt_id).ended_at == T0 - timedelta(hours=5) + timedelta(seconds=90)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +131,7 @@ def test_invalid_receipts_are_rejected_and_nothing_stored(storage: Storage, cloc
     with pytest.raises(ValueError, match=next(iter(bad))):
         storage.ledger.add_receipt(receipt_of(worker, **bad))
     assert_no_receipts(storage)
-    assert storage.runs.get_worker(worker.worker_id).last_seen == T0
+    assert get_worker(storage, worker.worker_id).last_seen == T0
 
 
 @pytest.mark.parametrize(
@@ -150,7 +154,7 @@ def test_receipt_intervals_must_be_timezone_aware_and_ordered(
     with pytest.raises(ValueError, match=message):
         storage.ledger.add_receipt(receipt_of(worker, started_at=started, ended_at=ended))
     assert_no_receipts(storage)
-    assert storage.runs.get_worker(worker.worker_id).last_seen == T0
+    assert get_worker(storage, worker.worker_id).last_seen == T0
 
 
 def test_the_same_receipt_twice_is_stored_once(storage: Storage, clock: FakeClock) -> None:
@@ -168,7 +172,7 @@ def test_the_same_receipt_twice_is_stored_once(storage: Storage, clock: FakeCloc
     resent, created = storage.ledger.add_receipt(replace(receipt, status="verified", status_reason="later evidence"))
     assert not created and resent == first
 
-    assert storage.ledger.get_receipt(receipt.receipt_id) == first
+    assert get_receipt(storage, receipt.receipt_id) == first
     assert storage.ledger.list_receipts("demo") == [first]
     assert storage.ledger.samples_by_shard("demo") == {0: 64}
     [row] = storage.ledger.leaderboard("demo", include_unverified=True)
@@ -190,7 +194,7 @@ def test_the_same_id_with_other_content_is_a_conflict(storage: Storage, clock: F
     with pytest.raises(ReceiptConflictError, match=receipt.receipt_id):
         storage.ledger.add_receipt(replace(receipt, payload=receipt.payload + " "))  # the signature alone matches
 
-    assert storage.ledger.get_receipt(receipt.receipt_id) == stored
+    assert get_receipt(storage, receipt.receipt_id) == stored
     assert storage.ledger.list_receipts("demo") == [stored]
     assert storage.ledger.samples_by_shard("demo") == {0: 64}
 
@@ -221,9 +225,9 @@ def test_overlapping_intervals_of_one_peer_on_one_shard_are_rejected(storage: St
         receipt = receipt_of(worker, peer="alice", shard=0, samples=1000, started_at=started, ended_at=ended)
         with pytest.raises(OverlappingReceiptError, match=first.receipt_id):
             storage.ledger.add_receipt(receipt)
-        assert storage.ledger.get_receipt(receipt.receipt_id) is None
+        assert get_receipt(storage, receipt.receipt_id) is None
     assert storage.ledger.samples_by_shard("demo") == {0: 100}
-    assert storage.runs.get_worker(restarted.worker_id).last_seen == T0 + timedelta(seconds=5)
+    assert get_worker(storage, restarted.worker_id).last_seen == T0 + timedelta(seconds=5)
 
     add(storage, alice, shard=1, samples=1, started_at=at(0), ended_at=at(60))  # another shard
     add(storage, bob, shard=0, samples=2, started_at=at(0), ended_at=at(60))  # another peer
@@ -315,20 +319,20 @@ def test_set_receipt_status_records_the_check(storage: Storage, clock: FakeClock
     checked = clock.advance(40)
     storage.ledger.set_receipt_status(receipt.receipt_id, "verified", "matches the DHT")
     verified = replace(receipt, status="verified", status_reason="matches the DHT", checked_at=checked)
-    assert storage.ledger.get_receipt(receipt.receipt_id) == verified
-    assert storage.ledger.get_receipt(other.receipt_id) == other
+    assert get_receipt(storage, receipt.receipt_id) == verified
+    assert get_receipt(storage, other.receipt_id) == other
     assert storage.ledger.leaderboard("demo")[0].verified_samples == 40
 
     clock.advance(1)
     with pytest.raises(ValueError, match="status"):
         storage.ledger.set_receipt_status(receipt.receipt_id, "accepted", "not a receipt status")
-    assert storage.ledger.get_receipt(receipt.receipt_id) == verified
+    assert get_receipt(storage, receipt.receipt_id) == verified
     with pytest.raises(StorageError, match="no receipt"):
         storage.ledger.set_receipt_status("no-such-receipt", "verified", "")
 
     rechecked = clock.advance(1)
     storage.ledger.set_receipt_status(receipt.receipt_id, "disputed", "the DHT moved on")
-    assert storage.ledger.get_receipt(receipt.receipt_id) == replace(
+    assert get_receipt(storage, receipt.receipt_id) == replace(
         receipt, status="disputed", status_reason="the DHT moved on", checked_at=rechecked)
     assert storage.ledger.samples_by_shard("demo") == {0: 2}
 
@@ -462,6 +466,53 @@ def test_highest_observed_epoch_per_run_and_shard(storage: Storage) -> None:
     assert storage.ledger.highest_observed_epoch("other", 0) == 20
 
 
+def test_peer_context_lists_the_peers_registrations_newest_first(storage: Storage, clock: FakeClock) -> None:
+    create_run(storage)
+    create_run(storage, "other")
+    first = register(storage, peer="alice")
+    clock.advance(5)
+    register(storage, peer="bob")
+    second = register(storage, peer="alice", shards=(2,))
+    clock.advance(5)
+    third = register(storage, peer="alice", shards=(1,))
+    register(storage, run="other", peer="alice")
+
+    def registrations(run: str, peer: str) -> list[WorkerRecord]:
+        return list(storage.ledger.peer_context(run, peer, 0, T0, T0).registrations)
+
+    assert registrations("demo", "alice") == [third, second, first]
+    assert [w.peer_id for w in registrations("demo", "bob")] == ["bob"]
+    assert registrations("demo", "carol") == []
+    assert len(registrations("other", "alice")) == 1
+
+
+def test_peer_context_reads_the_evidence_about_one_interval(storage: Storage, clock: FakeClock) -> None:
+    create_run(storage)
+    alice = register(storage, peer="alice")
+    storage.ledger.record_observation("demo", 0, "alice", 2, 4.0, 16, True)  # seen at T0 only
+    storage.ledger.record_observation("demo", 0, "bob", 9, 1.0, 1, True)
+    storage.ledger.record_observation("demo", 1, "alice", 30, 1.0, 1, True)
+    clock.advance(100)
+    storage.ledger.record_observation("demo", 0, "alice", 3, 5.0, 32, True)  # seen at T0 + 100s only
+
+    def at(seconds: float) -> datetime:
+        return START + timedelta(seconds=seconds)
+
+    add(storage, alice, samples=60, started_at=at(0), ended_at=at(30))  # 2 samples/s
+    add(storage, alice, samples=30, started_at=at(30), ended_at=at(60))  # 1 sample/s
+    add(storage, alice, samples=0, started_at=at(60), ended_at=at(90))  # no rate
+    add(storage, alice, samples=900, started_at=at(90), ended_at=at(120), status="disputed")  # never counts
+    add(storage, alice, shard=1, samples=300, started_at=at(0), ended_at=at(30))  # another shard
+
+    context = storage.ledger.peer_context("demo", "alice", 0, T0 + timedelta(seconds=50), T0 + timedelta(seconds=200))
+    assert [(o.peer_id, o.epoch) for o in context.observations] == [("alice", 3)]  # seen within the window
+    assert context.highest_epoch == 9  # of any peer on the shard
+    assert context.recent_rates == (1.0, 2.0)  # the newest interval first
+    seen = get_worker(storage, alice.worker_id)  # the receipts touched it
+    assert context.registrations == (seen,) and seen.last_seen == T0 + timedelta(seconds=100)
+    assert storage.ledger.peer_context("demo", "alice", 0, T0, T0, history=1).recent_rates == (1.0,)
+    assert storage.ledger.peer_context("demo", "alice", 2, T0, T0) == PeerContext((seen,), (), None, ())
+
 def test_concurrent_receipts_with_resends_count_each_id_once(
     open_storage, db_url: str, request: pytest.FixtureRequest
 ) -> None:
@@ -496,7 +547,7 @@ def test_concurrent_receipts_with_resends_count_each_id_once(
             results.append((stored.receipt_id, created))
             if call % 5 == 4:  # the outbox sends an earlier receipt again
                 again, created = storage.ledger.add_receipt(own[index][call - 2])
-                assert again == storage.ledger.get_receipt(again.receipt_id)
+                assert again == get_receipt(storage, again.receipt_id)
                 results.append((again.receipt_id, created))
         return results
 

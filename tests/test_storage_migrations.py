@@ -22,6 +22,8 @@ from tests.storage_contract import (  # noqa: F401 (fixtures)
     add,
     clock,
     create_run,
+    get_receipt,
+    get_worker,
     open_storage,
     register,
     storage,
@@ -36,7 +38,7 @@ def test_reopening_upgrades_idempotently_and_sees_data(open_storage, db_url: str
 
     second = open_storage()
     assert second.runs.get_run("demo") == run
-    assert second.runs.get_worker(worker.worker_id) == worker
+    assert get_worker(second, worker.worker_id) == worker
     third = open_storage()  # while the second is still open
     assert third.runs.list_runs() == [run]
 
@@ -103,9 +105,9 @@ def test_upgrade_carries_contributions_over_as_receipts(db_url: str) -> None:
                 started_at=T0 + timedelta(seconds=60), ended_at=T0 + timedelta(seconds=60),
                 received_at=T0 + timedelta(seconds=60), payload="", public_key="", signature="", status="unverified",
                 status_reason="recorded before signed receipts", checked_at=None)
-            assert storage.ledger.get_receipt("legacy-3") == legacy
+            assert get_receipt(storage, "legacy-3") == legacy
             assert [r.receipt_id for r in storage.ledger.list_receipts("demo")] == ["legacy-8", "legacy-3"]
-            assert storage.ledger.get_receipt("legacy-8").samples == 2**33
+            assert get_receipt(storage, "legacy-8").samples == 2**33
             assert {r.status for r in storage.ledger.list_receipts("demo")} == {"unverified"}
             assert storage.ledger.samples_by_shard("demo") == {0: 64, 1: 2**33}
             assert storage.ledger.latest_epoch_by_shard("demo") == {0: 2, 1: 5}
@@ -115,7 +117,7 @@ def test_upgrade_carries_contributions_over_as_receipts(db_url: str) -> None:
             assert (row.display_name, row.samples, row.receipts, row.compute_seconds) == ("old timer", 64 + 2**33, 2,
                                                                                           42.5)
             # New receipts join the carried-over ones.
-            stored = add(storage, storage.runs.get_worker(worker_id), shard=0, samples=6)
+            stored = add(storage, get_worker(storage, worker_id), shard=0, samples=6)
             assert stored.received_at == T0 + timedelta(days=1)
             assert storage.ledger.samples_by_shard("demo") == {0: 70, 1: 2**33}
         finally:

@@ -11,8 +11,10 @@ from coordinator.storage import RunExistsError, Storage, UnknownRunError, Unknow
 from tests.storage_contract import (  # noqa: F401 (fixtures)
     T0,
     FakeClock,
+    add,
     clock,
     create_run,
+    get_worker,
     open_storage,
     register,
     storage,
@@ -65,41 +67,24 @@ def test_worker_registration_and_liveness(storage: Storage, clock: FakeClock) ->
     assert len(alice.worker_id) == 32 and alice.worker_id != bob.worker_id
     assert alice.shards == (2, 5) and alice.data_slice == 3 and alice.device == "cuda:0"
     assert alice.joined_at == alice.last_seen == T0 and not alice.left
-    assert storage.runs.get_worker(alice.worker_id) == alice
+    assert get_worker(storage, alice.worker_id) == alice
 
     clock.advance(10)
-    storage.runs.touch_worker(alice.worker_id)
-    assert storage.runs.get_worker(alice.worker_id).last_seen == T0 + timedelta(seconds=10)
-    assert storage.runs.get_worker(alice.worker_id).joined_at == T0
+    add(storage, alice)  # a receipt is what shows that a worker is still there
+    assert get_worker(storage, alice.worker_id).last_seen == T0 + timedelta(seconds=10)
+    assert get_worker(storage, alice.worker_id).joined_at == T0
     assert [w.peer_id for w in storage.runs.live_workers("demo", seen_within_s=5)] == ["alice"]
     # seen_within_s is inclusive
     assert sorted(w.peer_id for w in storage.runs.live_workers("demo", seen_within_s=10)) == ["alice", "bob"]
     assert [w.peer_id for w in storage.runs.live_workers("demo", seen_within_s=0)] == ["alice"]
 
     storage.runs.mark_worker_left(alice.worker_id)
-    assert storage.runs.get_worker(alice.worker_id).left
-    assert storage.runs.live_workers("demo", seen_within_s=60) == [storage.runs.get_worker(bob.worker_id)]
+    assert get_worker(storage, alice.worker_id).left
+    assert storage.runs.live_workers("demo", seen_within_s=60) == [get_worker(storage, bob.worker_id)]
 
 
 def test_unknown_worker_is_reported(storage: Storage) -> None:
     create_run(storage)
-    for call in (storage.runs.get_worker, storage.runs.touch_worker, storage.runs.mark_worker_left):
-        with pytest.raises(UnknownWorkerError):
-            call("f" * 32)
+    with pytest.raises(UnknownWorkerError):
+        storage.runs.mark_worker_left("f" * 32)
 
-
-def test_workers_of_peer_are_listed_newest_first(storage: Storage, clock: FakeClock) -> None:
-    create_run(storage)
-    create_run(storage, "other")
-    first = register(storage, peer="alice")
-    clock.advance(5)
-    register(storage, peer="bob")
-    second = register(storage, peer="alice", shards=(2,))
-    clock.advance(5)
-    third = register(storage, peer="alice", shards=(1,))
-    register(storage, run="other", peer="alice")
-
-    assert storage.runs.workers_of_peer("demo", "alice") == [third, second, first]
-    assert [w.peer_id for w in storage.runs.workers_of_peer("demo", "bob")] == ["bob"]
-    assert storage.runs.workers_of_peer("demo", "carol") == []
-    assert len(storage.runs.workers_of_peer("other", "alice")) == 1

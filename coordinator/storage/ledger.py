@@ -212,11 +212,6 @@ class LedgerStore:
             raise ReceiptConflictError(f"receipt id {receipt.receipt_id} is already stored with different content")
         return to_record(ReceiptRecord, existing)
 
-    def get_receipt(self, receipt_id: str) -> ReceiptRecord | None:
-        with self._db.transaction() as session:
-            row = session.get(Receipt, receipt_id)
-            return None if row is None else to_record(ReceiptRecord, row)
-
     def list_receipts(self, run_name: str, *, peer_id: str | None = None, shard: int | None = None,
                       status: str | None = None, received_since: datetime | None = None,
                       limit: int | None = None) -> list[ReceiptRecord]:

@@ -142,26 +142,10 @@ class RunStore:
             session.flush()
             return to_record(WorkerRecord, row)
 
-    def get_worker(self, worker_id: str) -> WorkerRecord:
-        with self._db.transaction() as session:
-            return to_record(WorkerRecord, require_worker(session, worker_id))
-
-    def workers_of_peer(self, run_name: str, peer_id: str) -> list[WorkerRecord]:
-        """The peer's registrations in the run, newest first (a peer joins again after each restart)."""
-        with self._db.transaction() as session:
-            return [to_record(WorkerRecord, row) for row in session.scalars(peer_registrations(run_name, peer_id))]
-
-    def touch_worker(self, worker_id: str) -> None:
-        """Record that the worker was just seen."""
-        self._update_worker(worker_id, last_seen=self._db.now())
-
     def mark_worker_left(self, worker_id: str) -> None:
         """Record that the worker left; it no longer counts as live."""
-        self._update_worker(worker_id, left=True)
-
-    def _update_worker(self, worker_id: str, **values: object) -> None:
         with self._db.transaction() as session:
-            result = session.execute(update(Worker).where(Worker.worker_id == worker_id).values(**values))
+            result = session.execute(update(Worker).where(Worker.worker_id == worker_id).values(left=True))
             if result.rowcount == 0:
                 raise UnknownWorkerError(f"no worker with id {worker_id!r}")
 
