@@ -101,7 +101,7 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     key_paths = []
     for index in range(workers):
         identity = load_or_create_identity(keys / f"worker{index}.key")
-        storage.register_worker(RUN, identity.peer_id, f"worker{index}", [0], 0, "cpu")
+        storage.runs.register_worker(RUN, identity.peer_id, f"worker{index}", [0], 0, "cpu")
         key_paths.append(str(identity.path))
     started = time.time() - per_worker - 5
     context = multiprocessing.get_context("spawn")
@@ -119,7 +119,7 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     wall = time.perf_counter() - begin
     for process in clients:
         process.join()
-    stored = storage.samples_by_shard(RUN)
+    stored = storage.ledger.samples_by_shard(RUN)
     server.stop(grace=0).wait()
     storage.close()
     drop()

@@ -125,8 +125,8 @@ class Ledger:
             receipt = verify_receipt(signed)
         except ReceiptError as exc:
             return SubmitResult(_receipt_id_of(signed), REJECTED, str(exc))
-        context = self.storage.peer_context(receipt.run, receipt.peer_id, receipt.shard,
-                                            *self._evidence_window(_utc(receipt.started_at), _utc(receipt.ended_at)))
+        window = self._evidence_window(_utc(receipt.started_at), _utc(receipt.ended_at))
+        context = self.storage.ledger.peer_context(receipt.run, receipt.peer_id, receipt.shard, *window)
         try:
             worker_id = self._check_plausible(receipt, context)
         except ReceiptError as exc:
@@ -142,7 +142,7 @@ class Ledger:
         )
         status, reason = classify(record, context.observations, self.policy)
         try:
-            stored, created = self.storage.add_receipt(
+            stored, created = self.storage.ledger.add_receipt(
                 ReceiptRecord(**{**record.__dict__, "status": status, "status_reason": reason}))
         except (ReceiptConflictError, OverlappingReceiptError) as exc:
             return SubmitResult(receipt.receipt_id, REJECTED, str(exc))
@@ -221,7 +221,7 @@ class Ledger:
         except Exception as exc:  # the DHT being slow must not lose a receipt
             logger.warning("could not read shard %d of %s from the DHT: %s", receipt.shard, receipt.run, exc)
             seen_now = 0
-        highest = self.storage.highest_observed_epoch(receipt.run, receipt.shard)
+        highest = self.storage.ledger.highest_observed_epoch(receipt.run, receipt.shard)
         return highest if seen_now and highest is not None else float("inf")
 
     def _evidence_window(self, started: datetime, ended: datetime) -> tuple[datetime, datetime]:
@@ -231,16 +231,16 @@ class Ledger:
 
     def _evidence(self, receipt: ReceiptRecord) -> list[ObservationRecord]:
         start, end = self._evidence_window(receipt.started_at, receipt.ended_at)
-        return self.storage.observations(receipt.run_name, receipt.shard, receipt.peer_id, start=start, end=end)
+        return self.storage.ledger.observations(receipt.run_name, receipt.shard, receipt.peer_id, start=start, end=end)
 
     def recheck_unverified(self, run_name: str) -> int:
         """Cross-check the run's recent unverified receipts again; returns how many changed status."""
         since = self.clock() - timedelta(seconds=self.policy.recheck_for_s)
         changed = 0
-        for receipt in self.storage.list_receipts(run_name, status="unverified", received_since=since):
+        for receipt in self.storage.ledger.list_receipts(run_name, status="unverified", received_since=since):
             status, reason = classify(receipt, self._evidence(receipt), self.policy)
             if status != receipt.status:
-                self.storage.set_receipt_status(receipt.receipt_id, status, reason)
+                self.storage.ledger.set_receipt_status(receipt.receipt_id, status, reason)
                 changed += 1
                 if status == "disputed":
                     logger.warning("receipt %s of %s disputed: %s", receipt.receipt_id, receipt.peer_id, reason)

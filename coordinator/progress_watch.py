@@ -58,7 +58,7 @@ class ProgressWatcher:
         records = read_shard_progress(self.dht, shard_run_id)
         for record in records:
             progress = record.progress
-            self.storage.record_observation(run_name, shard, record.peer_id, progress.epoch,
+            self.storage.ledger.record_observation(run_name, shard, record.peer_id, progress.epoch,
                                             progress.samples_per_second, progress.samples_accumulated,
                                             record.key_bound)
         return len(records)

@@ -227,7 +227,7 @@ class Publisher:
                 return PublishOutcome(False, str(exc))
             except (SnapshotError, StoreError) as exc:
                 logger.warning("run %s: snapshot not published: %s", run_name, exc)
-                self.storage.add_rejected_snapshot(run_name, str(exc))
+                self.storage.versions.add_rejected_snapshot(run_name, str(exc))
                 return PublishOutcome(False, str(exc))
 
     def fetch_snapshots(self, runtime: RunRuntime) -> list[ShardSnapshot]:
@@ -237,7 +237,7 @@ class Publisher:
         snapshots = [fetch_shard_snapshot(self.dht, spec.shard_run_id(shard), shard, runtime.shard_names[shard],
                                           runtime.shard_shapes[shard], self.download_timeout, policy)
                      for shard in range(spec.shards)]
-        previous = self.storage.get_version(spec.name)
+        previous = self.storage.versions.get_version(spec.name)
         if previous is not None and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
             raise NothingToSnapshot(f"no new epoch since version {previous.version} (epoch {previous.epoch})")
         return snapshots
@@ -262,16 +262,16 @@ class Publisher:
                        base_loss: float, adapter_dir: Path) -> PublishOutcome:
         """Gate the evaluated adapter in ``adapter_dir``; store, sign and record it as the next version."""
         run_name = runtime.name
-        previous = self.storage.get_version(run_name)
+        previous = self.storage.versions.get_version(run_name)
         refusal = self.quality_gate(loss, previous)
         if refusal:
             logger.warning("run %s: snapshot at epoch %d refused: %s", run_name, epoch, refusal)
-            self.storage.add_rejected_snapshot(run_name, refusal, epoch=epoch, eval_loss=loss)
+            self.storage.versions.add_rejected_snapshot(run_name, refusal, epoch=epoch, eval_loss=loss)
             return PublishOutcome(False, refusal, previous)
-        version = self.storage.next_version_number(run_name)
+        version = self.storage.versions.next_version_number(run_name)
         now = datetime.now(timezone.utc)
-        contributors = self.storage.contributors_between(run_name, previous.created_at if previous else None, now)
-        samples = sum(self.storage.samples_by_shard(run_name).values())
+        contributors = self.storage.ledger.contributors_between(run_name, previous.created_at if previous else None, now)
+        samples = sum(self.storage.ledger.samples_by_shard(run_name).values())
         peers_compared = min(len(s.agreeing_peers) for s in snapshots)
         signed: SignedManifest | None = None
 
@@ -290,7 +290,7 @@ class Publisher:
 
         stored = self.store.put(run_name, version, adapter_dir, sign=sign)
         assert signed is not None  # the store signs every version it puts
-        record = self.storage.add_version(
+        record = self.storage.versions.add_version(
             run_name, version, stored.sha256, str(stored.path), epoch, samples, loss, base_loss, contributors,
             manifest=signed.payload.decode(), manifest_signature=signed.signature_json(),
         )

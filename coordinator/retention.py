@@ -45,7 +45,7 @@ class Retention:
     def lease(self, run_name: str, version: int) -> Iterator[None]:
         """Keep the version's files while the block runs (a pull streaming them)."""
         with self._lock:
-            record = self.storage.get_version(run_name, version)
+            record = self.storage.versions.get_version(run_name, version)
             if record is not None and record.collected_at is not None:
                 raise RetentionError(
                     f"version {version} of '{run_name}' was removed by retention (the coordinator keeps the newest "
@@ -62,7 +62,7 @@ class Retention:
     def stacking_parents(self) -> set[tuple[str, int]]:
         """Versions some run is launched on top of (their ancestors are parents of their own runs)."""
         parents = set()
-        for run in self.storage.list_runs():
+        for run in self.storage.runs.list_runs():
             parent = RunSpec.from_json(run.spec_json).parent
             if parent:
                 parents.add(parse_version_ref(parent))
@@ -72,14 +72,14 @@ class Retention:
         """Remove the files of the run's versions that nothing keeps; the version numbers removed."""
         protected = self.stacking_parents()
         with self._lock:
-            live = [record for record in self.storage.list_versions(run_name) if record.collected_at is None]
+            live = [record for record in self.storage.versions.list_versions(run_name) if record.collected_at is None]
             newest = {record.version for record in live[-self.keep_versions:]}
             removed = []
             for record in live:
                 key = (run_name, record.version)
                 if record.version in newest or record.release or key in protected or self._leases[key] > 0:
                     continue
-                self.storage.mark_collected(run_name, record.version)  # first: no new pull can start on it
+                self.storage.versions.mark_collected(run_name, record.version)  # first: no new pull can start on it
                 self.store.remove(run_name, record.version)
                 removed.append(record.version)
         if removed:

@@ -108,10 +108,10 @@ def resolve_parent_chain(storage: Storage, spec: RunSpec) -> tuple[tuple[ChainLi
         return (), ()
     try:
         parent_run, parent_version = parse_version_ref(spec.parent)
-        parent_spec = RunSpec.from_json(storage.get_run(parent_run).spec_json)
+        parent_spec = RunSpec.from_json(storage.runs.get_run(parent_run).spec_json)
     except (SpecError, UnknownRunError) as exc:
         raise LaunchError(f"parent {spec.parent}: {exc}") from None
-    record = storage.get_version(parent_run, parent_version)
+    record = storage.versions.get_version(parent_run, parent_version)
     if record is None:
         raise LaunchError(f"parent {spec.parent}: run '{parent_run}' has not published version {parent_version}")
     if record.collected_at is not None:
@@ -125,7 +125,7 @@ def resolve_parent_chain(storage: Storage, spec: RunSpec) -> tuple[tuple[ChainLi
     links = (*manifest.chain, manifest.link)
     paths = []
     for link in links:
-        stored = storage.get_version(link.run, link.version)
+        stored = storage.versions.get_version(link.run, link.version)
         if stored is None or stored.collected_at is not None or stored.sha256 != link.sha256:
             raise LaunchError(f"parent chain of {spec.parent}: {link} is missing or changed in the store")
         paths.append(Path(stored.path))
@@ -177,7 +177,7 @@ class RunRuntimes:
         existing name is refused."""
         with self._run_lock(spec.name):
             try:
-                existing: RunRecord | None = self.storage.get_run(spec.name)
+                existing: RunRecord | None = self.storage.runs.get_run(spec.name)
             except UnknownRunError:
                 existing = None
             if existing is not None:
@@ -196,7 +196,7 @@ class RunRuntimes:
                 )
             digest = self.datasets.put(texts)
             try:
-                record = self.storage.create_run(spec.name, spec.to_json(), spec.content_hash, built.fingerprint,
+                record = self.storage.runs.create_run(spec.name, spec.to_json(), spec.content_hash, built.fingerprint,
                                                  digest)
             except RunExistsError as exc:
                 raise LaunchError(str(exc)) from None
@@ -209,7 +209,7 @@ class RunRuntimes:
 
     def load_all(self) -> None:
         """Build every stored run that is not built yet, each in isolation; a failure marks only that run."""
-        for record in self.storage.list_runs():
+        for record in self.storage.runs.list_runs():
             try:
                 self.get(record.name)
             except RunUnavailableError:
@@ -230,7 +230,7 @@ class RunRuntimes:
                 return self._runtimes[name]
             if name in self._unavailable:
                 raise RunUnavailableError(f"run '{name}' is unavailable: {self._unavailable[name]}")
-        record = self.storage.get_run(name)  # UnknownRunError
+        record = self.storage.runs.get_run(name)  # UnknownRunError
         try:
             runtime = self._rebuild(record)
         except Exception as exc:  # anything at all: one broken run must never take the others down

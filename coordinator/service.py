@@ -109,19 +109,19 @@ class CoordinatorService:
         if not peer_id:
             raise RequestError("join needs the worker's peer_id")
         if not run_name:
-            newest = self.storage.newest_run()
+            newest = self.storage.runs.newest_run()
             if newest is None:
                 raise RequestError("no run has been launched on this coordinator yet", not_found=True)
             run_name = newest.name
         runtime = self._runtime(run_name)
         spec = runtime.spec
-        live = self.storage.live_workers(run_name, LIVE_WINDOW_S)
+        live = self.storage.runs.live_workers(run_name, LIVE_WINDOW_S)
         shard_load = Counter(shard for worker in live for shard in worker.shards)
         wanted = spec.shards if max_shards <= 0 else min(max_shards, spec.shards)
         shards = sorted(sorted(range(spec.shards), key=lambda shard: (shard_load[shard], shard))[:wanted])
         slice_load = Counter(worker.data_slice for worker in live)
         chosen_slice = min(range(spec.data_slices), key=lambda index: (slice_load[index], index))
-        worker = self.storage.register_worker(run_name, peer_id, display_name or peer_id[:12], shards,
+        worker = self.storage.runs.register_worker(run_name, peer_id, display_name or peer_id[:12], shards,
                                               chosen_slice, device)
         samples = len(data_slice(runtime.split.train, spec.data_slices, chosen_slice))
         return AssignmentPlan(worker, runtime, self.initial_peers, samples)
@@ -142,19 +142,19 @@ class CoordinatorService:
     def leaderboard(self, run_name: str, include_unverified: bool = False) -> tuple[list[LeaderboardRow], int]:
         """The run's contributors, and the total counted samples their shares refer to."""
         self._runtime(run_name)
-        rows = [row for row in self.storage.leaderboard(run_name, include_unverified) if row.samples > 0]
+        rows = [row for row in self.storage.ledger.leaderboard(run_name, include_unverified) if row.samples > 0]
         return rows, sum(row.samples for row in rows)
 
     def leave(self, worker_id: str) -> None:
         try:
-            self.storage.mark_worker_left(worker_id)
+            self.storage.runs.mark_worker_left(worker_id)
         except UnknownWorkerError as exc:
             raise RequestError(str(exc), not_found=True) from None
 
     def status(self, run_name: str = "") -> list[RunState]:
         """Every run (or the named one), served or not: an unavailable run is listed with the reason."""
         try:
-            records = [self.storage.get_run(run_name)] if run_name else self.storage.list_runs()
+            records = [self.storage.runs.get_run(run_name)] if run_name else self.storage.runs.list_runs()
         except UnknownRunError as exc:
             raise RequestError(str(exc), not_found=True) from None
         return [self._state(record) for record in records]
@@ -169,16 +169,16 @@ class CoordinatorService:
                 spec = RunSpec.from_json(record.spec_json)
             except SpecError:
                 spec = None
-        live = self.storage.live_workers(record.name, LIVE_WINDOW_S)
-        samples = self.storage.samples_by_shard(record.name)
-        epochs = self.storage.latest_epoch_by_shard(record.name)
+        live = self.storage.runs.live_workers(record.name, LIVE_WINDOW_S)
+        samples = self.storage.ledger.samples_by_shard(record.name)
+        epochs = self.storage.ledger.latest_epoch_by_shard(record.name)
         shards = [
             ShardState(shard, sum(shard in worker.shards for worker in live), epochs.get(shard, 0),
                        samples.get(shard, 0))
             for shard in range(spec.shards if spec else 0)
         ]
         return RunState(record, spec, len(live), sum(samples.values()), unavailable, shards,
-                        self.storage.list_versions(record.name), self.storage.rejected_snapshots(record.name))
+                        self.storage.versions.list_versions(record.name), self.storage.versions.rejected_snapshots(record.name))
 
     def publish_now(self, run_name: str) -> PublishOutcome:
         self._runtime(run_name)
@@ -186,7 +186,7 @@ class CoordinatorService:
 
     def _served_version(self, run_name: str, version: int) -> VersionRecord:
         self._runtime(run_name)
-        record = self.storage.get_version(run_name, version or None)
+        record = self.storage.versions.get_version(run_name, version or None)
         if record is None:
             which = f"version {version}" if version else "any version"
             raise RequestError(f"run '{run_name}' has not published {which}", not_found=True)
@@ -218,7 +218,7 @@ class CoordinatorService:
     def mark_release(self, run_name: str, version: int, release: bool = True) -> VersionRecord:
         self._runtime(run_name)
         try:
-            return self.storage.set_release(run_name, version, release)
+            return self.storage.versions.set_release(run_name, version, release)
         except UnknownVersionError as exc:
             raise RequestError(str(exc), not_found=True) from None
         except ValueError as exc:

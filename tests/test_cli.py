@@ -48,15 +48,15 @@ def test_launch_refuses_bad_input_and_stores_nothing(coordinator, args, message)
     result = launch(coordinator, *args)
     assert result.exit_code == 2
     assert message in result.output
-    assert args[1] not in {run.name for run in coordinator.storage.list_runs()}
+    assert args[1] not in {run.name for run in coordinator.storage.runs.list_runs()}
 
 
 def test_relaunch_with_a_different_spec_keeps_the_original(coordinator):
     assert launch(coordinator, "--name", "keep", "--lr", "0.01").exit_code == 0
-    before = coordinator.storage.get_run("keep")
+    before = coordinator.storage.runs.get_run("keep")
     result = launch(coordinator, "--name", "keep", "--lr", "0.5")
     assert result.exit_code == 2 and "already exists with a different spec" in result.output
-    assert coordinator.storage.get_run("keep") == before
+    assert coordinator.storage.runs.get_run("keep") == before
 
 
 def test_unreachable_coordinator_is_a_clear_error():

@@ -53,7 +53,7 @@ def _outbox_receipts(path) -> dict[str, int]:
 
 def _ledger_receipts(db_path, run: str, peer: str) -> dict[str, int]:
     with Storage(f"sqlite:///{db_path}") as storage:
-        return {r.receipt_id: r.samples for r in storage.list_receipts(run, peer_id=peer)}
+        return {r.receipt_id: r.samples for r in storage.ledger.list_receipts(run, peer_id=peer)}
 
 
 def _pull_and_load(address: str, run: str, version: int, out) -> None:

@@ -29,6 +29,7 @@ from swarm.identity import load_or_create_identity
 from swarm.local_swarm import free_port
 from swarm.receipts import Receipt, SignedReceipt, sign_receipt
 from swarm.spec import RunSpec
+from tests.storage_contract import get_receipt
 from worker.outbox import Outbox, OutboxSender
 
 RUN = "ledger"
@@ -43,7 +44,7 @@ class Server:
         self.runs = RunRuntimes(self.storage, DatasetVault(Path(tempfile.mkdtemp(prefix="nomoat-datasets-"))))
         # the DHT view the ledger refreshes on demand is what the progress watcher recorded in storage
         self.ledger = Ledger(self.storage, self.runs,
-                             refresh_shard=lambda run, shard: len(self.storage.observations(run, shard)))
+                             refresh_shard=lambda run, shard: len(self.storage.ledger.observations(run, shard)))
         service = CoordinatorService(self.storage, self.runs, publisher=None, ledger=self.ledger,
                                      initial_peers=[])
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -82,7 +83,7 @@ def mallory(tmp_path):
 
 
 def _join(server: Server, identity, shards=(0, 1)) -> None:
-    server.storage.register_worker(RUN, identity.peer_id, identity.path.stem, shards, 0, "cpu")
+    server.storage.runs.register_worker(RUN, identity.peer_id, identity.path.stem, shards, 0, "cpu")
 
 
 def _receipt(identity, start: float, seconds: float = 10.0, **overrides) -> Receipt:
@@ -97,7 +98,7 @@ def _submit(server: Server, *signed: SignedReceipt):
 
 
 def _samples(server: Server) -> dict[int, int]:
-    return server.storage.samples_by_shard(RUN)
+    return server.storage.ledger.samples_by_shard(RUN)
 
 
 def test_signed_receipts_are_accepted_once_and_resending_is_idempotent(server, alice):
@@ -110,7 +111,7 @@ def test_signed_receipts_are_accepted_once_and_resending_is_idempotent(server, a
     replay = _submit(server, first, second, first)
     assert [r.status for r in replay] == ["duplicate"] * 3
     assert _samples(server) == {0: 2 * 4 * BATCH}
-    stored = server.storage.get_receipt(results[0].receipt_id)
+    stored = get_receipt(server.storage, results[0].receipt_id)
     assert stored.peer_id == alice.peer_id and stored.payload.encode() == first.payload
     assert base64.b64decode(stored.signature) == first.signature  # the evidence is kept, re-verifiable
 
@@ -154,7 +155,7 @@ def test_forged_and_tampered_receipts_are_rejected_and_nothing_is_stored(server,
 ])
 def test_implausible_receipts_are_refused_with_the_reason(server, alice, overrides, expected):
     _join(server, alice)
-    server.storage.record_observation(RUN, 0, alice.peer_id, 2, 3.0, 16, True)  # the swarm is at epoch 2
+    server.storage.ledger.record_observation(RUN, 0, alice.peer_id, 2, 3.0, 16, True)  # the swarm is at epoch 2
     start = time.time() - 20
     receipt_id = overrides.pop("receipt_id", None)
     receipt = _receipt(alice, start, **overrides)
@@ -193,7 +194,7 @@ def test_refused_peers_times_and_overlaps(server, alice, mallory):
 def test_samples_beyond_measured_throughput_are_refused(server, alice):
     _join(server, alice)
     # the DHT shows alice at 3.2 samples/s; 10 s at 10x that is 320 samples (plus two batches of slack)
-    server.storage.record_observation(RUN, 0, alice.peer_id, 0, 3.2, 16, True)
+    server.storage.ledger.record_observation(RUN, 0, alice.peer_id, 0, 3.2, 16, True)
     start = time.time() - 20
     ok = sign_receipt(_receipt(alice, start, steps=4, samples=32), alice)
     too_many = sign_receipt(_receipt(alice, start + 10, steps=50, samples=400), alice)
@@ -243,7 +244,7 @@ def test_receipts_become_verified_when_the_dht_catches_up_and_the_leaderboard_co
     assert [(e.display_name, e.samples) for e in everything.entries] == [("alice", 96), ("mallory", 32)]
     assert everything.total_samples == 128 and everything.entries[0].share == pytest.approx(0.75)
 
-    server.storage.record_observation(RUN, 0, alice.peer_id, 1, 3.5, 8, True)  # what the watcher records
+    server.storage.ledger.record_observation(RUN, 0, alice.peer_id, 1, 3.5, 8, True)  # what the watcher records
     assert server.ledger.recheck_unverified(RUN) == 3
     with CoordinatorClient(server.address) as client:
         board = client.leaderboard(RUN)
@@ -287,7 +288,7 @@ def test_outbox_keeps_receipts_while_the_coordinator_is_down_and_drains_after_re
         assert outbox.count() == 0 and outbox.rejected() == []
         assert sender.stop(drain_timeout_s=5) == 0
         assert _samples(server) == {0: expected}
-        assert len(server.storage.list_receipts(RUN)) == 12
+        assert len(server.storage.ledger.list_receipts(RUN)) == 12
     finally:
         server.stop()
         outbox.close()
@@ -348,6 +349,6 @@ def test_many_concurrent_workers_lose_and_double_count_nothing(db_url, spec, tmp
                       1: sum(BATCH * (1 + i % 4) for i in range(1, 16, 2))}
         assert accepted == [16] * 12
         assert _samples(server) == {shard: 12 * total for shard, total in per_worker.items()}
-        assert len(server.storage.list_receipts(RUN)) == 12 * 16
+        assert len(server.storage.ledger.list_receipts(RUN)) == 12 * 16
     finally:
         server.stop()

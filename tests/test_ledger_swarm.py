@@ -66,7 +66,7 @@ def test_coordinator_killed_and_restarted_loses_no_receipt(tmp_path):
             board = client.leaderboard(RUN, include_unverified=True)
             verified = client.leaderboard(RUN)
     with Storage(f"sqlite:///{tmp_path / 'coordinator' / 'coordinator.db'}") as storage:
-        receipts = storage.list_receipts(RUN)
+        receipts = storage.ledger.list_receipts(RUN)
     assert {entry.peer_id: entry.samples for entry in board.entries} == trained
     assert all(samples > 0 for samples in trained.values())
     assert sum(r.samples for r in receipts) == sum(trained.values())

@@ -167,8 +167,8 @@ def test_the_gate_refuses_a_worse_version_and_status_shows_why(make_coordinator,
     assert first.published, first.message
     worse = publish_tensors(coordinator, PARENT.name, lora_random(2, scale=3.0), epoch=2)
     assert not worse.published and "worse than version 1" in worse.message
-    assert coordinator.storage.get_version(PARENT.name).version == 1  # version 1 is still the one served
-    rejected = coordinator.storage.rejected_snapshots(PARENT.name)
+    assert coordinator.storage.versions.get_version(PARENT.name).version == 1  # version 1 is still the one served
+    rejected = coordinator.storage.versions.rejected_snapshots(PARENT.name)
     assert len(rejected) == 1 and rejected[0].epoch == 2 and rejected[0].eval_loss > first.version.eval_loss * 1.005
     shown = cli("status", "-c", coordinator.address)
     assert "rejected snapshot at epoch 2" in shown.stdout and "worse than version 1" in shown.stdout, shown.stderr
@@ -272,7 +272,7 @@ def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand
     runtime = coordinator.runs.get(CHILD.name)
     assert [str(link) for link in runtime.chain] == ["parent@1"]
     publish_tensors(coordinator, PARENT.name, lora_random(3, scale=0.001), epoch=2)  # retention keeps 1 ...
-    assert coordinator.storage.get_version(PARENT.name, 1).collected_at is None  # ... but never a parent
+    assert coordinator.storage.versions.get_version(PARENT.name, 1).collected_at is None  # ... but never a parent
     child = publish_tensors(coordinator, CHILD.name, lora_random(2, spec=CHILD), epoch=1)
     assert child.published, child.message
 
@@ -317,12 +317,12 @@ def test_retention_keeps_the_newest_releases_and_versions_being_pulled(make_coor
         stream = coordinator.service.pull(PARENT.name, 2, chunk_bytes=4096)
         header = next(stream)
         publish_tensors(coordinator, PARENT.name, lora_random(3), epoch=3)  # retention runs after the publish
-        assert coordinator.storage.get_version(PARENT.name, 2).collected_at is None
+        assert coordinator.storage.versions.get_version(PARENT.name, 2).collected_at is None
         received = sum(len(data) for _, _, data in stream)
     assert received == sum(entry.size for entry in header.files)
     assert coordinator.retention.collect(PARENT.name) == [2]  # the pull is over: now it goes
-    assert not Path(coordinator.storage.get_version(PARENT.name, 2).path).exists()
-    assert Path(coordinator.storage.get_version(PARENT.name, 1).path).exists()  # the release stays
+    assert not Path(coordinator.storage.versions.get_version(PARENT.name, 2).path).exists()
+    assert Path(coordinator.storage.versions.get_version(PARENT.name, 1).path).exists()  # the release stays
     with pytest.raises(CoordinatorError, match="removed by retention"):
         pull(coordinator.address, PARENT.name, tmp_path / "out", version=2)
     shown = cli("status", "-c", coordinator.address).stdout

@@ -110,7 +110,7 @@ def test_interrupted_store_write_leaves_previous_versions_intact(coordinator, tm
     monkeypatch.undo()
     run_dir = coordinator.store.root / SPEC.name
     assert sorted(p.name for p in run_dir.iterdir()) == ["v000001"]
-    assert coordinator.storage.get_version(SPEC.name).version == 1
+    assert coordinator.storage.versions.get_version(SPEC.name).version == 1
     assert pull(coordinator.address, SPEC.name, tmp_path / "out").sha256 == first.sha256
 
 
