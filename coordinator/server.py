@@ -27,7 +27,7 @@ from coordinator.retention import Retention
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CHANNEL_OPTIONS
 from swarm.dht import RunAnnouncement, announce_run, connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity

@@ -8,8 +8,8 @@ import grpc
 
 from coordinator.service import CoordinatorService, PullHeader, RequestError, RunState
 from coordinator.storage import RejectedSnapshotRecord, UnknownRunError, VersionRecord
-from proto import coordinator_pb2 as pb
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2 as pb
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.log import get_logger
 from swarm.manifest import Manifest
 from swarm.receipts import SignedReceipt
@@ -133,7 +133,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @_abort_on_request_errors
     def Leave(self, request, context):
         self.service.leave(request.worker_id)
-        return pb.ReportAck(ok=True)
+        return pb.LeaveResponse(ok=True)
 
     @_abort_on_request_errors
     def GetStatus(self, request, context):

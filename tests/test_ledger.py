@@ -20,7 +20,7 @@ from coordinator.registry import RunRegistry
 from coordinator.servicer import CoordinatorServicer
 from coordinator.service import CoordinatorService
 from coordinator.storage import ObservationRecord, ReceiptRecord, Storage
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.identity import load_or_create_identity
 from swarm.local_swarm import free_port
