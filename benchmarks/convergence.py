@@ -42,7 +42,7 @@ def run_swarm(args: argparse.Namespace, workdir: Path) -> dict:
     with LocalSwarm(workdir) as local:
         address = local.start_coordinator(["--no-publish"])
         launch = subprocess.run(
-            [sys.executable, "-m", "swarm.cli", "launch", "-c", address, "--name", RUN, "--base-model", "tiny",
+            [sys.executable, "-m", "nomoat_cli", "launch", "-c", address, "--name", RUN, "--base-model", "tiny",
              "--dataset", "sample", "--shards", "1", "--batch-size", str(args.batch), "--target-batch-size",
              str(args.target), "--lr", str(args.lr), "--data-slices", str(args.workers), "--matchmaking-time", "2",
              "--averaging-timeout", "20", "--progress-refresh", "0.5"], capture_output=True, text=True)

@@ -31,7 +31,7 @@ RUN = "joinbench"
 
 
 def _cli(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stdout + result.stderr)
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "swarm.cli"]
+CLI = [sys.executable, "-m", "nomoat_cli"]
 
 
 def free_port() -> int:

@@ -17,9 +17,9 @@ Layouts:
 
 Usage::
 
-    from swarm import pull
-    pulled = pull("127.0.0.1:50051", "demo", out=Path("adapter"))                 # latest version
-    pulled = pull("127.0.0.1:50051", "demo", out=Path("merged"), version=3, layout="merged")
+    import swarm  # swarm.pull(...) is this module's pull(...)
+    pulled = swarm.pull("127.0.0.1:50051", "demo", out=Path("adapter"))           # latest version
+    pulled = swarm.pull("127.0.0.1:50051", "demo", out=Path("merged"), version=3, layout="merged")
     model = peft.PeftModel.from_pretrained(base_model, "adapter")
 """
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -322,3 +324,14 @@ def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
 
     write_folder_atomically(out, fill)
 
+
+
+class _CallableModule(types.ModuleType):
+    """``swarm.pull`` names both this module and the Python API: calling the module calls ``pull``. (Importing a
+    submodule sets it as the package's attribute, so a function there would be replaced by whoever imports first.)"""
+
+    def __call__(self, *args, **kwargs) -> PulledVersion:
+        return pull(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

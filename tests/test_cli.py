@@ -1,10 +1,13 @@
 """The CLI's help and its error messages on bad input, against a real coordinator (nothing stored on error)."""
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
 from coordinator.server import Coordinator, CoordinatorConfig
-from swarm.cli import app
+from nomoat_cli.app import app
 
 runner = CliRunner()
 
@@ -14,6 +17,17 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output and "--help" in result.output
+
+
+def test_help_imports_no_heavy_library():
+    """``swarm --help`` stays fast: torch, PEFT, hivemind and gRPC load only inside the command that uses them."""
+    script = ("import sys\nfrom typer.testing import CliRunner\nfrom nomoat_cli.app import app\n"
+              "for args in (['--help'], ['launch', '--help'], ['donate', '--help'], ['coordinator', '--help']):\n"
+              "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+              "print(' '.join(m for m in ('torch', 'peft', 'transformers', 'hivemind', 'grpc') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
 
 
 @pytest.fixture(scope="module")

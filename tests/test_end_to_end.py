@@ -26,7 +26,7 @@ EPOCHS = 4
 
 
 def cli(*args, check=True, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True,
                             timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     if check and result.returncode != 0:
         raise AssertionError(f"swarm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

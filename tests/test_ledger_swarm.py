@@ -17,7 +17,7 @@ RUN = "ledger-swarm"
 
 
 def cli(*args):
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 

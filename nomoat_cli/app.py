@@ -1,0 +1,20 @@
+"""The ``swarm`` command line: one small typed function per command, assembled here in one Typer app."""
+
+from __future__ import annotations
+
+import typer
+
+from nomoat_cli import adapters, demo, donate, launch, reports, serve
+
+app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+app.command()(serve.coordinator)
+app.command()(launch.launch)
+app.command()(donate.donate)
+app.command()(adapters.pull)
+app.command()(adapters.release)
+app.command()(adapters.export)
+app.command()(reports.status)
+app.command()(reports.leaderboard)
+app.command()(demo.demo)
