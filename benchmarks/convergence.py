@@ -118,4 +118,7 @@ def main() -> None:
         print(f"{'  difference swarm - single':<44} {swarm['eval_loss'] - statistics.mean(losses):>+9.4f}")
 
 if __name__ == "__main__":
+    from swarm.log import configure_logging
+
+    configure_logging()
     main()

@@ -147,4 +147,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from swarm.log import configure_logging
+
+    configure_logging()
     main()

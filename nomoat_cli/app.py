@@ -5,9 +5,17 @@ from __future__ import annotations
 import typer
 
 from nomoat_cli import adapters, demo, donate, launch, reports, serve
+from swarm.log import configure_logging
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _entry_point() -> None:
+    # runs before every command: the CLI is an entry point, and so is every process it spawns (python -m nomoat_cli)
+    configure_logging()
+
 
 app.command()(serve.coordinator)
 app.command()(launch.launch)
