@@ -8,7 +8,8 @@ from nomoat_cli import adapters, demo, donate, launch, reports, serve
 from swarm.log import configure_logging
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # plain help: shows "[lora] rank" and long derived flag names as written
 
 
 @app.callback()

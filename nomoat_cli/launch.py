@@ -1,60 +1,38 @@
-"""``swarm launch``: create a community training run on a coordinator."""
+"""``swarm launch``: create a community training run on a coordinator.
+
+Its RunSpec options are derived from the RunSpec's fields (``nomoat_cli.spec_flags``), so every field can be
+set, under the name it has in a spec file; flags override a ``--spec`` file.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, fail
+from nomoat_cli.spec_flags import flag_overrides, spec_flags
+
+SPEC_FLAGS = spec_flags()
 
 
-def launch(
-    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
-    spec: Optional[Path] = typer.Option(None, help="RunSpec file (.toml, .yaml, .json); flags override it."),
-    name: Optional[str] = typer.Option(None, help="Run name."),
-    base_model: Optional[str] = typer.Option(None, help="'tiny', a Hugging Face id or a local model folder."),
-    dataset: Optional[str] = typer.Option(None, help="'sample', or a local .jsonl / .txt file."),
-    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
-    alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
-    dropout: Optional[float] = typer.Option(None, help="LoRA dropout."),
-    target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names, e.g. q_proj,v_proj."),
-    shards: Optional[int] = typer.Option(None, help="Number of adapter shards."),
-    batch_size: Optional[int] = typer.Option(None, help="Samples per local step."),
-    target_batch_size: Optional[int] = typer.Option(None, help="Samples the swarm accumulates per epoch."),
-    optimizer: Optional[str] = typer.Option(None, help="adamw, adam or sgd."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per sample."),
-    data_slices: Optional[int] = typer.Option(None, help="Slices the train split is cut into."),
-    publish_interval: Optional[float] = typer.Option(None, help="Seconds between published versions."),
-    seed: Optional[int] = typer.Option(None, help="Seed of LoRA init and data split."),
-    matchmaking_time: Optional[float] = typer.Option(None, help="hivemind matchmaking time (s)."),
-    averaging_timeout: Optional[float] = typer.Option(None, help="hivemind averaging timeout (s)."),
-    progress_refresh: Optional[float] = typer.Option(None, help="How often peers re-read swarm progress (s)."),
-    parent: Optional[str] = typer.Option(None, help="Stack on a published version, RUN@VERSION: train a new LoRA "
-                                         "on the base model with that version merged in."),
-) -> None:
-    """Launch a community training run."""
+def launch(**values: Any) -> None:
+    """Launch a community training run.
+
+    Every RunSpec field has a flag named after it: --lr is lr, and a field of a spec table is table-field:
+    --lora-rank is [lora] rank. Flags override the --spec file; fields set by neither take their defaults."""
     from swarm.client import CoordinatorClient, CoordinatorError
-    from swarm.spec import SpecError, build_spec, load_spec_file, merge_fields
+    from swarm.spec import SpecError, build_spec, load_spec_file
 
-    flags = {
-        "name": name, "base_model": base_model, "dataset": dataset, "shards": shards,
-        "batch_size_per_step": batch_size, "target_batch_size": target_batch_size, "optimizer": optimizer,
-        "lr": lr, "seq_len": seq_len, "data_slices": data_slices, "publish_interval_s": publish_interval,
-        "seed": seed, "parent": parent,
-        "lora": {"rank": rank, "alpha": alpha, "dropout": dropout,
-                 "target_modules": target_modules.split(",") if target_modules else None},
-        "averaging": {"matchmaking_time": matchmaking_time, "averaging_timeout": averaging_timeout,
-                      "progress_refresh_s": progress_refresh},
-    }
+    overrides = flag_overrides(SPEC_FLAGS, values)
     try:
-        run_spec = load_spec_file(spec, flags) if spec else build_spec(merge_fields({}, _drop_empty(flags)))
+        run_spec = load_spec_file(values["spec"], overrides) if values["spec"] else build_spec(overrides)
     except SpecError as exc:
         fail(str(exc))
     try:
-        with CoordinatorClient(coordinator) as client:
+        with CoordinatorClient(values["coordinator"]) as client:
             launched = client.launch_run(run_spec)
     except CoordinatorError as exc:
         fail(str(exc))
@@ -63,13 +41,11 @@ def launch(
     typer.echo(f"  dataset {launched.dataset_digest}: {launched.train_samples} train / {launched.eval_samples} eval")
 
 
-def _drop_empty(fields: dict) -> dict:
-    cleaned = {}
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            value = _drop_empty(value)
-            if not value:
-                continue
-        if value is not None:
-            cleaned[key] = value
-    return cleaned
+# Typer reads a command's options from its signature: this one lists the fixed options, then one per spec field.
+setattr(launch, "__signature__", inspect.Signature([
+    inspect.Parameter("coordinator", inspect.Parameter.KEYWORD_ONLY, annotation=CoordinatorAddress,
+                      default=DEFAULT_COORDINATOR),
+    inspect.Parameter("spec", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                      default=typer.Option(None, help="RunSpec file (.toml, .yaml, .json); flags override it.")),
+    *(flag.parameter() for flag in SPEC_FLAGS),
+]))
