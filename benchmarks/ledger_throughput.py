@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 
 from coordinator.ledger import Ledger
 from coordinator.registry import RunRegistry
+from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
@@ -91,7 +92,7 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     registry.launch(RunSpec(name=RUN, base_model="tiny", dataset="sample", batch_size_per_step=BATCH,
                             target_batch_size=64))
     service = CoordinatorService(storage, registry, publisher=None, ledger=Ledger(storage, registry), initial_peers=[])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=server_threads))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=server_threads), interceptors=[RpcErrorInterceptor()])
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")

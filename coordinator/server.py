@@ -24,6 +24,7 @@ from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.registry import RunContext, RunRegistry
 from coordinator.retention import Retention
+from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
@@ -73,7 +74,8 @@ class Coordinator:
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.registry, self.publisher, self.ledger,
                                           self.initial_peers, announce=self._announce, retention=self.retention)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS,
+                                  interceptors=[RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if bound == 0:

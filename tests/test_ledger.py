@@ -17,6 +17,7 @@ import pytest
 
 from coordinator.ledger import Ledger, LedgerPolicy, classify
 from coordinator.registry import RunRegistry
+from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.servicer import CoordinatorServicer
 from coordinator.service import CoordinatorService
 from coordinator.storage import ObservationRecord, ReceiptRecord, Storage
@@ -43,7 +44,7 @@ class Server:
                              refresh_shard=lambda run, shard: len(self.storage.observations(run, shard)))
         service = CoordinatorService(self.storage, self.registry, publisher=None, ledger=self.ledger,
                                      initial_peers=[])
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), self.server)
         assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
         self.address = f"127.0.0.1:{port}"
