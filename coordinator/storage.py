@@ -15,21 +15,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import case, create_engine, event, func, select, text, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import CursorResult, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from coordinator.schema import AdapterVersion, Base, ProgressObservation, Receipt, RejectedSnapshot, Run, Worker
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-R = TypeVar("R")
+R = TypeVar("R", bound="DataclassInstance")  # a frozen record dataclass
 
 
 class StorageError(Exception):
@@ -405,7 +408,9 @@ class Storage:
 
     def _update_worker(self, worker_id: str, **values: object) -> None:
         with self._transaction() as session:
-            result = session.execute(update(Worker).where(Worker.worker_id == worker_id).values(**values))
+            # an UPDATE gives a CursorResult, which counts the rows it matched
+            result = cast(CursorResult[Any], session.execute(update(Worker).where(Worker.worker_id == worker_id)
+                                                             .values(**values)))
             if result.rowcount == 0:
                 raise UnknownWorkerError(f"no worker with id {worker_id!r}")
 
@@ -525,8 +530,9 @@ class Storage:
         if status not in RECEIPT_STATUSES:
             raise ValueError(f"status must be one of {RECEIPT_STATUSES}, got {status!r}")
         with self._transaction() as session:
-            result = session.execute(update(Receipt).where(Receipt.receipt_id == receipt_id)
-                                     .values(status=status, status_reason=reason, checked_at=self._now()))
+            result = cast(CursorResult[Any], session.execute(
+                update(Receipt).where(Receipt.receipt_id == receipt_id)
+                .values(status=status, status_reason=reason, checked_at=self._now())))
             if result.rowcount == 0:
                 raise StorageError(f"no receipt with id {receipt_id!r}")
 
@@ -641,10 +647,10 @@ class Storage:
         """Everything the ledger checks a receipt of ``peer_id`` on ``shard`` for ``[start, end]`` against, in
         one transaction (a receipt costs one read and one write round trip, not one per question)."""
         with self._transaction() as session:
-            registrations = session.scalars(_peer_registrations(run_name, peer_id))
-            registrations = tuple(_record(WorkerRecord, row) for row in registrations)
-            observations = session.scalars(_shard_observations(run_name, shard, peer_id, start, end))
-            observations = tuple(_record(ObservationRecord, row) for row in observations)
+            registrations = tuple(_record(WorkerRecord, row)
+                                  for row in session.scalars(_peer_registrations(run_name, peer_id)))
+            observations = tuple(_record(ObservationRecord, row)
+                                 for row in session.scalars(_shard_observations(run_name, shard, peer_id, start, end)))
             highest = session.scalar(_highest_observed_epoch(run_name, shard))
             recent = session.execute(
                 select(Receipt.samples, Receipt.started_at, Receipt.ended_at)

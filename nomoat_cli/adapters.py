@@ -25,11 +25,11 @@ def pull(
 ) -> None:
     """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
     from swarm.client import CoordinatorError
-    from swarm.pull import PullError, pull as run_pull
+    from swarm.pull import Layout, PullError, pull as run_pull
 
     if merge and chain:
         fail("choose one of --merge and --chain")
-    layout = "merged" if merge else "chain" if chain else "adapter"
+    layout: Layout = "merged" if merge else "chain" if chain else "adapter"
     try:
         pulled = run_pull(coordinator, run, out, version=version, layout=layout, trusted_signer=trust,
                           cache_dir=cache_dir, show_progress=True)

@@ -18,8 +18,8 @@ PROTO_FILES = ["coordinator.proto"]
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Write ``nomoat_proto/*_pb2.py`` and ``*_pb2_grpc.py`` under ``out_root`` (the folder that holds
-    ``nomoat_proto/``) and return their paths."""
+    """Write ``nomoat_proto/*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` under ``out_root`` (the folder that
+    holds ``nomoat_proto/``) and return their paths."""
     from grpc_tools import protoc
 
     (out_root / PACKAGE).mkdir(parents=True, exist_ok=True)
@@ -30,12 +30,13 @@ def generate(out_root: Path) -> list[Path]:
             f"-I{PACKAGE}={PROTO_DIR}",
             f"-I{include}",
             f"--python_out={out_root}",
+            f"--pyi_out={out_root}",  # message types for mypy
             f"--grpc_python_out={out_root}",
             f"{PACKAGE}/{name}",
         ]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {name}")
-    return sorted((out_root / PACKAGE).glob("*_pb2*.py"))
+    return sorted((out_root / PACKAGE).glob("*_pb2*.py*"))
 
 
 if __name__ == "__main__":

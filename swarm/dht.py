@@ -98,6 +98,8 @@ def lookup_runs(dht: hivemind.DHT) -> dict[str, RunAnnouncement]:
     runs = {}
     for run_name, entry in found.value.items():
         value = getattr(entry, "value", None)
+        if not isinstance(value, dict):
+            continue
         try:
             runs[run_name] = RunAnnouncement(**value)
         except TypeError:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers import PreTrainedModel
 
 from swarm.log import get_logger
 from swarm.model import load_base_model
@@ -38,7 +39,7 @@ class MergeError(ValueError):
     """An adapter folder that is not a PEFT adapter, or does not fit the model it is merged into."""
 
 
-def apply_adapter_chain(model: torch.nn.Module, adapter_dirs: Sequence[Path]) -> torch.nn.Module:
+def apply_adapter_chain(model: PreTrainedModel, adapter_dirs: Sequence[Path]) -> PreTrainedModel:
     """Merge each PEFT adapter of ``adapter_dirs`` into ``model``, in order (root first); return the plain model.
 
     Every folder is checked before the model is touched (a PEFT config, safetensors weights, and for LoRA that
@@ -67,13 +68,13 @@ def apply_adapter_chain(model: torch.nn.Module, adapter_dirs: Sequence[Path]) ->
     return model.eval()
 
 
-def load_merged_model(base_model: str, adapter_dirs: Sequence[Path]) -> tuple[torch.nn.Module, TextTokenizer]:
+def load_merged_model(base_model: str, adapter_dirs: Sequence[Path]) -> tuple[PreTrainedModel, TextTokenizer]:
     """``base_model`` ('tiny', a Hub id or a local folder) with ``adapter_dirs`` merged in, and its tokenizer."""
     model, tokenizer = load_base_model(base_model)
     return apply_adapter_chain(model, adapter_dirs), tokenizer
 
 
-def write_merged_model(model: torch.nn.Module, tokenizer: TextTokenizer, out: Path) -> Path:
+def write_merged_model(model: PreTrainedModel, tokenizer: TextTokenizer, out: Path) -> Path:
     """Write ``model`` and ``tokenizer`` as a standalone model folder (safetensors) that needs no PEFT to load.
 
     The folder is staged beside ``out`` and renamed into place; an existing ``out`` is replaced only once the

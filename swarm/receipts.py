@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from typing import Any
 from dataclasses import asdict, dataclass, fields
 
 from swarm.identity import Identity, peer_id_of_public_key, verify_signature
@@ -72,7 +73,9 @@ class Receipt:
                 raise ReceiptError(f"receipt field {name} must be a finite number, got {value!r}")
             if kind == "str" and not isinstance(value, str):
                 raise ReceiptError(f"receipt field {name} must be a string, got {value!r}")
-        return cls(**{name: float(data[name]) if kind == "float" else data[name] for name, kind in expected.items()})
+        values: dict[str, Any] = {name: float(data[name]) if kind == "float" else data[name]
+                                  for name, kind in expected.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)

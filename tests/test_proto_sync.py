@@ -14,7 +14,7 @@ def _generator():
 
 def test_committed_stubs_match_regenerated(tmp_path):
     written = _generator().generate(tmp_path)
-    assert {path.name for path in written} == {"coordinator_pb2.py", "coordinator_pb2_grpc.py"}
+    assert {path.name for path in written} == {"coordinator_pb2.py", "coordinator_pb2.pyi", "coordinator_pb2_grpc.py"}
     for path in written:
         committed = REPO / "nomoat_proto" / path.name
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run python proto/generate.py"
