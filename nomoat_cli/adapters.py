@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, fail
+from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
 
 
 def pull(
@@ -49,13 +49,7 @@ def release(
     undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
 ) -> None:
     """Mark a version as a release: retention keeps it forever."""
-    from swarm.client import CoordinatorClient, CoordinatorError
-
-    try:
-        with CoordinatorClient(coordinator) as client:
-            info = client.mark_release(run, version, release=not undo)
-    except CoordinatorError as exc:
-        fail(str(exc))
+    info = ask(coordinator, lambda client: client.mark_release(run, version, release=not undo))
     typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, fail
+from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
 from nomoat_cli.spec_flags import flag_overrides, spec_flags
 
 SPEC_FLAGS = spec_flags()
@@ -23,7 +23,6 @@ def launch(**values: Any) -> None:
 
     Every RunSpec field has a flag named after it: --lr is lr, and a field of a spec table is table-field:
     --lora-rank is [lora] rank. Flags override the --spec file; fields set by neither take their defaults."""
-    from swarm.client import CoordinatorClient, CoordinatorError
     from swarm.spec import SpecError, build_spec, load_spec_file
 
     overrides = flag_overrides(SPEC_FLAGS, values)
@@ -31,11 +30,7 @@ def launch(**values: Any) -> None:
         run_spec = load_spec_file(values["spec"], overrides) if values["spec"] else build_spec(overrides)
     except SpecError as exc:
         fail(str(exc))
-    try:
-        with CoordinatorClient(values["coordinator"]) as client:
-            launched = client.launch_run(run_spec)
-    except CoordinatorError as exc:
-        fail(str(exc))
+    launched = ask(values["coordinator"], lambda client: client.launch_run(run_spec))
     typer.echo(f"launched run '{launched.run_name}' ({launched.spec_hash})")
     typer.echo(f"  base model fingerprint {launched.base_model_fingerprint}")
     typer.echo(f"  dataset {launched.dataset_digest}: {launched.train_samples} train / {launched.eval_samples} eval")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, fail
+from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask
 
 
 def status(
@@ -12,13 +12,7 @@ def status(
     run: str = typer.Option("", help="Only this run."),
 ) -> None:
     """List runs, live workers per shard, samples trained and published versions."""
-    from swarm.client import CoordinatorClient, CoordinatorError
-
-    try:
-        with CoordinatorClient(coordinator) as client:
-            response = client.status(run)
-    except CoordinatorError as exc:
-        fail(str(exc))
+    response = ask(coordinator, lambda client: client.status(run))
     if not response.runs:
         typer.echo("no runs")
     for state in response.runs:
@@ -45,13 +39,7 @@ def leaderboard(
     all_receipts: bool = typer.Option(False, "--all", help="Count unverified receipts too (never disputed ones)."),
 ) -> None:
     """Contributors of a run: verified samples, compute hours, share of the run, last seen."""
-    from swarm.client import CoordinatorClient, CoordinatorError
-
-    try:
-        with CoordinatorClient(coordinator) as client:
-            board = client.leaderboard(run, include_unverified=all_receipts)
-    except CoordinatorError as exc:
-        fail(str(exc))
+    board = ask(coordinator, lambda client: client.leaderboard(run, include_unverified=all_receipts))
     counted = "verified + unverified" if all_receipts else "verified"
     typer.echo(f"run {run}: {board.total_samples} {counted} samples")
     if not board.entries:
