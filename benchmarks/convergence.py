@@ -42,10 +42,12 @@ def run_swarm(args: argparse.Namespace, workdir: Path) -> dict:
     with LocalSwarm(workdir) as local:
         address = local.start_coordinator(["--no-publish"])
         launch = subprocess.run(
-            [sys.executable, "-m", "swarm.cli", "launch", "-c", address, "--name", RUN, "--base-model", "tiny",
-             "--dataset", "sample", "--shards", "1", "--batch-size", str(args.batch), "--target-batch-size",
-             str(args.target), "--lr", str(args.lr), "--data-slices", str(args.workers), "--matchmaking-time", "2",
-             "--averaging-timeout", "20", "--progress-refresh", "0.5"], capture_output=True, text=True)
+            [sys.executable, "-m", "nomoat_cli", "launch", "-c", address, "--name", RUN, "--base-model", "tiny",
+             "--dataset", "sample", "--shards", "1", "--batch-size-per-step", str(args.batch), "--target-batch-size",
+             str(args.target), "--lr", str(args.lr), "--data-slices", str(args.workers),
+             "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
+             "--averaging-progress-refresh-s", "0.5"],
+            capture_output=True, text=True)
         if launch.returncode != 0:
             raise RuntimeError(launch.stdout + launch.stderr)
         started = time.monotonic()
@@ -118,4 +120,7 @@ def main() -> None:
         print(f"{'  difference swarm - single':<44} {swarm['eval_loss'] - statistics.mean(losses):>+9.4f}")
 
 if __name__ == "__main__":
+    from swarm.log import configure_logging
+
+    configure_logging()
     main()

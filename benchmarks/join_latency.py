@@ -31,7 +31,7 @@ RUN = "joinbench"
 
 
 def _cli(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stdout + result.stderr)
 
@@ -68,8 +68,9 @@ def main() -> None:
         with NetSwarm(net, Path(tmp)) as swarm:
             address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
             _cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards",
-                 "1", "--batch-size", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "3",
-                 "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+                 "1", "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "3",
+                 "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
+                 "--averaging-progress-refresh-s", "0.5")
             for index in range(2):
                 swarm.start_worker_on(hosts[index], address, RUN, index, ["--wait-for-peers", "2"])
             if _wait_line(swarm, "worker0.log", "Transitioning to epoch 2", 0, 180) is None:

@@ -25,11 +25,12 @@ from sqlalchemy import create_engine, text
 
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
+from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CoordinatorClient
 from swarm.identity import load_or_create_identity
 from swarm.local_swarm import free_port
@@ -92,7 +93,7 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     runs.launch(RunSpec(name=RUN, base_model="tiny", dataset="sample", batch_size_per_step=BATCH,
                             target_batch_size=64))
     service = CoordinatorService(storage, runs, publisher=None, ledger=Ledger(storage, runs), initial_peers=[])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=server_threads))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=server_threads), interceptors=[RpcErrorInterceptor()])
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -148,4 +149,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from swarm.log import configure_logging
+
+    configure_logging()
     main()

@@ -229,6 +229,9 @@ def _worker_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from swarm.log import configure_logging
+
+    configure_logging()
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
         worker_main(_worker_args(sys.argv[2:]))
     else:

@@ -170,7 +170,8 @@ def fetch_shard_snapshot(dht: hivemind.DHT, shard_run_id: str, shard: int, names
         sharers = list_state_sharers(dht, shard_run_id)
         if not sharers:
             raise NothingToSnapshot(f"no peer serves the state of shard {shard} ({shard_run_id}) yet")
-        states, errors = [], []
+        states: list[DownloadedState] = []
+        errors: list[str] = []
         for peer_id in sharers:
             if len(states) >= policy.compare_peers:
                 break
@@ -289,7 +290,8 @@ class Publisher:
             return signed
 
         stored = self.store.put(run_name, version, adapter_dir, sign=sign)
-        assert signed is not None  # the store signs every version it puts
+        if signed is None:
+            raise RuntimeError(f"the adapter store did not sign version {version} of {run_name}")
         record = self.storage.versions.add_version(
             run_name, version, stored.sha256, str(stored.path), epoch, samples, loss, base_loss, contributors,
             manifest=signed.payload.decode(), manifest_signature=signed.signature_json(),

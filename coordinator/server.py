@@ -26,11 +26,12 @@ from coordinator.ledger import Ledger
 from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.retention import Retention
+from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
 from swarm.client import CHANNEL_OPTIONS
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
@@ -92,7 +93,8 @@ class Coordinator:
                                           self.initial_peers, retention=self.retention)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                                  options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+                                  options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+                                  interceptors=[RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         try:
             bound = self.server.add_insecure_port(f"{config.host}:{config.port}")

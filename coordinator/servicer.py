@@ -1,18 +1,16 @@
-"""The gRPC servicer: translates coordinator.proto messages to CoordinatorService calls and back, nothing more."""
+"""The gRPC servicer: translates coordinator.proto messages to CoordinatorService calls and back, nothing more.
+Errors become status codes in one place, ``coordinator.rpc_errors.RpcErrorInterceptor``."""
 
 from __future__ import annotations
 
 import math
 
-import grpc
-
-from coordinator.service import CoordinatorService, PullHeader, RequestError, RunState
-from coordinator.storage import RejectedSnapshotRecord, UnknownRunError, VersionRecord
-from proto import coordinator_pb2 as pb
-from proto import coordinator_pb2_grpc as pb_grpc
+from coordinator.service import CoordinatorService, PullHeader, RunState
+from coordinator.storage import RejectedSnapshotRecord, VersionRecord
+from nomoat_proto import coordinator_pb2 as pb
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.manifest import Manifest
 from swarm.receipts import SignedReceipt
-
 
 def version_message(record: VersionRecord) -> pb.VersionInfo:
     chain = [str(link) for link in Manifest.from_bytes(record.manifest.encode()).chain] if record.manifest else []
@@ -54,35 +52,10 @@ def run_message(state: RunState) -> pb.RunStatus:
     )
 
 
-def _abort_on_request_errors(method):
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except RequestError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except UnknownRunError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-
-    wrapper.__name__ = method.__name__
-    return wrapper
-
-
-def _abort_on_request_errors_stream(method):
-    def wrapper(self, request, context):
-        try:
-            yield from method(self, request, context)
-        except RequestError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-    wrapper.__name__ = method.__name__
-    return wrapper
-
-
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(self, service: CoordinatorService):
         self.service = service
 
-    @_abort_on_request_errors
     def LaunchRun(self, request, context):
         run = self.service.launch(request.spec_json)
         return pb.LaunchRunResponse(
@@ -91,7 +64,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             train_samples=len(run.split.train), eval_samples=len(run.split.eval),
         )
 
-    @_abort_on_request_errors
     def Join(self, request, context):
         plan = self.service.join(request.run_name, request.peer_id, request.display_name, request.max_shards,
                                  request.device)
@@ -103,12 +75,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             data_slices=spec.data_slices, slice_samples=plan.slice_samples, report_interval_s=5.0,
         )
 
-    @_abort_on_request_errors_stream
     def StreamDataSlice(self, request, context):
         for texts in self.service.data_slice(request.run_name, request.data_slice):
             yield pb.DataChunk(texts=texts)
 
-    @_abort_on_request_errors
     def SubmitReceipts(self, request, context):
         receipts = [SignedReceipt(payload=r.payload, public_key=r.public_key, signature=r.signature)
                     for r in request.receipts]
@@ -117,7 +87,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             pb.ReceiptResult(receipt_id=r.receipt_id, status=r.status, message=r.message,
                              verification=r.verification) for r in results])
 
-    @_abort_on_request_errors
     def GetLeaderboard(self, request, context):
         rows, total = self.service.leaderboard(request.run_name, request.include_unverified)
         return pb.Leaderboard(
@@ -129,16 +98,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 receipts=row.receipts, disputed_receipts=row.disputed_receipts) for row in rows],
         )
 
-    @_abort_on_request_errors
     def Leave(self, request, context):
         self.service.leave(request.worker_id)
-        return pb.ReportAck(ok=True)
+        return pb.LeaveResponse(ok=True)
 
-    @_abort_on_request_errors
     def GetStatus(self, request, context):
         return pb.StatusResponse(runs=[run_message(state) for state in self.service.status(request.run_name)])
 
-    @_abort_on_request_errors
     def PublishNow(self, request, context):
         outcome = self.service.publish_now(request.run_name)
         response = pb.PublishResponse(published=outcome.published, message=outcome.message)
@@ -146,7 +112,6 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             response.version.CopyFrom(version_message(outcome.version))
         return response
 
-    @_abort_on_request_errors_stream
     def PullAdapter(self, request, context):
         pieces = self.service.pull(request.run_name, request.version, dict(request.offsets), request.chunk_bytes)
         for piece in pieces:
@@ -156,13 +121,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 name, offset, data = piece
                 yield pb.PullChunk(chunk=pb.FileChunk(name=name, offset=offset, data=data))
 
-    @_abort_on_request_errors
     def GetVersion(self, request, context):
         header = self.service.version_manifest(request.run_name, request.version)
         message = header_message(header)
         return pb.VersionManifest(version=message.version, manifest=message.manifest,
                                   signature_json=message.signature_json)
 
-    @_abort_on_request_errors
     def MarkRelease(self, request, context):
         return version_message(self.service.mark_release(request.run_name, request.version, request.release))

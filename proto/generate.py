@@ -1,7 +1,10 @@
-"""Regenerate the committed Python stubs from coordinator.proto.
+"""Regenerate the committed Python stubs in ``nomoat_proto/`` from the ``.proto`` files of this folder.
 
-Run from the repository root:  python -m proto.generate   (needs the dev extra: grpcio-tools)
+Run from the repository root:  python proto/generate.py   (needs the dev extra: grpcio-tools)
 ``tests/test_proto_sync.py`` regenerates into a temporary folder and fails if the committed stubs differ.
+
+The ``.proto`` files stay here; protoc sees them as ``nomoat_proto/<name>.proto`` (a virtual include path), so
+the stubs import each other as ``nomoat_proto.<name>_pb2``. This folder is not a Python package on purpose.
 """
 
 from __future__ import annotations
@@ -10,27 +13,30 @@ import sys
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
+PACKAGE = "nomoat_proto"
 PROTO_FILES = ["coordinator.proto"]
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Write ``proto/*_pb2.py`` and ``*_pb2_grpc.py`` under ``out_root`` (the folder that holds ``proto/``)."""
+    """Write ``nomoat_proto/*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` under ``out_root`` (the folder that
+    holds ``nomoat_proto/``) and return their paths."""
     from grpc_tools import protoc
 
-    (out_root / "proto").mkdir(parents=True, exist_ok=True)
+    (out_root / PACKAGE).mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
     for name in PROTO_FILES:
         args = [
             "protoc",
-            f"-I{PROTO_DIR.parent}",
+            f"-I{PACKAGE}={PROTO_DIR}",
             f"-I{include}",
             f"--python_out={out_root}",
+            f"--pyi_out={out_root}",  # message types for mypy
             f"--grpc_python_out={out_root}",
-            f"proto/{name}",
+            f"{PACKAGE}/{name}",
         ]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {name}")
-    return sorted((out_root / "proto").glob("*_pb2*.py"))
+    return sorted((out_root / PACKAGE).glob("*_pb2*.py*"))
 
 
 if __name__ == "__main__":

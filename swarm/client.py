@@ -13,8 +13,8 @@ from typing import Iterator
 
 import grpc
 
-from proto import coordinator_pb2 as pb
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2 as pb
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec
 
@@ -89,7 +89,7 @@ class CoordinatorClient:
         return self._call("GetLeaderboard", pb.LeaderboardRequest(run_name=run_name,
                                                                   include_unverified=include_unverified))
 
-    def leave(self, worker_id: str) -> pb.ReportAck:
+    def leave(self, worker_id: str) -> pb.LeaveResponse:
         return self._call("Leave", pb.LeaveRequest(worker_id=worker_id))
 
     def status(self, run_name: str = "") -> pb.StatusResponse:

@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "swarm.cli"]
+CLI = [sys.executable, "-m", "nomoat_cli"]
 
 
 def free_port() -> int:
@@ -45,7 +46,7 @@ class LocalSwarm:
         return subprocess.Popen(CLI + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
 
-    def start_coordinator(self, extra: list[str] = (), timeout: float = 120.0, port: int | None = None) -> str:
+    def start_coordinator(self, extra: Sequence[str] = (), timeout: float = 120.0, port: int | None = None) -> str:
         """Start the coordinator (on ``port``, or a free one) and return its address once it serves.
         Starting it again on the same port and data dir is a restart."""
         port = port or free_port()
@@ -64,7 +65,7 @@ class LocalSwarm:
             time.sleep(0.2)
         raise RuntimeError(f"coordinator did not start within {timeout:.0f}s; see {log}")
 
-    def start_worker(self, coordinator: str, run: str, index: int, extra: list[str] = ()) -> subprocess.Popen:
+    def start_worker(self, coordinator: str, run: str, index: int, extra: Sequence[str] = ()) -> subprocess.Popen:
         process = self._spawn(["donate", "--coordinator", coordinator, "--run", run, "--name", f"worker{index}",
                                "--identity", str(self.workdir / f"worker{index}.key"), "--no-progress", *extra],
                               f"worker{index}.log")

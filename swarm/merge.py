@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers import PreTrainedModel
 
 from swarm.log import get_logger
 from swarm.model import base_model_fingerprint, load_base_model
@@ -41,7 +42,7 @@ class MergeError(ValueError):
     """An adapter folder that is not a PEFT adapter, or does not fit the model it is merged into."""
 
 
-def apply_adapter_chain(model: torch.nn.Module, adapter_dirs: Sequence[Path]) -> torch.nn.Module:
+def apply_adapter_chain(model: PreTrainedModel, adapter_dirs: Sequence[Path]) -> PreTrainedModel:
     """Merge each PEFT adapter of ``adapter_dirs`` into ``model``, in order (root first); return the plain model.
 
     Every folder is checked before the model is touched (a PEFT config, safetensors weights, and for LoRA that

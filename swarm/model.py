@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from swarm.spec import LoraSpec
 from swarm.tokenizer import ByteTokenizer, HuggingFaceTokenizer, TextTokenizer
@@ -58,7 +58,7 @@ def build_tiny_model() -> LlamaForCausalLM:
     return model.eval()
 
 
-def load_base_model(name: str) -> tuple[torch.nn.Module, TextTokenizer]:
+def load_base_model(name: str) -> tuple[PreTrainedModel, TextTokenizer]:
     """Load ``name``: the ``tiny`` preset, a local directory, or a Hugging Face Hub id (downloaded by transformers)."""
     if name == TINY_PRESET:
         return build_tiny_model(), ByteTokenizer()
@@ -91,7 +91,7 @@ def base_model_fingerprint(model: torch.nn.Module) -> str:
 def peft_lora_config(lora: LoraSpec) -> LoraConfig:
     return LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT annotates int, computes alpha / r: a float is fine
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",

@@ -17,9 +17,9 @@ Layouts:
 
 Usage::
 
-    from swarm import pull
-    pulled = pull("127.0.0.1:50051", "demo", out=Path("adapter"))                 # latest version
-    pulled = pull("127.0.0.1:50051", "demo", out=Path("merged"), version=3, layout="merged")
+    import swarm  # swarm.pull(...) is this module's pull(...)
+    pulled = swarm.pull("127.0.0.1:50051", "demo", out=Path("adapter"))           # latest version
+    pulled = swarm.pull("127.0.0.1:50051", "demo", out=Path("merged"), version=3, layout="merged")
     model = peft.PeftModel.from_pretrained(base_model, "adapter")
 """
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -141,15 +143,13 @@ class _Fetcher:
         self.coordinator, self.cache_dir, self.trusted_signer = coordinator, cache_dir, trusted_signer
         self.known_coordinators = known_coordinators
         self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
-        self.client: CoordinatorClient | None = None
         self.downloaded = 0
 
     def fetch_stack(self, run_name: str, version: int) -> tuple[Manifest, list[Path]]:
         """The version's manifest and the cached folders of its chain, root first, then its own."""
         with CoordinatorClient(self.coordinator) as client:
-            self.client = client
-            manifest, folder = self.fetch(run_name, version)
-            stack = [self.fetch(link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
+            manifest, folder = self.fetch(client, run_name, version)
+            stack = [self.fetch(client, link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
         return manifest, [*stack, folder]
 
     def verified_manifest(self, payload: bytes, signature_json: str, what: str) -> Manifest:
@@ -163,8 +163,9 @@ class _Fetcher:
         except ManifestError as exc:
             raise PullError(f"{what} failed verification: {exc}") from None
 
-    def fetch(self, run_name: str, version: int, expect: str | None = None) -> tuple[Manifest, Path]:
-        response = self.client.get_version(run_name, version)
+    def fetch(self, client: CoordinatorClient, run_name: str, version: int,
+              expect: str | None = None) -> tuple[Manifest, Path]:
+        response = client.get_version(run_name, version)
         what = f"version {response.version.version} of '{run_name}'"
         manifest = self.verified_manifest(response.manifest, response.signature_json, what)
         if manifest.run != run_name or (version and manifest.version != version):
@@ -177,7 +178,7 @@ class _Fetcher:
         partial = self.cache_dir / f".partial-{manifest.sha256}"
         partial.mkdir(parents=True, exist_ok=True)
         offsets = _resume_offsets(partial, manifest)
-        self._download(run_name, manifest, partial, offsets)
+        self._download(client, run_name, manifest, partial, offsets)
         try:
             verify_files(partial, manifest)
         except FileMismatchError as exc:
@@ -189,7 +190,8 @@ class _Fetcher:
         os.rename(partial, folder)
         return manifest, folder
 
-    def _download(self, run_name: str, manifest: Manifest, partial: Path, offsets: dict[str, int]) -> None:
+    def _download(self, client: CoordinatorClient, run_name: str, manifest: Manifest, partial: Path,
+                  offsets: dict[str, int]) -> None:
         expected = {entry.name: entry for entry in manifest.files}
         remaining = sum(entry.size - offsets[entry.name] for entry in manifest.files)
         if remaining == 0:
@@ -199,7 +201,7 @@ class _Fetcher:
                         disable=not self.show_progress)
         handles = {}
         try:
-            stream = self.client.pull_stream(run_name, manifest.version, offsets, self.chunk_bytes)
+            stream = client.pull_stream(run_name, manifest.version, offsets, self.chunk_bytes)
             for message in stream:
                 if message.HasField("header"):
                     if message.header.version.sha256 != manifest.sha256:
@@ -311,3 +313,15 @@ def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
         _copy_version(folders[-1], staging / MERGED_ADAPTER_FOLDER)
 
     write_folder_atomically(out, fill)
+
+
+
+class _CallableModule(types.ModuleType):
+    """``swarm.pull`` names both this module and the Python API: calling the module calls ``pull``. (Importing a
+    submodule sets it as the package's attribute, so a function there would be replaced by whoever imports first.)"""
+
+    def __call__(self, *args, **kwargs) -> PulledVersion:
+        return pull(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

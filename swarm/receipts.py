@@ -18,6 +18,7 @@ import json
 import math
 import re
 import uuid
+from typing import Any
 from dataclasses import asdict, dataclass, fields
 
 from swarm.identity import Identity, peer_id_of_public_key, verify_signature
@@ -92,7 +93,9 @@ class Receipt:
                               ("peer_id", PEER_ID_PATTERN)):
             if not pattern.fullmatch(data[name]):
                 raise ReceiptError(f"receipt field {name} is malformed: {data[name][:80]!r}")
-        return cls(**{name: float(data[name]) if kind == "float" else data[name] for name, kind in expected.items()})
+        values: dict[str, Any] = {name: float(data[name]) if kind == "float" else data[name]
+                                  for name, kind in expected.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -182,13 +182,16 @@ def load_spec_file(path: Path, overrides: dict[str, Any] | None = None) -> RunSp
 
 
 def merge_fields(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Nested merge where ``overrides`` wins; None values in overrides are ignored (unset flags)."""
+    """Nested merge where ``overrides`` wins; None values in overrides are ignored (unset flags), and so is a
+    table of overrides that sets nothing: a table missing from ``base`` then keeps its defaults."""
     merged = dict(base)
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_fields(merged[key], value)
+        if isinstance(value, dict):
+            table = merge_fields(merged[key] if isinstance(merged.get(key), dict) else {}, value)
+            if table:
+                merged[key] = table
         else:
             merged[key] = value
     return merged

@@ -52,7 +52,7 @@ def list_state_sharers(dht: hivemind.DHT, shard_run_id: str) -> list[str]:
         for peer_id, entry in found.value.items()
         if isinstance(getattr(entry, "value", None), (int, float))
     }
-    return [str(PeerID(peer_id)) for peer_id in sorted(priority, key=priority.get, reverse=True)]
+    return [str(PeerID(peer_id)) for peer_id in sorted(priority, key=lambda peer: priority[peer], reverse=True)]
 
 
 def download_state(

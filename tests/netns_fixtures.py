@@ -30,7 +30,7 @@ def cli(*args: str, timeout: float = 300) -> "subprocess.CompletedProcess":
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, f"swarm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result

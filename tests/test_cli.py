@@ -1,10 +1,16 @@
 """The CLI's help and its error messages on bad input, against a real coordinator (nothing stored on error)."""
 
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 from typer.testing import CliRunner
 
 from coordinator.server import Coordinator, CoordinatorConfig
-from swarm.cli import app
+from nomoat_cli.app import app
+from nomoat_cli.launch import SPEC_FLAGS
+from swarm.spec import RunSpec
 
 runner = CliRunner()
 
@@ -14,6 +20,17 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output and "--help" in result.output
+
+
+def test_help_imports_no_heavy_library():
+    """``swarm --help`` stays fast: torch, PEFT, hivemind and gRPC load only inside the command that uses them."""
+    script = ("import sys\nfrom typer.testing import CliRunner\nfrom nomoat_cli.app import app\n"
+              "for args in (['--help'], ['launch', '--help'], ['donate', '--help'], ['coordinator', '--help']):\n"
+              "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+              "print(' '.join(m for m in ('torch', 'peft', 'transformers', 'hivemind', 'grpc') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +55,9 @@ def test_launch_then_status(coordinator):
     "args, message",
     [
         (["--name", "x1", "--base-model", "/no/such/model"], "no such directory"),
-        (["--name", "x2", "--dataset", "/no/such/data.jsonl"], "no such file"),
+        (["--name", "x2", "--dataset", "/no/such/data.jsonl"], "has no dataset folders"),
         (["--name", "x3", "--shards", "9"], "cannot exceed the base model's number of layers (4)"),
-        (["--name", "x4", "--batch-size", "16", "--target-batch-size", "8"], "target_batch_size (8)"),
+        (["--name", "x4", "--batch-size-per-step", "16", "--target-batch-size", "8"], "target_batch_size (8)"),
         (["--name", "Bad Name"], "name"),
     ],
 )
@@ -62,3 +79,74 @@ def test_relaunch_with_a_different_spec_keeps_the_original(coordinator):
 def test_unreachable_coordinator_is_a_clear_error():
     result = runner.invoke(app, ["status", "-c", "127.0.0.1:1"])
     assert result.exit_code == 2 and "unreachable" in result.output
+
+
+# a value for every RunSpec field, unlike its default; a new field fails the test below until it is listed here
+EVERY_FIELD = {
+    "--name": ("flags", "flags"), "--base-model": ("other", "other"), "--dataset": ("d.jsonl", "d.jsonl"),
+    "--lora-rank": ("4", 4), "--lora-alpha": ("2.5", 2.5), "--lora-dropout": ("0.1", 0.1),
+    "--lora-target-modules": ("q_proj, v_proj", ("q_proj", "v_proj")), "--shards": ("3", 3),
+    "--batch-size-per-step": ("2", 2), "--target-batch-size": ("6", 6), "--optimizer": ("sgd", "sgd"),
+    "--lr": ("0.5", 0.5), "--weight-decay": ("0.01", 0.01), "--seq-len": ("16", 16),
+    "--eval-fraction": ("0.2", 0.2), "--data-slices": ("5", 5), "--publish-interval-s": ("7", 7.0),
+    "--seed": ("9", 9), "--averaging-matchmaking-time": ("1.5", 1.5), "--averaging-averaging-timeout": ("8", 8.0),
+    "--averaging-average-state-every": ("2", 2), "--averaging-progress-refresh-s": ("0.25", 0.25),
+    "--parent": ("base@1", "base@1"),
+}
+
+
+@pytest.fixture
+def launched_specs(monkeypatch):
+    """The RunSpecs `swarm launch` sends, captured by a stand-in client."""
+    import swarm.client
+
+    sent = []
+
+    class Client:
+        def __init__(self, address):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            pass
+
+        def launch_run(self, spec):
+            sent.append(spec)
+            return SimpleNamespace(run_name=spec.name, spec_hash=spec.content_hash, base_model_fingerprint="f",
+                                   dataset_digest="d", train_samples=1, eval_samples=1)
+
+    monkeypatch.setattr(swarm.client, "CoordinatorClient", Client)
+    return sent
+
+
+def test_every_runspec_field_has_a_flag_named_after_it(launched_specs):
+    flags = {flag.flag: ".".join(flag.path) for flag in SPEC_FLAGS}
+    assert set(flags) == set(EVERY_FIELD)
+    assert all(flag == "--" + path.replace(".", "-").replace("_", "-") for flag, path in flags.items())
+    args = [part for flag, (text, _) in EVERY_FIELD.items() for part in (flag, text)]
+    result = runner.invoke(app, ["launch", *args])
+    assert result.exit_code == 0, result.output
+    spec = launched_specs[0].model_dump()
+    for flag, (_, expected) in EVERY_FIELD.items():
+        value = spec
+        for key in flags[flag].split("."):
+            value = value[key]
+        assert value == expected, flag
+
+
+def test_flags_override_a_toml_spec_without_lora_and_averaging_tables(tmp_path, launched_specs):
+    (tmp_path / "run.toml").write_text('name = "from-file"\nlr = 0.02\nseed = 3\n')
+    result = runner.invoke(app, ["launch", "--spec", str(tmp_path / "run.toml"), "--seed", "4", "--lora-rank", "2"])
+    assert result.exit_code == 0, result.output
+    expected = RunSpec(name="from-file", lr=0.02, seed=4, lora={"rank": 2})
+    assert launched_specs == [expected]
+
+
+def test_launch_from_a_toml_spec_with_only_top_level_fields(coordinator, tmp_path):
+    (tmp_path / "run.toml").write_text('name = "toml-plain"\nshards = 2\ndata_slices = 2\n')
+    result = launch(coordinator, "--spec", str(tmp_path / "run.toml"))
+    assert result.exit_code == 0, result.output
+    stored = RunSpec.from_json(coordinator.storage.runs.get_run("toml-plain").spec_json)
+    assert stored == RunSpec(name="toml-plain", shards=2, data_slices=2)

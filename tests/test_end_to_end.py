@@ -26,7 +26,7 @@ EPOCHS = 4
 
 
 def cli(*args, check=True, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True,
                             timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     if check and result.returncode != 0:
         raise AssertionError(f"swarm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -39,8 +39,9 @@ def swarm(tmp_path_factory):
     with LocalSwarm(workdir) as local:
         address = local.start_coordinator(["--no-publish"])
         cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "2",
-            "--batch-size", "8", "--target-batch-size", "256", "--lr", "0.01", "--data-slices", "2",
-            "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+            "--batch-size-per-step", "8", "--target-batch-size", "256", "--lr", "0.01", "--data-slices", "2",
+            "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
+            "--averaging-progress-refresh-s", "0.5")
         for index in range(2):
             local.start_worker(address, RUN, index, ["--max-epochs", str(EPOCHS), "--wait-for-peers", "2",
                                                      "--save-lora", str(workdir / f"lora{index}.pt"),
@@ -157,8 +158,9 @@ def test_a_run_stacked_on_the_published_version_trains_and_publishes_the_chain(s
     local, address = swarm["local"], swarm["address"]
     child = "e2e-child"
     cli("launch", "-c", address, "--name", child, "--parent", f"{RUN}@1", "--base-model", "tiny",
-        "--dataset", "sample", "--batch-size", "8", "--target-batch-size", "64", "--lr", "0.01",
-        "--data-slices", "2", "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+        "--dataset", "sample", "--batch-size-per-step", "8", "--target-batch-size", "64", "--lr", "0.01",
+        "--data-slices", "2", "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
+        "--averaging-progress-refresh-s", "0.5")
     saved = swarm["workdir"] / "child-lora.pt"
     worker = local.start_worker(address, child, 2, ["--max-epochs", "2", "--save-lora", str(saved),
                                                     "--linger", "60"])

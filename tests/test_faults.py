@@ -33,8 +33,9 @@ from swarm.receipts import Receipt
 
 pytestmark = [needs_netns, pytest.mark.skipif(IPTABLES_SKIP is not None, reason=str(IPTABLES_SKIP))]
 
-LAUNCH = ["--base-model", "tiny", "--dataset", "sample", "--shards", "1", "--batch-size", "8", "--lr", "0.01",
-          "--matchmaking-time", "2", "--averaging-timeout", "10", "--progress-refresh", "0.5"]
+LAUNCH = ["--base-model", "tiny", "--dataset", "sample", "--shards", "1", "--batch-size-per-step", "8", "--lr", "0.01",
+          "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "10",
+          "--averaging-progress-refresh-s", "0.5"]
 
 
 def _epochs(log: str) -> int:

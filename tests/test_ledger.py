@@ -19,11 +19,12 @@ import pytest
 
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger, LedgerPolicy, classify
+from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.runtime import RunRuntimes
 from coordinator.servicer import CoordinatorServicer
 from coordinator.service import CoordinatorService
 from coordinator.storage import ObservationRecord, ReceiptRecord, Storage
-from proto import coordinator_pb2_grpc as pb_grpc
+from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.identity import load_or_create_identity
 from swarm.local_swarm import free_port
@@ -47,7 +48,7 @@ class Server:
                              refresh_shard=lambda run, shard: len(self.storage.ledger.observations(run, shard)))
         service = CoordinatorService(self.storage, self.runs, publisher=None, ledger=self.ledger,
                                      initial_peers=[])
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), self.server)
         assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
         self.address = f"127.0.0.1:{port}"

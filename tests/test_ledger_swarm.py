@@ -17,7 +17,7 @@ RUN = "ledger-swarm"
 
 
 def cli(*args):
-    result = subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -35,8 +35,9 @@ def test_coordinator_killed_and_restarted_loses_no_receipt(tmp_path):
     with LocalSwarm(tmp_path) as local:
         address = local.start_coordinator(coordinator_args, port=port)
         cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
-            "--batch-size", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
-            "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+            "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
+            "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
+            "--averaging-progress-refresh-s", "0.5")
         for index in range(2):
             local.start_worker(address, RUN, index, ["--max-seconds", "50", "--wait-for-peers", "2",
                                                      "--drain-timeout", "60"])

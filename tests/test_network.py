@@ -63,8 +63,9 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
         assert address.startswith(coordinator.address)
         cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
-            "--batch-size", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
-            "--matchmaking-time", "2", "--averaging-timeout", "20", "--progress-refresh", "0.5")
+            "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
+            "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
+            "--averaging-progress-refresh-s", "0.5")
         common = ["--max-epochs", "3", "--wait-for-peers", "2", "--drain-timeout", "60", "--linger", "15"]
         swarm.start_worker_on(public, address, RUN, 0, common)
         swarm.start_worker_on(hidden, address, RUN, 1, common)

@@ -45,7 +45,7 @@ def logits_of(model) -> torch.Tensor:
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "swarm.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "nomoat_cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture()

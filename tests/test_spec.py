@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from swarm.spec import RunSpec, SpecError, build_spec, load_spec_file
+from swarm.spec import RunSpec, SpecError, build_spec, load_spec_file, merge_fields
 
 
 def test_defaults_are_valid_and_hash_is_stable():
@@ -51,3 +51,20 @@ def test_spec_file_errors(tmp_path):
     (tmp_path / "run.ini").write_text("x")
     with pytest.raises(SpecError, match="must be .toml"):
         load_spec_file(tmp_path / "run.ini")
+
+
+def test_spec_file_without_lora_and_averaging_tables_takes_their_defaults(tmp_path):
+    (tmp_path / "run.toml").write_text('name = "plain"\nshards = 2\n')
+    unset = {"lr": None, "lora": {"rank": None, "alpha": None}, "averaging": {"matchmaking_time": None}}
+    spec = load_spec_file(tmp_path / "run.toml", unset)
+    assert spec == RunSpec(name="plain", shards=2)
+    spec = load_spec_file(tmp_path / "run.toml", {"lora": {"rank": 4, "alpha": None}})
+    defaults = RunSpec(name="plain")
+    assert spec.lora.rank == 4 and spec.lora.alpha == defaults.lora.alpha and spec.averaging == defaults.averaging
+
+
+def test_merge_fields_keeps_a_table_the_overrides_leave_alone():
+    assert merge_fields({"lora": {"rank": 4}}, {"lora": {"rank": None}}) == {"lora": {"rank": 4}}
+    assert merge_fields({}, {"lora": {"rank": None}}) == {}
+    assert merge_fields({"lora": 3}, {"lora": {"rank": None}}) == {"lora": 3}  # still refused, by the spec check
+    assert merge_fields({"lora": 3}, {"lora": {"rank": 2}}) == {"lora": {"rank": 2}}

@@ -7,7 +7,6 @@ Usage::
 
 from __future__ import annotations
 
-import signal
 import zlib
 import threading
 from dataclasses import dataclass, field
@@ -148,14 +147,3 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         dht.shutdown()
         client.close()
 
-
-def install_stop_signals(stop: threading.Event) -> None:
-    """Ctrl-C / SIGTERM finish the current step, report, and leave cleanly; a second Ctrl-C aborts."""
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        logger.info("stopping after this step (press Ctrl-C again to abort)")
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)

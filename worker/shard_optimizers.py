@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 import hivemind
 import torch
+from hivemind.averaging.control import StepControl
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.dht import read_shard_progress
@@ -45,6 +46,8 @@ class ShardOptimizer(hivemind.Optimizer):
 
     Both halves do what hivemind's ``Optimizer.step`` does (hivemind 1.1.x), in the same order, without AMP.
     """
+
+    scheduled_grads: StepControl | None  # hivemind's pre-scheduled gradient round, set in Optimizer.__init__
 
     def accumulate(self) -> bool:
         """Add the current .grad of this shard's parameters; False if this peer had to catch up instead."""

@@ -24,7 +24,10 @@ def _run(connection: Connection) -> None:
 
 
 def _url() -> str:
-    return context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: pass -x url=... or set sqlalchemy.url in alembic.ini")
+    return url
 
 
 shared_connection = config.attributes.get("connection")

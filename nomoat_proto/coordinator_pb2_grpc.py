@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import coordinator_pb2 as proto_dot_coordinator__pb2
+from nomoat_proto import coordinator_pb2 as nomoat__proto_dot_coordinator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/coordinator_pb2_grpc.py depends on'
+        + ' but the generated code in nomoat_proto/coordinator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,58 +36,58 @@ class CoordinatorStub:
         """
         self.LaunchRun = channel.unary_unary(
                 '/nomoat.v1.Coordinator/LaunchRun',
-                request_serializer=proto_dot_coordinator__pb2.LaunchRunRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.LaunchRunResponse.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.LaunchRunRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.LaunchRunResponse.FromString,
                 _registered_method=True)
         self.Join = channel.unary_unary(
                 '/nomoat.v1.Coordinator/Join',
-                request_serializer=proto_dot_coordinator__pb2.JoinRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.Assignment.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.JoinRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.Assignment.FromString,
                 _registered_method=True)
         self.StreamDataSlice = channel.unary_stream(
                 '/nomoat.v1.Coordinator/StreamDataSlice',
-                request_serializer=proto_dot_coordinator__pb2.DataSliceRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.DataChunk.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.DataSliceRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.DataChunk.FromString,
                 _registered_method=True)
         self.SubmitReceipts = channel.unary_unary(
                 '/nomoat.v1.Coordinator/SubmitReceipts',
-                request_serializer=proto_dot_coordinator__pb2.ReceiptBatch.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.ReceiptResults.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.ReceiptBatch.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.ReceiptResults.FromString,
                 _registered_method=True)
         self.GetLeaderboard = channel.unary_unary(
                 '/nomoat.v1.Coordinator/GetLeaderboard',
-                request_serializer=proto_dot_coordinator__pb2.LeaderboardRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.Leaderboard.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.LeaderboardRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.Leaderboard.FromString,
                 _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/nomoat.v1.Coordinator/Leave',
-                request_serializer=proto_dot_coordinator__pb2.LeaveRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.ReportAck.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.LeaveResponse.FromString,
                 _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/nomoat.v1.Coordinator/GetStatus',
-                request_serializer=proto_dot_coordinator__pb2.StatusRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.StatusResponse.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.StatusRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.PublishNow = channel.unary_unary(
                 '/nomoat.v1.Coordinator/PublishNow',
-                request_serializer=proto_dot_coordinator__pb2.PublishRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.PublishResponse.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.PublishRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.PublishResponse.FromString,
                 _registered_method=True)
         self.PullAdapter = channel.unary_stream(
                 '/nomoat.v1.Coordinator/PullAdapter',
-                request_serializer=proto_dot_coordinator__pb2.PullRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.PullChunk.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.PullRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.PullChunk.FromString,
                 _registered_method=True)
         self.GetVersion = channel.unary_unary(
                 '/nomoat.v1.Coordinator/GetVersion',
-                request_serializer=proto_dot_coordinator__pb2.VersionRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.VersionManifest.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.VersionRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.VersionManifest.FromString,
                 _registered_method=True)
         self.MarkRelease = channel.unary_unary(
                 '/nomoat.v1.Coordinator/MarkRelease',
-                request_serializer=proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.VersionInfo.FromString,
+                request_serializer=nomoat__proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.VersionInfo.FromString,
                 _registered_method=True)
 
 
@@ -178,58 +178,58 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'LaunchRun': grpc.unary_unary_rpc_method_handler(
                     servicer.LaunchRun,
-                    request_deserializer=proto_dot_coordinator__pb2.LaunchRunRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.LaunchRunResponse.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.LaunchRunRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.LaunchRunResponse.SerializeToString,
             ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
-                    request_deserializer=proto_dot_coordinator__pb2.JoinRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.Assignment.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.JoinRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.Assignment.SerializeToString,
             ),
             'StreamDataSlice': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamDataSlice,
-                    request_deserializer=proto_dot_coordinator__pb2.DataSliceRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.DataChunk.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.DataSliceRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.DataChunk.SerializeToString,
             ),
             'SubmitReceipts': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitReceipts,
-                    request_deserializer=proto_dot_coordinator__pb2.ReceiptBatch.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.ReceiptResults.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.ReceiptBatch.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.ReceiptResults.SerializeToString,
             ),
             'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLeaderboard,
-                    request_deserializer=proto_dot_coordinator__pb2.LeaderboardRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.Leaderboard.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.LeaderboardRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.Leaderboard.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
-                    request_deserializer=proto_dot_coordinator__pb2.LeaveRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.ReportAck.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.LeaveRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.LeaveResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
-                    request_deserializer=proto_dot_coordinator__pb2.StatusRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.StatusRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.StatusResponse.SerializeToString,
             ),
             'PublishNow': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishNow,
-                    request_deserializer=proto_dot_coordinator__pb2.PublishRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.PublishResponse.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.PublishRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.PublishResponse.SerializeToString,
             ),
             'PullAdapter': grpc.unary_stream_rpc_method_handler(
                     servicer.PullAdapter,
-                    request_deserializer=proto_dot_coordinator__pb2.PullRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.PullChunk.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.PullRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.PullChunk.SerializeToString,
             ),
             'GetVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVersion,
-                    request_deserializer=proto_dot_coordinator__pb2.VersionRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.VersionManifest.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.VersionRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.VersionManifest.SerializeToString,
             ),
             'MarkRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.MarkRelease,
-                    request_deserializer=proto_dot_coordinator__pb2.ReleaseRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.VersionInfo.SerializeToString,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.ReleaseRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.VersionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -257,8 +257,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/LaunchRun',
-            proto_dot_coordinator__pb2.LaunchRunRequest.SerializeToString,
-            proto_dot_coordinator__pb2.LaunchRunResponse.FromString,
+            nomoat__proto_dot_coordinator__pb2.LaunchRunRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.LaunchRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -284,8 +284,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/Join',
-            proto_dot_coordinator__pb2.JoinRequest.SerializeToString,
-            proto_dot_coordinator__pb2.Assignment.FromString,
+            nomoat__proto_dot_coordinator__pb2.JoinRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.Assignment.FromString,
             options,
             channel_credentials,
             insecure,
@@ -311,8 +311,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/StreamDataSlice',
-            proto_dot_coordinator__pb2.DataSliceRequest.SerializeToString,
-            proto_dot_coordinator__pb2.DataChunk.FromString,
+            nomoat__proto_dot_coordinator__pb2.DataSliceRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.DataChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -338,8 +338,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/SubmitReceipts',
-            proto_dot_coordinator__pb2.ReceiptBatch.SerializeToString,
-            proto_dot_coordinator__pb2.ReceiptResults.FromString,
+            nomoat__proto_dot_coordinator__pb2.ReceiptBatch.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.ReceiptResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -365,8 +365,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/GetLeaderboard',
-            proto_dot_coordinator__pb2.LeaderboardRequest.SerializeToString,
-            proto_dot_coordinator__pb2.Leaderboard.FromString,
+            nomoat__proto_dot_coordinator__pb2.LeaderboardRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.Leaderboard.FromString,
             options,
             channel_credentials,
             insecure,
@@ -392,8 +392,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/Leave',
-            proto_dot_coordinator__pb2.LeaveRequest.SerializeToString,
-            proto_dot_coordinator__pb2.ReportAck.FromString,
+            nomoat__proto_dot_coordinator__pb2.LeaveRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.LeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -419,8 +419,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/GetStatus',
-            proto_dot_coordinator__pb2.StatusRequest.SerializeToString,
-            proto_dot_coordinator__pb2.StatusResponse.FromString,
+            nomoat__proto_dot_coordinator__pb2.StatusRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -446,8 +446,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/PublishNow',
-            proto_dot_coordinator__pb2.PublishRequest.SerializeToString,
-            proto_dot_coordinator__pb2.PublishResponse.FromString,
+            nomoat__proto_dot_coordinator__pb2.PublishRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -473,8 +473,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/PullAdapter',
-            proto_dot_coordinator__pb2.PullRequest.SerializeToString,
-            proto_dot_coordinator__pb2.PullChunk.FromString,
+            nomoat__proto_dot_coordinator__pb2.PullRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.PullChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -500,8 +500,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/GetVersion',
-            proto_dot_coordinator__pb2.VersionRequest.SerializeToString,
-            proto_dot_coordinator__pb2.VersionManifest.FromString,
+            nomoat__proto_dot_coordinator__pb2.VersionRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.VersionManifest.FromString,
             options,
             channel_credentials,
             insecure,
@@ -527,8 +527,8 @@ class Coordinator:
             request,
             target,
             '/nomoat.v1.Coordinator/MarkRelease',
-            proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
-            proto_dot_coordinator__pb2.VersionInfo.FromString,
+            nomoat__proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.VersionInfo.FromString,
             options,
             channel_credentials,
             insecure,

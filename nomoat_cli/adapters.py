@@ -1,0 +1,81 @@
+"""Commands on published adapter versions: ``swarm pull``, ``swarm export`` and ``swarm release``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
+from swarm.paths import UserDirs
+
+
+def pull(
+    run: str = typer.Option(..., help="Run name."),
+    out: Path = typer.Option(..., help="Output folder."),
+    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    version: str = typer.Option("latest", help="'latest' or a version number."),
+    merge: bool = typer.Option(False, "--merge", help="Write the base model with the adapter (and its parent "
+                               "chain) merged in, plus the tokenizer: no PEFT needed to load it."),
+    chain: bool = typer.Option(False, "--chain", help="Write every adapter of a stacked version, root first, "
+                               "and stack.json listing the order."),
+    trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust (default: the key "
+                                        "this address used on your first pull)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Download cache (default: ~/.cache/nomoat/adapters)."),
+) -> None:
+    """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
+    from swarm.client import CoordinatorError
+    from swarm.pull import Layout, PullError, pull as run_pull
+
+    if merge and chain:
+        fail("choose one of --merge and --chain")
+    layout: Layout = "merged" if merge else "chain" if chain else "adapter"
+    try:
+        pulled = run_pull(coordinator, run, out, version=version, layout=layout, trusted_signer=trust,
+                          cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment())
+    except (CoordinatorError, PullError) as exc:
+        fail(str(exc))
+    fetched = f"{pulled.downloaded_bytes} bytes downloaded" if pulled.downloaded_bytes else "nothing to download"
+    stacked = f", stacked on {' -> '.join(map(str, pulled.manifest.chain))}" if pulled.manifest.chain else ""
+    typer.echo(f"pulled {pulled.run_name} version {pulled.version} (sha256 {pulled.sha256[:16]}..., "
+               f"eval loss {pulled.eval_loss:.4f} vs base {pulled.base_eval_loss:.4f}{stacked}) into {pulled.path} "
+               f"as {layout}; signed by {pulled.manifest.coordinator}; {fetched}")
+
+
+def release(
+    run: str = typer.Option(..., help="Run name."),
+    version: int = typer.Option(..., help="Version number."),
+    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
+) -> None:
+    """Mark a version as a release: retention keeps it forever."""
+    info = ask(coordinator, lambda client: client.mark_release(run, version, release=not undo))
+    typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
+
+
+def export(
+    run: str = typer.Option(..., help="Run name."),
+    out: Path = typer.Option(..., help="Folder to write the Hugging Face model repo into."),
+    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    version: str = typer.Option("latest", help="'latest' or a version number."),
+    merge: bool = typer.Option(False, "--merge", help="Export the merged model instead of the adapter."),
+    trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust."),
+    upload: Optional[str] = typer.Option(None, help="Also upload to this Hub repo id (needs huggingface_hub and "
+                                         "a token; optional)."),
+) -> None:
+    """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload."""
+    from swarm.client import CoordinatorError
+    from swarm.export import ExportError, export_hf_repo, upload_to_hub
+    from swarm.pull import PullError, fetch_stack
+
+    try:
+        manifest, stack = fetch_stack(coordinator, run, version, trusted_signer=trust,
+                                      user_dirs=UserDirs.from_environment())
+        folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
+                                merged_from=stack[:-1] if merge else None)
+        if upload:
+            typer.echo(f"uploaded to {upload_to_hub(folder, upload)}")
+    except (CoordinatorError, PullError, ExportError) as exc:
+        fail(str(exc))
+    typer.echo(f"exported {run} version {manifest.version} to {folder}")

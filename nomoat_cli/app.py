@@ -1,0 +1,29 @@
+"""The ``swarm`` command line: one small typed function per command, assembled here in one Typer app."""
+
+from __future__ import annotations
+
+import typer
+
+from nomoat_cli import adapters, demo, donate, launch, reports, serve
+from swarm.log import configure_logging
+
+app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # plain help: shows "[lora] rank" and long derived flag names as written
+
+
+@app.callback()
+def _entry_point() -> None:
+    # runs before every command: the CLI is an entry point, and so is every process it spawns (python -m nomoat_cli)
+    configure_logging()
+
+
+app.command()(serve.coordinator)
+app.command()(launch.launch)
+app.command()(donate.donate)
+app.command()(adapters.pull)
+app.command()(adapters.release)
+app.command()(adapters.export)
+app.command()(reports.status)
+app.command()(reports.leaderboard)
+app.command()(demo.demo)

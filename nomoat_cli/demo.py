@@ -1,0 +1,27 @@
+"""``swarm demo``: the whole pipeline on this machine (see ``swarm.demo``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nomoat_cli.common import fail
+
+
+def demo(
+    workers: int = typer.Option(2, help="Worker processes (2-3 fit two cores)."),
+    seconds: float = typer.Option(60.0, help="Training time of each worker."),
+    shards: int = typer.Option(2, help="Adapter shards of the demo run."),
+    workdir: Optional[Path] = typer.Option(None, help="Where the demo keeps its files (default: a temp folder)."),
+) -> None:
+    """Run the whole swarm on this machine: coordinator, a run on the tiny preset, workers, versions, a pull."""
+    from swarm.demo import DemoConfig, run_demo
+
+    try:
+        result = run_demo(DemoConfig(workers=workers, seconds=seconds, shards=shards, workdir=workdir))
+    except RuntimeError as exc:
+        fail(str(exc))
+    if not result.improved:
+        fail("the pulled adapter did not lower the eval loss")

@@ -1,0 +1,58 @@
+"""``swarm donate``: join a run and train its LoRA shards with the swarm."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, fail
+from swarm.paths import UserDirs
+
+
+def donate(
+    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    run: str = typer.Option("", help="Run name (default: the coordinator's newest run)."),
+    name: str = typer.Option("", help="Your display name."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    max_shards: int = typer.Option(0, help="Train at most this many shards (0: all)."),
+    host: str = typer.Option("127.0.0.1", help="DHT listen address."),
+    announce_host: Optional[str] = typer.Option(None, help="Address other peers dial when --host is 0.0.0.0."),
+    client_mode: bool = typer.Option(False, help="Behind NAT: only dial out."),
+    identity: Optional[Path] = typer.Option(None, help="libp2p key file (default ~/.config/nomoat/identity.key)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many local steps."),
+    max_seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    max_epochs: Optional[int] = typer.Option(None, help="Stop once every shard reaches this epoch."),
+    wait_for_peers: int = typer.Option(1, help="Wait until this many peers serve each shard before training."),
+    progress: bool = typer.Option(True, help="Show the live progress line."),
+    save_lora: Optional[Path] = typer.Option(None, help="Save the final LoRA tensors here (torch.save)."),
+    linger: float = typer.Option(0.0, help="After training, keep serving the averaged state this many seconds."),
+    outbox: Optional[Path] = typer.Option(None, help="Unsent-receipt file (default: beside the identity key)."),
+    drain_timeout: float = typer.Option(30.0, help="On exit, keep trying this long to deliver queued receipts."),
+) -> None:
+    """Donate compute: join a run and train its LoRA shards with the swarm."""
+    from swarm.client import CoordinatorError
+    from swarm.stop_signals import install_stop_signals
+    from worker.donate import DonateConfig, donate as run_donate
+    from worker.training import TrainingLimits
+
+    stop = threading.Event()
+    install_stop_signals(stop)
+    config = DonateConfig(
+        coordinator=coordinator, run=run, name=name, device=device, max_shards=max_shards, host=host,
+        announce_host=announce_host, client_mode=client_mode, identity=identity,
+        user_dirs=UserDirs.from_environment(), wait_for_peers=wait_for_peers,
+        limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
+        show_progress=progress, save_lora_to=save_lora, linger_s=linger, outbox=outbox,
+        drain_timeout_s=drain_timeout,
+    )
+    try:
+        summary = run_donate(config, stop)
+    except (CoordinatorError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    typer.echo(f"trained {summary.steps} steps ({summary.samples} samples), epochs {summary.epochs}, "
+               f"last loss {summary.last_loss:.4f}, stopped by {summary.stopped_by}")
+    typer.echo("samples per shard: " + " ".join(f"{shard}={samples}"
+                                                for shard, samples in sorted(summary.samples_by_shard.items())))

@@ -1,0 +1,46 @@
+"""``swarm launch``: create a community training run on a coordinator.
+
+Its RunSpec options are derived from the RunSpec's fields (``nomoat_cli.spec_flags``), so every field can be
+set, under the name it has in a spec file; flags override a ``--spec`` file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
+from nomoat_cli.spec_flags import flag_overrides, spec_flags
+
+SPEC_FLAGS = spec_flags()
+
+
+def launch(**values: Any) -> None:
+    """Launch a community training run.
+
+    Every RunSpec field has a flag named after it: --lr is lr, and a field of a spec table is table-field:
+    --lora-rank is [lora] rank. Flags override the --spec file; fields set by neither take their defaults."""
+    from swarm.spec import SpecError, build_spec, load_spec_file
+
+    overrides = flag_overrides(SPEC_FLAGS, values)
+    try:
+        run_spec = load_spec_file(values["spec"], overrides) if values["spec"] else build_spec(overrides)
+    except SpecError as exc:
+        fail(str(exc))
+    launched = ask(values["coordinator"], lambda client: client.launch_run(run_spec))
+    typer.echo(f"launched run '{launched.run_name}' ({launched.spec_hash})")
+    typer.echo(f"  base model fingerprint {launched.base_model_fingerprint}")
+    typer.echo(f"  dataset {launched.dataset_digest}: {launched.train_samples} train / {launched.eval_samples} eval")
+
+
+# Typer reads a command's options from its signature: this one lists the fixed options, then one per spec field.
+setattr(launch, "__signature__", inspect.Signature([
+    inspect.Parameter("coordinator", inspect.Parameter.KEYWORD_ONLY, annotation=CoordinatorAddress,
+                      default=DEFAULT_COORDINATOR),
+    inspect.Parameter("spec", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                      default=typer.Option(None, help="RunSpec file (.toml, .yaml, .json); flags override it.")),
+    *(flag.parameter() for flag in SPEC_FLAGS),
+]))

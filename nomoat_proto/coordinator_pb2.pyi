@@ -1,0 +1,370 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LaunchRunRequest(_message.Message):
+    __slots__ = ("spec_json",)
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    spec_json: str
+    def __init__(self, spec_json: _Optional[str] = ...) -> None: ...
+
+class LaunchRunResponse(_message.Message):
+    __slots__ = ("run_name", "spec_hash", "base_model_fingerprint", "dataset_digest", "train_samples", "eval_samples")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    spec_hash: str
+    base_model_fingerprint: str
+    dataset_digest: str
+    train_samples: int
+    eval_samples: int
+    def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., train_samples: _Optional[int] = ..., eval_samples: _Optional[int] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("run_name", "peer_id", "display_name", "max_shards", "device")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    peer_id: str
+    display_name: str
+    max_shards: int
+    device: str
+    def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., max_shards: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("worker_id", "run_name", "spec_json", "spec_hash", "base_model_fingerprint", "shards", "initial_peers", "data_slice", "data_slices", "slice_samples", "report_interval_s")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_PEERS_FIELD_NUMBER: _ClassVar[int]
+    DATA_SLICE_FIELD_NUMBER: _ClassVar[int]
+    DATA_SLICES_FIELD_NUMBER: _ClassVar[int]
+    SLICE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    run_name: str
+    spec_json: str
+    spec_hash: str
+    base_model_fingerprint: str
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    initial_peers: _containers.RepeatedScalarFieldContainer[str]
+    data_slice: int
+    data_slices: int
+    slice_samples: int
+    report_interval_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., run_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., data_slice: _Optional[int] = ..., data_slices: _Optional[int] = ..., slice_samples: _Optional[int] = ..., report_interval_s: _Optional[float] = ...) -> None: ...
+
+class DataSliceRequest(_message.Message):
+    __slots__ = ("run_name", "data_slice")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_SLICE_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    data_slice: int
+    def __init__(self, run_name: _Optional[str] = ..., data_slice: _Optional[int] = ...) -> None: ...
+
+class DataChunk(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SignedReceipt(_message.Message):
+    __slots__ = ("payload", "public_key", "signature")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    public_key: bytes
+    signature: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ReceiptBatch(_message.Message):
+    __slots__ = ("receipts",)
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    receipts: _containers.RepeatedCompositeFieldContainer[SignedReceipt]
+    def __init__(self, receipts: _Optional[_Iterable[_Union[SignedReceipt, _Mapping]]] = ...) -> None: ...
+
+class ReceiptResult(_message.Message):
+    __slots__ = ("receipt_id", "status", "message", "verification")
+    RECEIPT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    receipt_id: str
+    status: str
+    message: str
+    verification: str
+    def __init__(self, receipt_id: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., verification: _Optional[str] = ...) -> None: ...
+
+class ReceiptResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ReceiptResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ReceiptResult, _Mapping]]] = ...) -> None: ...
+
+class LeaderboardRequest(_message.Message):
+    __slots__ = ("run_name", "include_unverified")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    include_unverified: bool
+    def __init__(self, run_name: _Optional[str] = ..., include_unverified: _Optional[bool] = ...) -> None: ...
+
+class LeaderboardEntry(_message.Message):
+    __slots__ = ("peer_id", "display_name", "samples", "verified_samples", "compute_hours", "share", "last_seen", "receipts", "disputed_receipts")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_HOURS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    DISPUTED_RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    display_name: str
+    samples: int
+    verified_samples: int
+    compute_hours: float
+    share: float
+    last_seen: str
+    receipts: int
+    disputed_receipts: int
+    def __init__(self, peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., samples: _Optional[int] = ..., verified_samples: _Optional[int] = ..., compute_hours: _Optional[float] = ..., share: _Optional[float] = ..., last_seen: _Optional[str] = ..., receipts: _Optional[int] = ..., disputed_receipts: _Optional[int] = ...) -> None: ...
+
+class Leaderboard(_message.Message):
+    __slots__ = ("run_name", "include_unverified", "total_samples", "entries")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    include_unverified: bool
+    total_samples: int
+    entries: _containers.RepeatedCompositeFieldContainer[LeaderboardEntry]
+    def __init__(self, run_name: _Optional[str] = ..., include_unverified: _Optional[bool] = ..., total_samples: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class LeaveResponse(_message.Message):
+    __slots__ = ("ok", "message")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    message: str
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("run_name",)
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    def __init__(self, run_name: _Optional[str] = ...) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard", "live_workers", "epoch", "samples")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    live_workers: int
+    epoch: int
+    samples: int
+    def __init__(self, shard: _Optional[int] = ..., live_workers: _Optional[int] = ..., epoch: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class VersionInfo(_message.Message):
+    __slots__ = ("run_name", "version", "sha256", "epoch", "samples", "eval_loss", "base_eval_loss", "created_at", "contributors", "release", "collected", "chain")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    BASE_EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTED_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    version: int
+    sha256: str
+    epoch: int
+    samples: int
+    eval_loss: float
+    base_eval_loss: float
+    created_at: str
+    contributors: _containers.RepeatedScalarFieldContainer[str]
+    release: bool
+    collected: bool
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_name: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., epoch: _Optional[int] = ..., samples: _Optional[int] = ..., eval_loss: _Optional[float] = ..., base_eval_loss: _Optional[float] = ..., created_at: _Optional[str] = ..., contributors: _Optional[_Iterable[str]] = ..., release: _Optional[bool] = ..., collected: _Optional[bool] = ..., chain: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RejectedSnapshot(_message.Message):
+    __slots__ = ("attempted_at", "epoch", "eval_loss", "reason")
+    ATTEMPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    attempted_at: str
+    epoch: int
+    eval_loss: float
+    reason: str
+    def __init__(self, attempted_at: _Optional[str] = ..., epoch: _Optional[int] = ..., eval_loss: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunStatus(_message.Message):
+    __slots__ = ("run_name", "spec_hash", "base_model", "dataset", "shards", "created_at", "samples_trained", "shard_status", "versions", "live_workers", "rejected_snapshots", "parent", "unavailable")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    SHARD_STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    spec_hash: str
+    base_model: str
+    dataset: str
+    shards: int
+    created_at: str
+    samples_trained: int
+    shard_status: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
+    live_workers: int
+    rejected_snapshots: _containers.RepeatedCompositeFieldContainer[RejectedSnapshot]
+    parent: str
+    unavailable: str
+    def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., shards: _Optional[int] = ..., created_at: _Optional[str] = ..., samples_trained: _Optional[int] = ..., shard_status: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., live_workers: _Optional[int] = ..., rejected_snapshots: _Optional[_Iterable[_Union[RejectedSnapshot, _Mapping]]] = ..., parent: _Optional[str] = ..., unavailable: _Optional[str] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunStatus]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunStatus, _Mapping]]] = ...) -> None: ...
+
+class PublishRequest(_message.Message):
+    __slots__ = ("run_name",)
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    def __init__(self, run_name: _Optional[str] = ...) -> None: ...
+
+class PublishResponse(_message.Message):
+    __slots__ = ("published", "message", "version")
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    published: bool
+    message: str
+    version: VersionInfo
+    def __init__(self, published: _Optional[bool] = ..., message: _Optional[str] = ..., version: _Optional[_Union[VersionInfo, _Mapping]] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("run_name", "version", "offsets", "chunk_bytes")
+    class OffsetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    version: int
+    offsets: _containers.ScalarMap[str, int]
+    chunk_bytes: int
+    def __init__(self, run_name: _Optional[str] = ..., version: _Optional[int] = ..., offsets: _Optional[_Mapping[str, int]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class VersionRequest(_message.Message):
+    __slots__ = ("run_name", "version")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    version: int
+    def __init__(self, run_name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class VersionManifest(_message.Message):
+    __slots__ = ("version", "manifest", "signature_json")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_JSON_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    manifest: bytes
+    signature_json: str
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[bytes] = ..., signature_json: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("run_name", "version", "release")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    version: int
+    release: bool
+    def __init__(self, run_name: _Optional[str] = ..., version: _Optional[int] = ..., release: _Optional[bool] = ...) -> None: ...
+
+class FileEntry(_message.Message):
+    __slots__ = ("name", "size", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class PullHeader(_message.Message):
+    __slots__ = ("version", "files", "manifest", "signature_json")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_JSON_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    files: _containers.RepeatedCompositeFieldContainer[FileEntry]
+    manifest: bytes
+    signature_json: str
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., manifest: _Optional[bytes] = ..., signature_json: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("name", "offset", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offset: int
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PullChunk(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PullHeader
+    chunk: FileChunk
+    def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
