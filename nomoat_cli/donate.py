@@ -34,10 +34,12 @@ def donate(
 ) -> None:
     """Donate compute: join a run and train its LoRA shards with the swarm."""
     from swarm.client import CoordinatorError
+    from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
     from worker.donate import DonateConfig, donate as run_donate
     from worker.training import TrainingLimits
 
+    reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     stop = threading.Event()
     install_stop_signals(stop)
     config = DonateConfig(
@@ -52,6 +54,8 @@ def donate(
         summary = run_donate(config, stop)
     except (CoordinatorError, ValueError, RuntimeError) as exc:
         fail(str(exc))
+    finally:
+        reaper.release()
     typer.echo(f"trained {summary.steps} steps ({summary.samples} samples), epochs {summary.epochs}, "
                f"last loss {summary.last_loss:.4f}, stopped by {summary.stopped_by}")
     typer.echo("samples per shard: " + " ".join(f"{shard}={samples}"

@@ -32,8 +32,10 @@ def coordinator(
     """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
     from coordinator.publisher import PublishPolicy
     from coordinator.server import Coordinator, CoordinatorConfig
+    from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
 
+    reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
                            compare_peers=compare_peers)
     config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
@@ -54,3 +56,4 @@ def coordinator(
             pass
     finally:
         service.stop()
+        reaper.release()

@@ -4,13 +4,15 @@ hivemind runs its DHT, its libp2p daemon and each averager in processes of their
 worker is killed (SIGKILL, OOM killer, a closed terminal), nothing tells those processes to stop: they keep
 running and holding their ports. The reaper is started by the entry points (``swarm coordinator``, ``swarm
 donate``): it remembers its parent's descendants every half second and, as soon as the parent is gone, terminates
-them (SIGTERM, then SIGKILL after a grace period) and exits. A parent that exits cleanly costs nothing.
+them (SIGTERM, then SIGKILL after a grace period) and exits. A parent that shuts down cleanly releases it first
+(``Reaper.release``), so the reaper never touches processes of a parent that is still running. (A child started
+in the last half second before the parent dies is not known yet; what the known ones started is.)
 
 Usage::
 
     reaper = start_reaper()      # in the entry point, before hivemind starts anything
     ...
-    reaper.stop()                # optional: on a clean exit, after hivemind has shut down
+    reaper.release()             # on a clean exit: the reaper ends without touching anything
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ class Reaper:
     def pid(self) -> int:
         return self.process.pid
 
-    def stop(self) -> None:
-        """Let the reaper clean up whatever is left now, as if the parent had died, and wait for it."""
+    def release(self) -> None:
+        """End the reaper without it ending anything (the parent shut down cleanly and is still alive)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -78,26 +80,29 @@ def end_processes(processes: list[psutil.Process], grace_s: float = GRACE_S) -> 
 
 
 def watch(parent_pid: int) -> None:
-    """Track ``parent_pid``'s descendants until it dies (or this reaper is told to stop), then end them."""
+    """Track ``parent_pid``'s descendants until it dies, then end them; SIGTERM releases the reaper instead."""
     own_pid = os.getpid()
-    stopping = False
+    released = False
 
-    def stop_now(*_):
-        nonlocal stopping
-        stopping = True
+    def release(*_):
+        nonlocal released
+        released = True
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; the reaper outlives it to clean up
-    signal.signal(signal.SIGTERM, stop_now)
+    signal.signal(signal.SIGTERM, release)
     try:
         parent = psutil.Process(parent_pid)
     except psutil.Error:
         return
     known: dict[int, psutil.Process] = {}
-    while not stopping and os.getppid() == parent_pid and parent.is_running():
+    while os.getppid() == parent_pid and parent.is_running():
+        if released:
+            return
         known.update(_descendants(parent, own_pid))
         known = {pid: process for pid, process in known.items() if process.is_running()}
         time.sleep(POLL_S)
-    known.update(_descendants(parent, own_pid))  # a parent that is stopping still holds its children
+    for process in list(known.values()):  # what they started since the last look (a DHT's libp2p daemon)
+        known.update(_descendants(process, own_pid))
     end_processes(list(known.values()))
 
 

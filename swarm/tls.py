@@ -151,7 +151,7 @@ def _a_name_of(cert_pem: bytes) -> str:
             return dns[0]
         return str(names.get_values_for_type(x509.IPAddress)[0])
     except (x509.ExtensionNotFound, IndexError):
-        return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
 def channel_credentials(address: str, ca_file: Path | None = None, fingerprint: str | None = None

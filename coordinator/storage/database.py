@@ -58,7 +58,8 @@ def require_finite(**values: float) -> None:
 
 def to_record(record_type: type[R], row: Base) -> R:
     """The frozen record of a row; model attribute names match the record's field names."""
-    return record_type(**{field.name: getattr(row, field.name) for field in fields(record_type)})
+    names = [field.name for field in fields(record_type)]  # type: ignore[arg-type]  # R is a record dataclass
+    return record_type(**{name: getattr(row, name) for name in names})
 
 
 def _make_engine(url: str) -> Engine:

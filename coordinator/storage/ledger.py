@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import case, func, select, text, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -237,7 +239,7 @@ class LedgerStore:
         with self._db.transaction() as session:
             result = session.execute(update(Receipt).where(Receipt.receipt_id == receipt_id)
                                      .values(status=status, status_reason=reason, checked_at=self._db.now()))
-            if result.rowcount == 0:
+            if cast(CursorResult[Any], result).rowcount == 0:  # an UPDATE's result counts the rows it matched
                 raise StorageError(f"no receipt with id {receipt_id!r}")
 
     # What is counted
@@ -359,10 +361,10 @@ class LedgerStore:
         """Everything the ledger checks a receipt of ``peer_id`` on ``shard`` for ``[start, end]`` against, in
         one transaction (a receipt costs one read and one write round trip, not one per question)."""
         with self._db.transaction() as session:
-            registrations = session.scalars(peer_registrations(run_name, peer_id))
-            registrations = tuple(to_record(WorkerRecord, row) for row in registrations)
-            observations = session.scalars(_shard_observations(run_name, shard, peer_id, start, end))
-            observations = tuple(to_record(ObservationRecord, row) for row in observations)
+            registrations = tuple(to_record(WorkerRecord, row)
+                                  for row in session.scalars(peer_registrations(run_name, peer_id)))
+            observations = tuple(to_record(ObservationRecord, row)
+                                 for row in session.scalars(_shard_observations(run_name, shard, peer_id, start, end)))
             highest = session.scalar(_highest_observed_epoch(run_name, shard))
             recent = session.execute(
                 select(Receipt.samples, Receipt.started_at, Receipt.ended_at)

@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -146,7 +148,7 @@ class RunStore:
         """Record that the worker left; it no longer counts as live."""
         with self._db.transaction() as session:
             result = session.execute(update(Worker).where(Worker.worker_id == worker_id).values(left=True))
-            if result.rowcount == 0:
+            if cast(CursorResult[Any], result).rowcount == 0:  # an UPDATE's result counts the rows it matched
                 raise UnknownWorkerError(f"no worker with id {worker_id!r}")
 
     def live_workers(self, run_name: str, seen_within_s: float) -> list[WorkerRecord]:
