@@ -9,6 +9,8 @@ Usage::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import grpc
@@ -25,6 +27,22 @@ CHANNEL_OPTIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach a coordinator, and who to be there. Everything that talks to a coordinator takes an Endpoint
+    (or a plain ``HOST:PORT``, which means ``Endpoint(address)``)."""
+
+    address: str  # HOST:PORT
+    ca_file: Path | None = None  # trust the coordinator's certificate if this CA signed it
+    fingerprint: str | None = None  # trust exactly the certificate with this sha256 fingerprint
+    insecure: bool = False  # plaintext gRPC even off loopback (the operator must have asked for it too)
+    operator_token: str | None = None  # the operator credential, for administration
+
+    @classmethod
+    def of(cls, target: "str | Endpoint") -> "Endpoint":
+        return target if isinstance(target, Endpoint) else cls(target)
+
+
 class CoordinatorError(RuntimeError):
     """The coordinator refused a request or could not be reached; the message is the coordinator's own."""
 
@@ -37,8 +55,9 @@ def _explain(exc: grpc.RpcError, address: str) -> CoordinatorError:
 
 
 class CoordinatorClient:
-    def __init__(self, address: str, timeout: float = 30.0):
-        self.address = address
+    def __init__(self, endpoint: str | Endpoint, timeout: float = 30.0):
+        self.endpoint = Endpoint.of(endpoint)
+        address = self.address = self.endpoint.address
         self.timeout = timeout
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
