@@ -168,8 +168,8 @@ def channel_credentials(address: str, ca_file: Path | None = None, fingerprint: 
         got = fingerprint_of(cert_pem)
         if got != wanted:
             raise TlsError(f"the coordinator at {address} presented certificate {got}, not the pinned {wanted}: "
-                           f"refusing to connect: a different server, or the operator changed its certificate (check the "
-                           f"fingerprint `swarm coordinator` prints with its operator)")
+                           f"refusing to connect (a different server, or the operator changed its certificate: "
+                           f"check with the operator the fingerprint `swarm coordinator` prints)")
         return grpc.ssl_channel_credentials(root_certificates=cert_pem), [
             ("grpc.ssl_target_name_override", _a_name_of(cert_pem))]
     if ca_file:
