@@ -71,10 +71,9 @@ _UNTRUSTED = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "self si
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "packet length too long", "record overflow")
 
 
-def _explain(exc: grpc.RpcError, endpoint: Endpoint, tls: bool) -> CoordinatorError:
+def _explain(exc: grpc.RpcError, address: str, tls: bool) -> CoordinatorError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else None
-    address = endpoint.address
     if code == grpc.StatusCode.UNAVAILABLE:
         text = details or ""
         if tls and any(sign in text for sign in _NOT_TLS):
@@ -140,14 +139,14 @@ class CoordinatorClient:
         try:
             return getattr(stub, method)(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
-            raise _explain(exc, self.endpoint, self._tls) from None
+            raise _explain(exc, self.address, self._tls) from None
 
     def _stream(self, method: str, request, timeout: float | None = None) -> Iterator:
         stub = self._connected()
         try:
             yield from getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise _explain(exc, self.endpoint, self._tls) from None
+            raise _explain(exc, self.address, self._tls) from None
 
     def launch_run(self, spec: RunSpec, timeout: float = 600.0) -> pb.LaunchRunResponse:
         return self._call("LaunchRun", pb.LaunchRunRequest(spec_json=spec.to_json()), timeout=timeout)
