@@ -7,6 +7,7 @@ and checks that the stored totals are exact.
 
     .venv/bin/python benchmarks/ledger_throughput.py                      # PostgreSQL at 127.0.0.1:5432/test
     .venv/bin/python benchmarks/ledger_throughput.py --db sqlite --workers 16
+    .venv/bin/python benchmarks/ledger_throughput.py --db sqlite --tls     # over TLS, clients pinning the certificate
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
+from coordinator.transport import server_tls
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
-from swarm.client import CoordinatorClient
+from swarm.client import CoordinatorClient, Endpoint
 from swarm.identity import load_or_create_identity
 from swarm.local_swarm import free_port
 from swarm.receipts import Receipt, sign_receipt
@@ -50,14 +52,14 @@ def _signed_receipts(key_path: str, count: int, started: float):
             for index in range(count)]
 
 
-def _client_process(address: str, key_paths: list[str], count: int, started: float, ready, go, results) -> None:
+def _client_process(endpoint: Endpoint, key_paths: list[str], count: int, started: float, ready, go, results) -> None:
     workloads = [_signed_receipts(path, count, started) for path in key_paths]
     ready.put(True)
     go.wait()
 
     def worker(receipts) -> list[float]:
         latencies = []
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(endpoint) as client:
             for signed in receipts:
                 begin = time.perf_counter()
                 [result] = client.submit_receipts([signed])
@@ -86,7 +88,7 @@ def _database(kind: str) -> tuple[str, callable]:
     return f"{POSTGRES}?options=-csearch_path%3D{schema}", drop
 
 
-def run(kind: str, workers: int, per_worker: int, processes: int, server_threads: int) -> dict:
+def run(kind: str, workers: int, per_worker: int, processes: int, server_threads: int, tls: bool = False) -> dict:
     url, drop = _database(kind)
     storage = Storage(url)
     runs = RunRuntimes(storage, DatasetVault(Path(tempfile.mkdtemp(prefix="nomoat-bench-datasets-"))))
@@ -96,7 +98,14 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=server_threads), interceptors=[RpcErrorInterceptor()])
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(service), server)
     port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    endpoint = Endpoint(f"127.0.0.1:{port}")
+    if tls:  # the self-signed certificate a coordinator makes, pinned by the clients as volunteers pin it
+        made = server_tls(Path(tempfile.mkdtemp(prefix="nomoat-bench-tls-")), "127.0.0.1", tls_on_loopback=True)
+        assert made is not None
+        server.add_secure_port(endpoint.address, made.credentials())
+        endpoint = Endpoint(endpoint.address, fingerprint=made.fingerprint)
+    else:
+        server.add_insecure_port(endpoint.address)
     server.start()
     keys = Path(tempfile.mkdtemp(prefix="nomoat-bench-keys-"))
     key_paths = []
@@ -108,8 +117,8 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     groups = [key_paths[index::processes] for index in range(processes)]
-    clients = [context.Process(target=_client_process, args=(f"127.0.0.1:{port}", group, per_worker, started,
-                                                              ready, go, results)) for group in groups if group]
+    clients = [context.Process(target=_client_process, args=(endpoint, group, per_worker, started, ready, go,
+                                                              results)) for group in groups if group]
     for process in clients:
         process.start()
     for _ in clients:
@@ -127,7 +136,7 @@ def run(kind: str, workers: int, per_worker: int, processes: int, server_threads
     expected = workers * per_worker * 4 * BATCH
     assert stored == {0: expected}, f"stored {stored}, expected {expected}"
     latencies.sort()
-    return {"db": kind, "workers": workers, "receipts": len(latencies), "wall_s": wall,
+    return {"db": kind + (" tls" if tls else ""), "workers": workers, "receipts": len(latencies), "wall_s": wall,
             "per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
 
@@ -139,12 +148,13 @@ def main() -> None:
     parser.add_argument("--receipts", type=int, default=40, help="receipts per worker")
     parser.add_argument("--processes", type=int, default=4, help="client processes the workers are spread over")
     parser.add_argument("--server-threads", type=int, default=32)
+    parser.add_argument("--tls", action="store_true", help="serve TLS (self-signed, pinned by the clients)")
     args = parser.parse_args()
     kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
-    print(f"{'db':<11} {'workers':>7} {'receipts':>8} {'wall s':>7} {'receipts/s':>10} {'p50 ms':>7} {'p99 ms':>7}")
+    print(f"{'db':<15} {'workers':>7} {'receipts':>8} {'wall s':>7} {'receipts/s':>10} {'p50 ms':>7} {'p99 ms':>7}")
     for kind in kinds:
-        row = run(kind, args.workers, args.receipts, args.processes, args.server_threads)
-        print(f"{row['db']:<11} {row['workers']:>7} {row['receipts']:>8} {row['wall_s']:>7.1f} {row['per_s']:>10.1f} "
+        row = run(kind, args.workers, args.receipts, args.processes, args.server_threads, tls=args.tls)
+        print(f"{row['db']:<15} {row['workers']:>7} {row['receipts']:>8} {row['wall_s']:>7.1f} {row['per_s']:>10.1f} "
               f"{row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f}", flush=True)
 
 

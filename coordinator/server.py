@@ -31,6 +31,7 @@ from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
+from coordinator.transport import server_tls
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
 from swarm.client import CHANNEL_OPTIONS
@@ -56,6 +57,16 @@ class CoordinatorConfig:
     watch_interval_s: float = 2.0  # how often DHT progress is read to cross-check receipts
     publish_policy: PublishPolicy = field(default_factory=PublishPolicy)  # cross-check, quality gate, retention
     dataset_dirs: tuple[Path, ...] = ()  # folders launched runs may take datasets from (besides 'sample')
+    tls_cert: Path | None = None  # the operator's certificate (PEM, with its chain); None: see coordinator.transport
+    tls_key: Path | None = None  # its private key (PEM); given together with tls_cert
+    insecure: bool = False  # plaintext gRPC even off loopback (logged as a warning); never with tls_cert
+    tls_on_loopback: bool = False  # TLS on a loopback host too (self-signed without tls_cert): local checks, tests
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give the TLS certificate and its key together (--tls-cert and --tls-key)")
+        if self.insecure and (self.tls_cert is not None or self.tls_on_loopback):
+            raise ValueError("--insecure serves plaintext: it cannot be combined with a TLS certificate")
 
 
 class Coordinator:
@@ -75,6 +86,11 @@ class Coordinator:
             raise
 
     def _build(self, config: CoordinatorConfig, data_dir: Path) -> None:
+        # first, so that an unreadable certificate fails the start before anything else is started
+        tls = server_tls(data_dir, config.host, config.announce_host, tls_cert=config.tls_cert,
+                         tls_key=config.tls_key, insecure=config.insecure, tls_on_loopback=config.tls_on_loopback)
+        self.tls_fingerprint = tls.fingerprint if tls else None  # sha256:... that clients pin; None: plaintext
+        self.tls_self_signed = bool(tls and tls.self_signed)
         self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
         self.store = AdapterStore(data_dir / "store")
         self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"), DatasetSources(config.dataset_dirs))
@@ -96,8 +112,10 @@ class Coordinator:
                                   options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
                                   interceptors=[RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
+        listen = f"{config.host}:{config.port}"
         try:
-            bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
+            bound = (self.server.add_secure_port(listen, tls.credentials()) if tls
+                     else self.server.add_insecure_port(listen))
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -145,7 +163,9 @@ class Coordinator:
             self.publisher.start(self.config.publisher_poll_s)
         self._housekeeping.start()
         self.watcher.start(self.config.watch_interval_s)
-        logger.info("coordinator listening on %s; workers' initial peers: %s", self.address, self.initial_peers)
+        logger.info("coordinator listening on %s (%s); workers' initial peers: %s", self.address,
+                    f"TLS, certificate {self.tls_fingerprint}" if self.tls_fingerprint else "plaintext",
+                    self.initial_peers)
         return self
 
     def wait(self) -> None:

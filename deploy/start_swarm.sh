@@ -4,7 +4,9 @@
 #   deploy/start_swarm.sh all [N]                        coordinator + N local workers (default 2) + a demo run
 #   deploy/start_swarm.sh coordinator PUBLIC_IP [PORT]   coordinator for other machines (listens on 0.0.0.0)
 #   deploy/start_swarm.sh worker COORDINATOR_ADDR [RUN] [PUBLIC_IP]   one worker (PUBLIC_IP: reachable address;
-#                                                        leave it out behind NAT and the worker dials out only)
+#                                                        leave it out behind NAT and the worker dials out only;
+#                                                        export NOMOAT_FINGERPRINT=sha256:... as the coordinator
+#                                                        printed it to pin its self-signed TLS certificate)
 #
 # Logs and state go to $NOMOAT_HOME (default ~/.nomoat). Stop everything with Ctrl-C (workers leave cleanly).
 set -euo pipefail

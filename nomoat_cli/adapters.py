@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
+from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
+                               ask, coordinator_endpoint, fail)
 from swarm.paths import UserDirs
 
 
@@ -15,6 +16,9 @@ def pull(
     run: str = typer.Option(..., help="Run name."),
     out: Path = typer.Option(..., help="Output folder."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
     version: str = typer.Option("latest", help="'latest' or a version number."),
     merge: bool = typer.Option(False, "--merge", help="Write the base model with the adapter (and its parent "
                                "chain) merged in, plus the tokenizer: no PEFT needed to load it."),
@@ -31,8 +35,9 @@ def pull(
     if merge and chain:
         fail("choose one of --merge and --chain")
     layout: Layout = "merged" if merge else "chain" if chain else "adapter"
+    endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     try:
-        pulled = run_pull(coordinator, run, out, version=version, layout=layout, trusted_signer=trust,
+        pulled = run_pull(endpoint, run, out, version=version, layout=layout, trusted_signer=trust,
                           cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment())
     except (CoordinatorError, PullError) as exc:
         fail(str(exc))
@@ -47,10 +52,14 @@ def release(
     run: str = typer.Option(..., help="Run name."),
     version: int = typer.Option(..., help="Version number."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
     undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
 ) -> None:
     """Mark a version as a release: retention keeps it forever."""
-    info = ask(coordinator, lambda client: client.mark_release(run, version, release=not undo))
+    info = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure),
+               lambda client: client.mark_release(run, version, release=not undo))
     typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
 
 
@@ -58,6 +67,9 @@ def export(
     run: str = typer.Option(..., help="Run name."),
     out: Path = typer.Option(..., help="Folder to write the Hugging Face model repo into."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
     version: str = typer.Option("latest", help="'latest' or a version number."),
     merge: bool = typer.Option(False, "--merge", help="Export the merged model instead of the adapter."),
     trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust."),
@@ -69,8 +81,9 @@ def export(
     from swarm.export import ExportError, export_hf_repo, upload_to_hub
     from swarm.pull import PullError, fetch_stack
 
+    endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     try:
-        manifest, stack = fetch_stack(coordinator, run, version, trusted_signer=trust,
+        manifest, stack = fetch_stack(endpoint, run, version, trusted_signer=trust,
                                       user_dirs=UserDirs.from_environment())
         folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
                                 merged_from=stack[:-1] if merge else None)

@@ -1,19 +1,50 @@
-"""What the ``swarm`` commands share: the coordinator address option, calling a coordinator, failing."""
+"""What the ``swarm`` commands share: the options that say how to reach a coordinator (address and TLS trust),
+the Endpoint they make, calling a coordinator, failing.
+
+A command that talks to a coordinator takes all four options and builds its one Endpoint from them::
+
+    def status(coordinator: CoordinatorAddress = DEFAULT_COORDINATOR, ca: CaFile = None,
+               fingerprint: Fingerprint = None, insecure: Insecure = False) -> None:
+        response = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure), lambda c: c.status())
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
-    from swarm.client import CoordinatorClient
+    from swarm.client import CoordinatorClient, Endpoint
 
 T = TypeVar("T")
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 CoordinatorAddress = Annotated[str, typer.Option("--coordinator", "-c", help="Coordinator host:port.")]
+CaFile = Annotated[Optional[Path], typer.Option(
+    "--ca", envvar="NOMOAT_CA", help="Trust the coordinator's TLS certificate if this CA certificate (PEM) signed it "
+    "(default: the system's CA roots).")]
+Fingerprint = Annotated[Optional[str], typer.Option(
+    "--fingerprint", envvar="NOMOAT_FINGERPRINT", help="Trust exactly the coordinator certificate with this "
+    "fingerprint (sha256:..., as `swarm coordinator` prints it): for a self-signed certificate.")]
+Insecure = Annotated[bool, typer.Option(
+    "--insecure", help="Plaintext gRPC even off loopback, for a coordinator its operator serves with --insecure: "
+    "anyone on the path can read and change what you send.")]
+
+
+def coordinator_endpoint(coordinator: str, ca: Path | None, fingerprint: str | None, insecure: bool) -> Endpoint:
+    """The Endpoint a command talks to, from its ``-c``, ``--ca``, ``--fingerprint`` and ``--insecure``; a
+    malformed fingerprint or plaintext asked together with TLS trust fails the command."""
+    from swarm.client import Endpoint  # gRPC: imported only by a command that runs
+    from swarm.tls import TlsError, normalize_fingerprint
+
+    try:
+        pinned = normalize_fingerprint(fingerprint) if fingerprint else None
+        return Endpoint(coordinator, ca_file=ca, fingerprint=pinned, insecure=insecure)
+    except (TlsError, ValueError) as exc:
+        fail(str(exc))
 
 
 def fail(message: str) -> NoReturn:
@@ -22,7 +53,7 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def ask(coordinator: str, request: Callable[[CoordinatorClient], T]) -> T:
+def ask(coordinator: str | Endpoint, request: Callable[[CoordinatorClient], T]) -> T:
     """``request(client)`` on a client of ``coordinator``; a refusal or an unreachable coordinator fails the
     command with the coordinator's message."""
     from swarm.client import CoordinatorClient, CoordinatorError  # gRPC: imported only by a command that runs

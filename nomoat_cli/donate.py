@@ -8,12 +8,16 @@ from typing import Optional
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, fail
+from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
+                               coordinator_endpoint, fail)
 from swarm.paths import UserDirs
 
 
 def donate(
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
     run: str = typer.Option("", help="Run name (default: the coordinator's newest run)."),
     name: str = typer.Option("", help="Your display name."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -42,8 +46,9 @@ def donate(
     reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     stop = threading.Event()
     install_stop_signals(stop)
+    endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     config = DonateConfig(
-        coordinator=coordinator, run=run, name=name, device=device, max_shards=max_shards, host=host,
+        coordinator=endpoint, run=run, name=name, device=device, max_shards=max_shards, host=host,
         announce_host=announce_host, client_mode=client_mode, identity=identity,
         user_dirs=UserDirs.from_environment(), wait_for_peers=wait_for_peers,
         limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),

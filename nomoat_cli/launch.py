@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
+from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
+                               ask, coordinator_endpoint, fail)
 from nomoat_cli.spec_flags import flag_overrides, spec_flags
 
 SPEC_FLAGS = spec_flags()
@@ -30,7 +31,8 @@ def launch(**values: Any) -> None:
         run_spec = load_spec_file(values["spec"], overrides) if values["spec"] else build_spec(overrides)
     except SpecError as exc:
         fail(str(exc))
-    launched = ask(values["coordinator"], lambda client: client.launch_run(run_spec))
+    endpoint = coordinator_endpoint(values["coordinator"], values["ca"], values["fingerprint"], values["insecure"])
+    launched = ask(endpoint, lambda client: client.launch_run(run_spec))
     typer.echo(f"launched run '{launched.run_name}' ({launched.spec_hash})")
     typer.echo(f"  base model fingerprint {launched.base_model_fingerprint}")
     typer.echo(f"  dataset {launched.dataset_digest}: {launched.train_samples} train / {launched.eval_samples} eval")
@@ -40,6 +42,9 @@ def launch(**values: Any) -> None:
 setattr(launch, "__signature__", inspect.Signature([
     inspect.Parameter("coordinator", inspect.Parameter.KEYWORD_ONLY, annotation=CoordinatorAddress,
                       default=DEFAULT_COORDINATOR),
+    inspect.Parameter("ca", inspect.Parameter.KEYWORD_ONLY, annotation=CaFile, default=None),
+    inspect.Parameter("fingerprint", inspect.Parameter.KEYWORD_ONLY, annotation=Fingerprint, default=None),
+    inspect.Parameter("insecure", inspect.Parameter.KEYWORD_ONLY, annotation=Insecure, default=False),
     inspect.Parameter("spec", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                       default=typer.Option(None, help="RunSpec file (.toml, .yaml, .json); flags override it.")),
     *(flag.parameter() for flag in SPEC_FLAGS),

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask
+from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
+                               ask, coordinator_endpoint)
 
 
 def status(
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
     run: str = typer.Option("", help="Only this run."),
 ) -> None:
     """List runs, live workers per shard, samples trained and published versions."""
-    response = ask(coordinator, lambda client: client.status(run))
+    response = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure), lambda client: client.status(run))
     if not response.runs:
         typer.echo("no runs")
     for state in response.runs:
@@ -38,10 +42,14 @@ def status(
 def leaderboard(
     run: str = typer.Option(..., help="Run name."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
     all_receipts: bool = typer.Option(False, "--all", help="Count unverified receipts too (never disputed ones)."),
 ) -> None:
     """Contributors of a run: verified samples, compute hours, share of the run, last seen."""
-    board = ask(coordinator, lambda client: client.leaderboard(run, include_unverified=all_receipts))
+    board = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure),
+                lambda client: client.leaderboard(run, include_unverified=all_receipts))
     counted = "verified + unverified" if all_receipts else "verified"
     typer.echo(f"run {run}: {board.total_samples} {counted} samples")
     if not board.entries:

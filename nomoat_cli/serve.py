@@ -28,6 +28,12 @@ def coordinator(
                                       "and publish only what the majority agrees on."),
     dataset_dir: list[Path] = typer.Option([], help="A folder runs may take their dataset from (repeatable); "
                                            "without one, only the built-in 'sample' dataset can be launched."),
+    tls_cert: Optional[Path] = typer.Option(None, help="Your TLS certificate (PEM, with its chain). Without one, a "
+                                            "coordinator off loopback makes a self-signed certificate on first "
+                                            "start (kept in --data-dir/tls) and prints its fingerprint."),
+    tls_key: Optional[Path] = typer.Option(None, help="The private key of --tls-cert (PEM)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve plaintext gRPC even off loopback: anyone on the "
+                                  "network path can read and change requests. Only on a network you trust."),
 ) -> None:
     """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
     from coordinator.publisher import PublishPolicy
@@ -38,14 +44,22 @@ def coordinator(
     reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
                            compare_peers=compare_peers)
-    config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
-                               announce_host=announce_host, publish=not no_publish, publish_policy=policy,
-                               dataset_dirs=tuple(dataset_dir))
     try:
+        config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
+                                   announce_host=announce_host, publish=not no_publish, publish_policy=policy,
+                                   dataset_dirs=tuple(dataset_dir), tls_cert=tls_cert, tls_key=tls_key,
+                                   insecure=insecure)
         service = Coordinator(config).start()
     except Exception as exc:
         fail(f"coordinator did not start: {exc}")
     typer.echo(f"coordinator: {service.address}")
+    if service.tls_fingerprint:
+        typer.echo(f"TLS certificate fingerprint: {service.tls_fingerprint}")
+        pin = f"swarm donate -c {service.address} --fingerprint {service.tls_fingerprint}"
+        typer.echo(f"  volunteers pin it: {pin} (or set NOMOAT_FINGERPRINT)" if service.tls_self_signed else
+                   f"  clients verify it with their system's CA roots or --ca FILE, or pin it: {pin}")
+    else:
+        typer.echo("TLS: off (plaintext gRPC)")
     typer.echo(f"coordinator key (signs published versions): {service.identity.peer_id}")
     typer.echo(f"initial peers: {' '.join(service.initial_peers)}")
     sys.stdout.flush()

@@ -1,14 +1,19 @@
 """A typed client of the coordinator's gRPC API, used by the CLI, workers and the pull API.
 
+The channel is TLS unless the endpoint says ``insecure``, or the coordinator is on loopback and no trust (CA file or
+fingerprint) was given. It trusts a pinned certificate fingerprint, else the CA file, else the system's roots, and
+never falls back to plaintext: a TLS failure is a ``CoordinatorError`` that says what to pass.
+
 Usage::
 
-    with CoordinatorClient("127.0.0.1:50051") as client:
+    with CoordinatorClient(Endpoint("coord.example.org:50051", fingerprint="sha256:ab12...")) as client:
         launched = client.launch_run(spec)
         assignment = client.join(peer_id="12D3Koo...", run_name="demo")
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +24,7 @@ from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec
+from swarm.tls import TlsError, channel_credentials, is_loopback, split_address
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -38,29 +44,65 @@ class Endpoint:
     insecure: bool = False  # plaintext gRPC even off loopback (the operator must have asked for it too)
     operator_token: str | None = None  # the operator credential, for administration
 
+    def __post_init__(self) -> None:
+        if self.insecure and (self.ca_file or self.fingerprint):
+            raise ValueError("choose plaintext (--insecure) or TLS trust (--ca / --fingerprint), not both")
+
     @classmethod
     def of(cls, target: "str | Endpoint") -> "Endpoint":
         return target if isinstance(target, Endpoint) else cls(target)
+
+    def uses_tls(self) -> bool:
+        """TLS unless asked for plaintext, or on loopback with no trust given (local use stays plaintext)."""
+        if self.insecure:
+            return False
+        return bool(self.ca_file or self.fingerprint) or not is_loopback(split_address(self.address)[0])
 
 
 class CoordinatorError(RuntimeError):
     """The coordinator refused a request or could not be reached; the message is the coordinator's own."""
 
 
-def _explain(exc: grpc.RpcError, address: str) -> CoordinatorError:
+TRUST_HINT = ("pass --fingerprint sha256:... as printed by `swarm coordinator` (or set NOMOAT_FINGERPRINT), "
+              "or --ca FILE with the certificate that signed the coordinator's")
+# what gRPC's details say when the TLS handshake failed: not trusted, or no TLS at the other end
+_UNTRUSTED = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "self signed certificate",
+              "unable to get local issuer certificate", "Peer name")
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "packet length too long", "record overflow")
+
+
+def _explain(exc: grpc.RpcError, address: str, tls: bool) -> CoordinatorError:
     code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else None
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CoordinatorError(f"coordinator at {address} is unreachable ({exc.details()})")
-    return CoordinatorError(exc.details() if hasattr(exc, "details") and exc.details() else str(exc))
+        text = details or ""
+        if tls and any(sign in text for sign in _NOT_TLS):
+            return CoordinatorError(f"the coordinator at {address} does not speak TLS; if its operator serves it "
+                                    f"with --insecure, pass --insecure too (plaintext: anyone on the path can read "
+                                    f"and change what you send) ({text})")
+        if tls and any(sign in text for sign in _UNTRUSTED):
+            return CoordinatorError(f"refusing the coordinator at {address}: its TLS certificate is not trusted "
+                                    f"({text}); {TRUST_HINT}")
+        if tls and "handshake" in text.lower():
+            return CoordinatorError(f"TLS handshake with the coordinator at {address} failed ({text}); "
+                                    f"{TRUST_HINT}")
+        hint = "" if tls else "; if it serves TLS, pass --fingerprint or --ca instead of plaintext"
+        return CoordinatorError(f"coordinator at {address} is unreachable ({text}){hint}")
+    return CoordinatorError(details or str(exc))
 
 
 class CoordinatorClient:
+    """One channel to a coordinator, opened on the first call (constructing a client never touches the network)
+    and reopened after ``close``."""
+
     def __init__(self, endpoint: str | Endpoint, timeout: float = 30.0):
         self.endpoint = Endpoint.of(endpoint)
-        address = self.address = self.endpoint.address
+        self.address = self.endpoint.address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.CoordinatorStub | None = None
+        self._tls = False
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "CoordinatorClient":
         return self
@@ -69,19 +111,42 @@ class CoordinatorClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._stub = None
+
+    def _connected(self) -> pb_grpc.CoordinatorStub:
+        with self._lock:
+            if self._stub is None:
+                try:
+                    self._tls = self.endpoint.uses_tls()
+                    self._channel = self._open_channel() if self._tls else grpc.insecure_channel(
+                        self.address, options=CHANNEL_OPTIONS)
+                except TlsError as exc:  # its message names the file, address or certificate at fault
+                    raise CoordinatorError(str(exc)) from None
+                self._stub = pb_grpc.CoordinatorStub(self._channel)
+            return self._stub
+
+    def _open_channel(self) -> grpc.Channel:
+        # with a pinned fingerprint this reads the server's certificate first: a mismatch is refused before
+        # any request is sent
+        credentials, options = channel_credentials(self.address, self.endpoint.ca_file, self.endpoint.fingerprint)
+        return grpc.secure_channel(self.address, credentials, options=[*CHANNEL_OPTIONS, *options])
 
     def _call(self, method: str, request, timeout: float | None = None):
+        stub = self._connected()
         try:
-            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+            return getattr(stub, method)(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
-            raise _explain(exc, self.address) from None
+            raise _explain(exc, self.address, self._tls) from None
 
     def _stream(self, method: str, request, timeout: float | None = None) -> Iterator:
+        stub = self._connected()
         try:
-            yield from getattr(self._stub, method)(request, timeout=timeout)
+            yield from getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise _explain(exc, self.address) from None
+            raise _explain(exc, self.address, self._tls) from None
 
     def launch_run(self, spec: RunSpec, timeout: float = 600.0) -> pb.LaunchRunResponse:
         return self._call("LaunchRun", pb.LaunchRunRequest(spec_json=spec.to_json()), timeout=timeout)

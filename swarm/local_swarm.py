@@ -8,6 +8,10 @@ Usage::
         address = swarm.start_coordinator()
         swarm.start_worker(address, "demo", index=0, extra=["--max-seconds", "30"])
         swarm.wait_workers(timeout=120)
+
+A coordinator that serves TLS (off loopback, or with a certificate) prints its certificate's fingerprint; the swarm
+pins it the way a volunteer does: its workers get ``--fingerprint``, and ``swarm.trust`` (CLI options) and
+``swarm.endpoint`` (for ``CoordinatorClient`` and ``pull``) carry it to everything else that dials.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from swarm.client import Endpoint
 
 CLI = [sys.executable, "-m", "nomoat_cli"]
 
@@ -39,7 +47,20 @@ class LocalSwarm:
                     # several processes share few cores: one torch thread each leaves room for hivemind's averagers
                     "OMP_NUM_THREADS": "1", **(env or {})}
         self.coordinator: subprocess.Popen | None = None
+        self.address = ""  # the coordinator's, as it printed it
+        self.fingerprint: str | None = None  # its TLS certificate's, as it printed it; None: plaintext
         self.workers: list[subprocess.Popen] = []
+
+    @property
+    def trust(self) -> list[str]:
+        """CLI options that trust the coordinator as a volunteer would: pin the fingerprint it printed."""
+        return ["--fingerprint", self.fingerprint] if self.fingerprint else []
+
+    @property
+    def endpoint(self) -> "Endpoint":
+        from swarm.client import Endpoint  # gRPC: only for the callers that dial from this process
+
+        return Endpoint(self.address, fingerprint=self.fingerprint)
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         log = (self.workdir / log_name).open("ab")
@@ -58,16 +79,19 @@ class LocalSwarm:
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")[already:] if log.exists() else ""
             match = re.search(r"^coordinator: (\S+)$", text, re.MULTILINE)
-            if match:
-                return match.group(1)
+            if match and re.search(r"^coordinator key", text, re.MULTILINE):  # printed after the TLS lines
+                pinned = re.search(r"^TLS certificate fingerprint: (sha256:[0-9a-f]{64})$", text, re.MULTILINE)
+                self.address, self.fingerprint = match.group(1), pinned.group(1) if pinned else None
+                return self.address
             if self.coordinator.poll() is not None:
                 raise RuntimeError(f"coordinator exited early; see {log}:\n{text[-2000:]}")
             time.sleep(0.2)
         raise RuntimeError(f"coordinator did not start within {timeout:.0f}s; see {log}")
 
     def start_worker(self, coordinator: str, run: str, index: int, extra: Sequence[str] = ()) -> subprocess.Popen:
-        process = self._spawn(["donate", "--coordinator", coordinator, "--run", run, "--name", f"worker{index}",
-                               "--identity", str(self.workdir / f"worker{index}.key"), "--no-progress", *extra],
+        process = self._spawn(["donate", "--coordinator", coordinator, *self.trust, "--run", run,
+                               "--name", f"worker{index}", "--identity", str(self.workdir / f"worker{index}.key"),
+                               "--no-progress", *extra],
                               f"worker{index}.log")
         self.workers.append(process)
         return process

@@ -134,8 +134,12 @@ def presented_certificate(address: str, timeout: float = 10.0) -> bytes:
         with socket.create_connection((host, port), timeout=timeout) as raw:
             with context.wrap_socket(raw, server_hostname=host) as wrapped:
                 der = wrapped.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"no TLS server at {address}: {exc}") from None
+    except ssl.SSLError as exc:  # something answered, but not with TLS (a plaintext coordinator, another service)
+        raise TlsError(f"the coordinator at {address} does not speak TLS ({exc}); if its operator serves it with "
+                       f"--insecure, pass --insecure instead of --fingerprint (plaintext: anyone on the path can "
+                       f"read and change what you send)") from None
+    except OSError as exc:
+        raise TlsError(f"coordinator at {address} is unreachable ({exc})") from None
     if der is None:
         raise TlsError(f"the server at {address} presented no certificate")
     return ssl.DER_cert_to_PEM_cert(der).encode()
@@ -164,7 +168,8 @@ def channel_credentials(address: str, ca_file: Path | None = None, fingerprint: 
         got = fingerprint_of(cert_pem)
         if got != wanted:
             raise TlsError(f"the coordinator at {address} presented certificate {got}, not the pinned {wanted}: "
-                           f"refusing to connect (a different server, or the operator changed its certificate)")
+                           f"refusing to connect (a different server, or the operator changed its certificate: "
+                           f"check with the operator the fingerprint `swarm coordinator` prints)")
         return grpc.ssl_channel_credentials(root_certificates=cert_pem), [
             ("grpc.ssl_target_name_override", _a_name_of(cert_pem))]
     if ca_file:

@@ -26,7 +26,7 @@ from peft import PeftModel
 from coordinator.storage import Storage
 from netns import NetSwarm
 from netns_fixtures import IPTABLES_SKIP, cli, needs_netns, network, wait_for, worker_totals  # noqa: F401
-from swarm.client import CoordinatorClient, CoordinatorError
+from swarm.client import CoordinatorClient, CoordinatorError, Endpoint
 from swarm.model import build_tiny_model
 from swarm.pull import pull
 from swarm.receipts import Receipt
@@ -57,9 +57,9 @@ def _ledger_receipts(db_path, run: str, peer: str) -> dict[str, int]:
         return {r.receipt_id: r.samples for r in storage.ledger.list_receipts(run, peer_id=peer)}
 
 
-def _pull_and_load(address: str, run: str, version: int, out) -> None:
+def _pull_and_load(endpoint: Endpoint, run: str, version: int, out) -> None:
     """Pull a version (verified against what the coordinator recorded) and load it with stock PEFT."""
-    pulled = pull(address, run, out, version=version)
+    pulled = pull(endpoint, run, out, version=version)
     assert pulled.version == version
     model = PeftModel.from_pretrained(build_tiny_model(), str(out))
     assert any("lora_" in name for name, _ in model.named_parameters())
@@ -71,7 +71,9 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
     hosts = [network.add_host(f"w{index}", rate_mbit=100) for index in range(3)]
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
-        cli("launch", "-c", address, "--name", run, "--target-batch-size", "192", "--data-slices", "3", *LAUNCH)
+        endpoint = swarm.endpoint  # pins the certificate whose fingerprint the coordinator printed
+        cli("launch", "-c", address, *swarm.trust, "--name", run, "--target-batch-size", "192", "--data-slices", "3",
+            *LAUNCH)
         steady = ["--wait-for-peers", "3", "--drain-timeout", "60", "--max-seconds", "50", "--linger", "40"]
         for index in range(3):
             swarm.start_worker_on(hosts[index], address, run, index, steady)
@@ -84,7 +86,7 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
         victim = re.search(r"joined run \S+ as (\w+)", log(2)).group(1)
 
         def credited() -> bool:
-            with CoordinatorClient(address) as client:
+            with CoordinatorClient(endpoint) as client:
                 board = client.leaderboard(run, include_unverified=True)
             return any(entry.peer_id == victim for entry in board.entries)
 
@@ -117,7 +119,7 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
                                                           "--max-seconds", "20", "--linger", "30"])
         # all three done training and still serving their state: publish from them now
         wait_for(lambda: all("samples per shard" in log(i) for i in range(3)), 150, logs)
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(endpoint) as client:
             published = client.publish_now(run)
         for process in swarm.workers[:2] + swarm.workers[3:]:
             process.terminate()  # end the lingering (SIGTERM: a clean leave)
@@ -136,7 +138,7 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
         totals = dict(worker_totals(log(i)) for i in range(2))
         late_peer, late_samples = worker_totals(rejoined)
         assert late_peer == victim and late_samples > 0
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(endpoint) as client:
             board = {entry.peer_id: entry.samples for entry in client.leaderboard(run, include_unverified=True).entries}
         final = _ledger_receipts(db_path, run, victim)
         killed_session = {**acknowledged, **queued}
@@ -146,7 +148,7 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
 
         # 6. the adapter published after all this is valid
         assert published.published, published.message + logs()
-        _pull_and_load(address, run, published.version.version, tmp_path / "adapter")
+        _pull_and_load(endpoint, run, published.version.version, tmp_path / "adapter")
 
 
 class _TinyStore:
@@ -176,13 +178,13 @@ class _TinyStore:
         subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
 
 
-def _publish(address: str, run: str):
-    with CoordinatorClient(address) as client:
+def _publish(endpoint: Endpoint, run: str):
+    with CoordinatorClient(endpoint) as client:
         return client.publish_now(run)
 
 
-def _served_versions(address: str, run: str) -> list[int]:
-    with CoordinatorClient(address) as client:
+def _served_versions(endpoint: Endpoint, run: str) -> list[int]:
+    with CoordinatorClient(endpoint) as client:
         return [version.version for version in client.status(run).runs[0].versions]
 
 
@@ -197,7 +199,9 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
     request.addfinalizer(store.close)
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
-        cli("launch", "-c", address, "--name", run, "--target-batch-size", "128", "--data-slices", "2", *LAUNCH)
+        endpoint = swarm.endpoint  # pins the certificate whose fingerprint the coordinator printed
+        cli("launch", "-c", address, *swarm.trust, "--name", run, "--target-batch-size", "128", "--data-slices", "2",
+            *LAUNCH)
         for index in range(2):
             swarm.start_worker_on(hosts[index], address, run, index,
                                   ["--wait-for-peers", "2", "--drain-timeout", "90", "--max-seconds", "45",
@@ -205,13 +209,13 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
         logs = lambda: "\n=====\n".join(swarm.log(f"worker{i}.log")[-2500:] for i in range(2)) + \
             "\n=====\n" + swarm.log("coordinator.log")[-3000:]  # noqa: E731
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) >= 1 for i in range(2)), 150, logs)
-        first = _publish(address, run)
+        first = _publish(endpoint, run)
         assert first.published, first.message + logs()
 
         # 1. SIGKILL the coordinator in the middle of a publish, while the workers train; restart it
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) > first.version.epoch for i in range(2)), 60, logs)
         interrupted: list[BaseException | None] = []
-        attempt = threading.Thread(target=lambda: interrupted.append(_publish_error(address, run)), daemon=True)
+        attempt = threading.Thread(target=lambda: interrupted.append(_publish_error(endpoint, run)), daemon=True)
         attempt.start()
         time.sleep(0.4)  # the publish (state download from 2 peers, merge, eval, store) takes >1 s here
         swarm.kill_coordinator()
@@ -220,11 +224,12 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
         time.sleep(6)  # long enough that the workers notice and queue their receipts
         assert all(process.poll() is None for process in swarm.workers), logs()
         swarm.start_coordinator_on(coordinator, ["--no-publish"], port=int(address.rsplit(":", 1)[1]))
-        served = _served_versions(address, run)
+        assert swarm.endpoint == endpoint  # the restarted coordinator kept its certificate: the pin still holds
+        served = _served_versions(endpoint, run)
         assert served == list(range(1, len(served) + 1)) and served[0] == 1  # dense, and v1 survived
         assert not list((store.path / run).glob(".partial-*"))  # an interrupted version left nothing behind
         for version in served:
-            _pull_and_load(address, run, version, tmp_path / f"after-crash-v{version}")
+            _pull_and_load(endpoint, run, version, tmp_path / f"after-crash-v{version}")
 
         # 2. full store, then read-only store: publish fails cleanly and every earlier version is still served
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) > first.version.epoch + 1 for i in range(2)),
@@ -233,15 +238,15 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
                                     (lambda: store.read_only(True), lambda: store.read_only(False))):
             break_store()
             try:
-                refused = _publish(address, run)
+                refused = _publish(endpoint, run)
                 assert not refused.published, "a version was published into a broken store"
-                assert _served_versions(address, run) == served
-                _pull_and_load(address, run, served[-1], tmp_path / f"broken-{len(served)}-{time.monotonic()}")
+                assert _served_versions(endpoint, run) == served
+                _pull_and_load(endpoint, run, served[-1], tmp_path / f"broken-{len(served)}-{time.monotonic()}")
             finally:
                 repair()
-        again = _publish(address, run)
+        again = _publish(endpoint, run)
         assert again.published and again.version.version == served[-1] + 1, again.message + logs()
-        _pull_and_load(address, run, again.version.version, tmp_path / "repaired")
+        _pull_and_load(endpoint, run, again.version.version, tmp_path / "repaired")
 
         # 3. the ledger holds exactly what the workers trained, the coordinator's crash notwithstanding
         wait_for(lambda: all("samples per shard" in swarm.log(f"worker{i}.log") for i in range(2)), 120, logs)
@@ -250,15 +255,15 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
         assert swarm.wait_workers(timeout=120) == [0, 0], logs()
         totals = dict(worker_totals(swarm.log(f"worker{i}.log")) for i in range(2))
         assert all("coordinator unreachable" in swarm.log(f"worker{i}.log") for i in range(2))
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(endpoint) as client:
             board = {entry.peer_id: entry.samples for entry in client.leaderboard(run, include_unverified=True).entries}
         assert board == totals
 
 
-def _publish_error(address: str, run: str) -> BaseException | None:
+def _publish_error(endpoint: Endpoint, run: str) -> BaseException | None:
     """The error a publish ends with when the coordinator is killed under it (None if it completed)."""
     try:
-        _publish(address, run)
+        _publish(endpoint, run)
     except CoordinatorError as exc:
         return exc
     return None

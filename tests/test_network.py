@@ -62,8 +62,9 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
         assert address.startswith(coordinator.address)
-        cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
-            "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
+        assert swarm.fingerprint, "a coordinator off loopback serves TLS and prints its certificate's fingerprint"
+        cli("launch", "-c", address, *swarm.trust, "--name", RUN, "--base-model", "tiny", "--dataset", "sample",
+            "--shards", "1", "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
             "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
             "--averaging-progress-refresh-s", "0.5")
         common = ["--max-epochs", "3", "--wait-for-peers", "2", "--drain-timeout", "60", "--linger", "15"]
@@ -72,7 +73,7 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
         logs = lambda: swarm.log("worker0.log")[-3000:] + swarm.log("worker1.log")[-3000:]  # noqa: E731
         wait_for(lambda: all("samples per shard" in swarm.log(f"worker{i}.log") for i in range(2))
                  or any(p.poll() not in (None, 0) for p in swarm.workers), 200, logs)
-        with CoordinatorClient(address) as client:  # the public worker still lingers and serves its state
+        with CoordinatorClient(swarm.endpoint) as client:  # the public worker still lingers and serves its state
             published = client.publish_now(RUN)
         assert published.published, published.message
         codes = swarm.wait_workers(timeout=120)
@@ -82,12 +83,12 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
         hidden_log = swarm.log("worker1.log")
         # the NAT'ed worker averaged with the public one, through connections it opened itself
         assert "Averaged gradients with 2 peers" in hidden_log, hidden_log[-3000:]
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(swarm.endpoint) as client:
             board = client.leaderboard(RUN, include_unverified=True)
         assert {entry.peer_id: entry.samples for entry in board.entries} == trained
         assert all(samples > 0 for samples in trained.values())
         out = tmp_path / "adapter"
-        cli("pull", "-c", address, "--run", RUN, "--out", str(out))
+        cli("pull", "-c", address, *swarm.trust, "--run", RUN, "--out", str(out))
         model = PeftModel.from_pretrained(build_tiny_model(), str(out))
         assert any("lora_" in name for name, _ in model.named_parameters())
         assert published.version.epoch >= 3 and published.version.eval_loss < published.version.base_eval_loss

@@ -2,7 +2,8 @@
 
 Usage::
 
-    summary = donate(DonateConfig(coordinator="127.0.0.1:50051", run="demo", limits=TrainingLimits(max_epochs=3)))
+    summary = donate(DonateConfig(coordinator=Endpoint("coord.example.org:50051", fingerprint="sha256:ab12..."),
+                                  run="demo", limits=TrainingLimits(max_epochs=3)))
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from swarm.client import CoordinatorClient
+from swarm.client import CoordinatorClient, Endpoint
 from swarm.dht import start_dht
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
@@ -35,7 +36,7 @@ logger = get_logger(__name__)
 class DonateConfig:
     """How one worker donates its time."""
 
-    coordinator: str  # host:port of the coordinator's gRPC API
+    coordinator: str | Endpoint  # the coordinator's gRPC API: host:port, or an Endpoint with its TLS trust
     run: str = ""  # run name; empty: the coordinator's newest run
     name: str = ""  # display name on the leaderboard
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -60,7 +61,8 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     dirs = config.user_dirs or UserDirs.from_environment()
     identity = load_or_create_identity(config.identity or dirs.identity_key)
     device = pick_device(config.device)
-    client = CoordinatorClient(config.coordinator)
+    endpoint = Endpoint.of(config.coordinator)
+    client = CoordinatorClient(endpoint)
     assignment = client.join(identity.peer_id, run_name=config.run, display_name=config.name,
                              max_shards=config.max_shards, device=str(device))
     spec = RunSpec.from_json(assignment.spec_json)
@@ -72,7 +74,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     parent_adapters: list[Path] = []
     if spec.parent:  # a stacked run trains on base + the parent chain, fetched verified from the coordinator
         parent_run, parent_version = parse_version_ref(spec.parent)
-        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version, user_dirs=dirs)
+        _, parent_adapters = fetch_stack(endpoint, parent_run, parent_version, user_dirs=dirs)
         logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
@@ -97,7 +99,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     try:
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key)
                       for shard in shards}
-        client = CoordinatorClient(config.coordinator)
+        client = CoordinatorClient(endpoint)
         if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
                                                             config.wait_timeout_s):
             logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
@@ -105,8 +107,8 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
 
         # opened after hivemind forked its processes, like the gRPC channels
         outbox = Outbox(config.outbox or identity.path.parent / f"outbox-{identity.peer_id}.sqlite",
-                        config.coordinator)
-        sender = OutboxSender(outbox, lambda: CoordinatorClient(config.coordinator),
+                        endpoint.address)
+        sender = OutboxSender(outbox, lambda: CoordinatorClient(endpoint),
                               interval_s=assignment.report_interval_s or 5.0).start()
         sender.kick()  # receipts left from an earlier session go first
 

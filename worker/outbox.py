@@ -5,9 +5,9 @@ with its reason.
 
 Usage::
 
-    outbox = Outbox(Path("~/.config/nomoat/outbox-Qm....sqlite"), coordinator="127.0.0.1:50051")
+    outbox = Outbox(Path("~/.config/nomoat/outbox-Qm....sqlite"), coordinator=endpoint.address)
     outbox.put(signed_receipt)
-    sender = OutboxSender(outbox, lambda: CoordinatorClient(address)).start()
+    sender = OutboxSender(outbox, lambda: CoordinatorClient(endpoint)).start()
     ...
     sender.stop(drain_timeout_s=30)   # try to empty it before exiting; what is left is sent next time
 """
