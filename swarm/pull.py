@@ -191,6 +191,8 @@ class _Fetcher:
             raise PullError(f"{what}: the coordinator sent the manifest of {manifest.run}@{manifest.version}")
         if expect is not None and manifest.sha256 != expect:
             raise PullError(f"{what} hashes to {manifest.sha256}, but the stack names {expect}")
+        if any(entry.name == VERSION_INFO_FILE for entry in manifest.files):
+            raise PullError(f"{what} lists a file named {VERSION_INFO_FILE}, which pull writes itself")
         if not version:
             self._refuse_downgrade(manifest)
         folder = self.cache_dir / manifest.sha256
