@@ -75,7 +75,7 @@ def write_private_file(path: Path, data: bytes, *, replace: bool = True) -> None
             os.link(temporary, path)  # fails if path exists: no clobbering
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 def private_sqlite_file(path: Path) -> Path:
@@ -90,7 +90,8 @@ def private_sqlite_file(path: Path) -> Path:
     return path
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or creation in ``folder`` durable (the folder's own entry list is flushed)."""
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
