@@ -26,6 +26,7 @@ from pathlib import Path
 
 from swarm.adapter_files import FileDigest, file_sha256, version_digest
 from swarm.identity import Identity, peer_id_of_public_key, verify_signature
+from swarm.spec import RUN_NAME_PATTERN
 
 MANIFEST_FORMAT = "nomoat.manifest.v1"
 MANIFEST_FILE = "nomoat_manifest.json"
@@ -138,6 +139,7 @@ def check_manifest_data(data: object) -> None:
         raise ManifestError(f"manifest fields are wrong: missing {sorted(missing)}, unknown {sorted(unknown)}")
     for name in _TEXT_FIELDS:
         _text(data[name], name)
+    _run_name(data["run"], "run")
     _count(data["version"], "version", low=1)
     _count(data["epoch"], "epoch")
     _count(data["samples"], "samples")
@@ -184,6 +186,12 @@ def _text(value: object, name: str) -> str:
     return value
 
 
+def _run_name(value: object, name: str) -> None:
+    # run names become folder names (``pull --chain``): the same rule as RunSpec's
+    if not isinstance(value, str) or not RUN_NAME_PATTERN.fullmatch(value):
+        raise ManifestError(f"manifest field {name} is not a run name: {value!r:.80}")
+
+
 def _count(value: object, name: str, low: int = 0, high: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ManifestError(f"manifest field {name} is not an integer from {low} to {high}: {value!r:.80}")
@@ -204,7 +212,7 @@ def _sha256(value: object, name: str) -> None:
 def _link(value: object, name: str) -> None:
     if not isinstance(value, dict) or value.keys() != {"run", "version", "sha256"}:
         raise ManifestError(f"manifest field {name} is not {{run, version, sha256}}: {value!r:.80}")
-    _text(value["run"], f"{name}.run")
+    _run_name(value["run"], f"{name}.run")
     _count(value["version"], f"{name}.version", low=1)
     _sha256(value["sha256"], f"{name}.sha256")
 

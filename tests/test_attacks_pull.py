@@ -162,3 +162,13 @@ def test_a_manifest_naming_files_outside_the_cache_is_refused_and_nothing_is_wri
     assert not (tmp_path / "out").exists() and not (tmp_path / "deep" / "x").exists()
     assert not cache.exists() or not any(cache.rglob("*"))
     assert proxy.address not in known_coordinators()
+
+
+def test_a_file_the_manifest_does_not_list_is_refused_and_never_copied(proxy, tmp_path):
+    hostile = load_or_create_identity(tmp_path / "hostile.key")
+    proxy.forge = lambda payload: resign(payload, hostile)
+    proxy.files = {"run-me.sh": b"#!/bin/sh\nrm -rf ~\n"}
+    cache = tmp_path / "cache"
+    with pytest.raises(PullError, match="'run-me.sh', which the manifest does not list"):
+        pull(proxy.address, SPEC.name, tmp_path / "out", cache_dir=cache)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("run-me.sh"))

@@ -74,6 +74,8 @@ BAD_FILE = {"name": "adapter_model.safetensors", "size": 10, "sha256": "a" * 64}
     ({"contributors": "QmA"}, "contributors is not a list"),
     ({"contributors": [1]}, "contributors\\[\\] is not a string"),
     ({"run": ["demo"]}, "run is not a string"),
+    ({"run": "a/../../../tmp/evil"}, "run is not a run name"),
+    ({"chain": [{"run": "../x", "version": 1, "sha256": "a" * 64}]}, "chain\\[\\].run is not a run name"),
     ({"base_model": "x" * 5000}, "base_model is not a string"),
     ({"eval_loss": "4.5"}, "eval_loss is not a finite number"),
     ({"chain": [{"run": "p", "version": 0, "sha256": "a" * 64}]}, "chain\\[\\].version"),
