@@ -1,11 +1,14 @@
 """Pull a published adapter version from a coordinator: verified, resumable, cached, and in the layout you need.
 
-A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, and that
-the signer is the coordinator you trust (``trusted_signer``, or the key this address used the first time you
-pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts; see
-``swarm.paths.UserDirs``). Files then stream in chunks into a cache folder named by the version's digest,
-resuming from what an interrupted pull left, and every file must match the manifest's size and sha256 before
-anything reaches ``out``; pulling a version that is already cached (or already in ``out``) downloads nothing.
+A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, every
+field and file name (``swarm.manifest``), and that the signer is the coordinator you trust (``trusted_signer``,
+or the key this address used the first time you pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``
+like ssh's known_hosts, and pinned only once a manifest and all its files verified; see
+``swarm.known_coordinators``). A "latest" older than a version already seen from that signer is refused as a
+downgrade. Files then stream in chunks into a cache folder named by the version's digest, resuming from what an
+interrupted pull left, and every file must match the manifest's size and sha256 before anything reaches ``out``;
+pulling a version that is already cached (or already in ``out``) downloads nothing. ``out`` never loses a file
+the pull did not write (``swarm.output_folder``; ``force`` to write into a folder of your own).
 
 Layouts:
 - ``adapter`` (default): ``out`` is the version's stock PEFT adapter (``PeftModel.from_pretrained(base, out)``;

@@ -13,6 +13,7 @@ import typer
 
 from coordinator.server import Coordinator, CoordinatorConfig
 from nomoat_cli.serve import DB_URL_VARIABLE, database_url
+from swarm.export import ExportError, export_hf_repo
 from swarm.identity import IdentityError, load_or_create_identity
 from swarm.manifest import Manifest, ManifestError, SignedManifest
 from swarm.output_folder import OUTPUT_MARKER, OutputFolderError, write_output_folder
@@ -127,6 +128,20 @@ def test_out_that_is_missing_or_empty_is_written_whole(tmp_path):
     write_output_folder(tmp_path / "empty", fill_with(a="1"))
     for folder in (tmp_path / "new", tmp_path / "empty"):
         assert json.loads((folder / OUTPUT_MARKER).read_text())["entries"] == ["a"]
+
+
+def test_export_into_a_user_folder_is_refused_and_force_keeps_the_users_files(coordinator, tmp_path):  # noqa: F811
+    record = publish_by_hand(coordinator, 0.01, 1)
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "my-notes.md").write_text("mine")
+    with pytest.raises(ExportError, match=f"{out} is not empty .* --force"):
+        export_hf_repo(Path(record.path), out)
+    assert [p.name for p in out.iterdir()] == ["my-notes.md"]
+    export_hf_repo(Path(record.path), out, force=True)
+    assert (out / "my-notes.md").read_text() == "mine" and (out / "README.md").exists()
+    export_hf_repo(Path(record.path), out)  # over an earlier export: no --force needed
+    assert (out / "my-notes.md").read_text() == "mine"
 
 
 # Secrets on disk
