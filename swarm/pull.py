@@ -103,11 +103,8 @@ def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, 
     fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), _memory(dirs),
                        trusted_signer, chunk_bytes, show_progress, on_bytes)
     try:
-        check_output_folder(out, force=force)
-    except OutputFolderError as exc:
-        raise PullError(str(exc)) from None
-    manifest, folders = fetcher.fetch_stack(run_name, number)
-    try:
+        check_output_folder(out, force=force)  # before downloading anything
+        manifest, folders = fetcher.fetch_stack(run_name, number)
         if layout == "adapter":
             _install_adapter(manifest, folders[-1], out, force)
         elif layout == "chain":
