@@ -25,6 +25,7 @@ from typing import Callable
 from swarm.adapter_files import ADAPTER_FILES, FileDigest, describe_files, version_digest
 from swarm.log import get_logger
 from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, SignedManifest
+from swarm.private_files import fsync_folder
 
 logger = get_logger(__name__)
 PARTIAL_PREFIX = ".partial-"
@@ -40,14 +41,6 @@ class StoredVersion:
     path: Path
     sha256: str
     files: list[FileDigest]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AdapterStore:
@@ -83,11 +76,11 @@ class AdapterStore:
                 for name in (MANIFEST_FILE, SIGNATURE_FILE):  # the adapter files are synced above
                     with (partial / name).open("rb+") as handle:
                         os.fsync(handle.fileno())
-            _fsync_dir(partial)
+            fsync_folder(partial)
             if final.exists():  # left by a crash after rename but before its DB row: never served, replace it
                 shutil.rmtree(final)
             os.rename(partial, final)
-            _fsync_dir(final.parent)
+            fsync_folder(final.parent)
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise StoreError(f"could not store version {version} of '{run_name}' in {self.root}: {exc}") from None

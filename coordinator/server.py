@@ -38,6 +38,7 @@ from swarm.client import CHANNEL_OPTIONS
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
+from swarm.private_files import write_private_file
 
 logger = get_logger(__name__)
 
@@ -152,9 +153,7 @@ class Coordinator:
     def _save_peer_book(self) -> None:
         peers = connected_peer_addresses(self.dht)
         if peers:
-            partial = self.peer_book.with_suffix(".partial")
-            partial.write_text(json.dumps(peers))
-            partial.replace(self.peer_book)
+            write_private_file(self.peer_book, json.dumps(peers).encode())
 
     def start(self) -> "Coordinator":
         self.runs.load_all()  # every run warm before the first request; a broken one is only marked unavailable

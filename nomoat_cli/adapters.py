@@ -11,6 +11,9 @@ from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, 
                                ask, coordinator_endpoint, fail)
 from swarm.paths import UserDirs
 
+FORCE = typer.Option(False, "--force", help="Write into a non-empty --out that no pull or export wrote: files "
+                     "of the same names are replaced, all others are kept.")
+
 
 def pull(
     run: str = typer.Option(..., help="Run name."),
@@ -27,6 +30,7 @@ def pull(
     trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust (default: the key "
                                         "this address used on your first pull)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Download cache (default: ~/.cache/nomoat/adapters)."),
+    force: bool = FORCE,
 ) -> None:
     """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
     from swarm.client import CoordinatorError
@@ -38,7 +42,8 @@ def pull(
     endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     try:
         pulled = run_pull(endpoint, run, out, version=version, layout=layout, trusted_signer=trust,
-                          cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment())
+                          cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment(),
+                          force=force)
     except (CoordinatorError, PullError) as exc:
         fail(str(exc))
     fetched = f"{pulled.downloaded_bytes} bytes downloaded" if pulled.downloaded_bytes else "nothing to download"
@@ -75,20 +80,24 @@ def export(
     trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust."),
     upload: Optional[str] = typer.Option(None, help="Also upload to this Hub repo id (needs huggingface_hub and "
                                          "a token; optional)."),
+    force: bool = FORCE,
 ) -> None:
     """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload."""
     from swarm.client import CoordinatorError
     from swarm.export import ExportError, export_hf_repo, upload_to_hub
     from swarm.pull import PullError, fetch_stack
 
+    from swarm.output_folder import OutputFolderError, check_output_folder
+
     endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     try:
+        check_output_folder(out, force=force)
         manifest, stack = fetch_stack(endpoint, run, version, trusted_signer=trust,
                                       user_dirs=UserDirs.from_environment())
         folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
-                                merged_from=stack[:-1] if merge else None)
+                                merged_from=stack[:-1] if merge else None, force=force)
         if upload:
             typer.echo(f"uploaded to {upload_to_hub(folder, upload)}")
-    except (CoordinatorError, PullError, ExportError) as exc:
+    except (CoordinatorError, PullError, ExportError, OutputFolderError) as exc:
         fail(str(exc))
     typer.echo(f"exported {run} version {manifest.version} to {folder}")

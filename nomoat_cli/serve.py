@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -11,10 +13,15 @@ import typer
 
 from nomoat_cli.common import fail
 
+DB_URL_VARIABLE = "NOMOAT_DB_URL"
+
 
 def coordinator(
     data_dir: Path = typer.Option(Path("~/.nomoat/coordinator"), help="Folder of the SQLite DB and adapter store."),
-    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: SQLite file in --data-dir)."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: SQLite file in --data-dir). Anyone on "
+                                     "the machine can read a command line: pass a URL with a password in "
+                                     f"${DB_URL_VARIABLE} or --db-url-file instead."),
+    db_url_file: Optional[Path] = typer.Option(None, help="File holding the SQLAlchemy URL (mode 0600)."),
     host: str = typer.Option("127.0.0.1", help="Listen address (0.0.0.0 to serve other machines)."),
     port: int = typer.Option(50051, help="gRPC port."),
     dht_port: int = typer.Option(0, help="DHT port (0: any free port)."),
@@ -41,11 +48,12 @@ def coordinator(
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
 
+    db_url = database_url(db, db_url_file)
     reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
                            compare_peers=compare_peers)
     try:
-        config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
+        config = CoordinatorConfig(data_dir=data_dir, db_url=db_url, host=host, port=port, dht_port=dht_port,
                                    announce_host=announce_host, publish=not no_publish, publish_policy=policy,
                                    dataset_dirs=tuple(dataset_dir), tls_cert=tls_cert, tls_key=tls_key,
                                    insecure=insecure)
@@ -71,3 +79,36 @@ def coordinator(
     finally:
         service.stop()
         reaper.release()
+
+
+def database_url(db: str | None, db_url_file: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The coordinator's database URL: ``--db``, else the one in ``--db-url-file``, else ``$NOMOAT_DB_URL``, else
+    None (SQLite in the data dir). A password given with ``--db`` is accepted, with a warning."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from swarm.private_files import InsecureFileError, require_private
+
+    if db and db_url_file:
+        fail("choose one of --db and --db-url-file")
+    if db_url_file:
+        path = db_url_file.expanduser()
+        try:
+            require_private(path)
+            url = path.read_text().strip()
+        except (OSError, InsecureFileError) as exc:
+            fail(f"cannot use --db-url-file: {exc}")
+        if not url:
+            fail(f"--db-url-file {path} is empty")
+        return url
+    if db:
+        try:
+            password = make_url(db).password
+        except ArgumentError:
+            password = None  # the database layer names what is wrong with it
+        if password:
+            typer.echo(f"warning: --db holds a password, which other users of this machine can read in the process "
+                       f"list; pass the URL in ${DB_URL_VARIABLE} or --db-url-file FILE (mode 0600) instead",
+                       err=True)
+        return db
+    return environ.get(DB_URL_VARIABLE) or None

@@ -26,8 +26,9 @@ import yaml
 
 from swarm.adapter_files import ADAPTER_FILES, FileDigest, file_sha256
 from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, ManifestError, read_signed_manifest, verify_files
-from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
+from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_merged_model
 from swarm.model import TINY_PRESET, ModelLoadError
+from swarm.output_folder import OUTPUT_MARKER, OutputFolderError, write_output_folder
 
 MODEL_CARD = "README.md"
 TAGS = ("nomoat", "lora", "peft")
@@ -44,20 +45,30 @@ def export_hf_repo(
     *,
     trusted_signer: str | None = None,
     merged_from: Sequence[Path] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write the version in ``version_dir`` (a pulled or stored version) to ``out`` as a Hugging Face model repo.
 
     ``trusted_signer``: the coordinator's peer ID; without it any valid self-consistent signature is accepted.
-    ``merged_from``: see the module docstring. ``out`` is written atomically and replaced only on success.
+    ``merged_from``: see the module docstring. ``out`` is written only on success, by ``swarm.output_folder``'s
+    rules: a non-empty folder that is not an earlier pull or export is refused unless ``force``, and files the
+    export did not write are kept.
     """
     version_dir = Path(version_dir)
     if not version_dir.is_dir():
         raise ExportError(f"version folder {version_dir} does not exist")
     if merged_from is None:
-        return write_folder_atomically(Path(out), lambda staging: _write_adapter_repo(version_dir, staging,
-                                                                                     trusted_signer))
-    return write_folder_atomically(Path(out), lambda staging: _write_merged_repo(version_dir, staging,
-                                                                                trusted_signer, list(merged_from)))
+        def write(staging: Path) -> None:
+            _write_adapter_repo(version_dir, staging, trusted_signer)
+    else:
+        ancestors = list(merged_from)
+
+        def write(staging: Path) -> None:
+            _write_merged_repo(version_dir, staging, trusted_signer, ancestors)
+    try:
+        return write_output_folder(Path(out), write, force=force, what="swarm export")
+    except OutputFolderError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def upload_to_hub(folder: Path, repo_id: str, token: str | None = None, *, private: bool = False) -> str:
@@ -69,7 +80,7 @@ def upload_to_hub(folder: Path, repo_id: str, token: str | None = None, *, priva
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                               commit_message="Upload nomoat adapter version")
+                               commit_message="Upload nomoat adapter version", ignore_patterns=[OUTPUT_MARKER])
     return str(getattr(commit, "commit_url", commit))
 
 

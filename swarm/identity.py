@@ -21,9 +21,11 @@ import multihash
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from hivemind.p2p import P2P, PeerID
+from hivemind.p2p import PeerID
 from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey
+
+from swarm.private_files import InsecureFileError, require_private, write_private_file
 
 
 class IdentityError(ValueError):
@@ -74,12 +76,20 @@ def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> bo
 
 
 def load_or_create_identity(path: Path) -> Identity:
-    """The identity kept in the libp2p key file ``path``, created there (mode 0600) if it does not exist."""
+    """The identity kept in the libp2p key file ``path``, created there if it does not exist: atomically, mode
+    0600, in a folder created 0700 (``swarm.private_files``). IdentityError for a key file others can read."""
     path = Path(path).expanduser()
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        P2P.generate_identity(str(path))
-        path.chmod(0o600)
+        # the format P2P.generate_identity writes, without its moment under the umask
+        key = crypto_pb2.PrivateKey(key_type=crypto_pb2.KeyType.RSA, data=RSAPrivateKey().to_bytes())
+        try:
+            write_private_file(path, key.SerializeToString(), replace=False)
+        except FileExistsError:
+            pass  # another process created it first: use that one
+    try:
+        require_private(path)
+    except InsecureFileError as exc:
+        raise IdentityError(f"refusing to use the identity key: {exc}") from None
     try:
         key_data = crypto_pb2.PrivateKey.FromString(path.read_bytes()).data
         private_key = serialization.load_der_private_key(key_data, password=None)

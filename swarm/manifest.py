@@ -19,11 +19,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from swarm.adapter_files import FileDigest, file_sha256, version_digest
 from swarm.identity import Identity, peer_id_of_public_key, verify_signature
+from swarm.spec import RUN_NAME_PATTERN
 
 MANIFEST_FORMAT = "nomoat.manifest.v1"
 MANIFEST_FILE = "nomoat_manifest.json"
@@ -89,30 +92,129 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> "Manifest":
+        """The manifest in ``payload``, after checking every field's type and range and every file name
+        (``check_manifest_data``); ManifestError otherwise. Nothing in a manifest is trusted before this."""
+        if len(payload) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest is {len(payload)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
         try:
             data = json.loads(payload)
-            if data.pop("format", None) != MANIFEST_FORMAT:
-                raise ManifestError(f"not a {MANIFEST_FORMAT} manifest")
-            files = tuple(FileDigest(**entry) for entry in data.pop("files"))
-            parent = data.pop("parent")
-            chain = tuple(ChainLink(**link) for link in data.pop("chain"))
-            contributors = tuple(data.pop("contributors"))
-            manifest = cls(**data, files=files, parent=ChainLink(**parent) if parent else None, chain=chain,
-                           contributors=contributors)
-        except ManifestError:
-            raise
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"manifest is malformed: {exc}") from None
-        if not isinstance(manifest.version, int) or not isinstance(manifest.epoch, int) or not all(
-                isinstance(peer, str) for peer in manifest.contributors):
-            raise ManifestError("manifest fields have the wrong types")
-        for name in ("eval_loss", "base_eval_loss"):
-            if not isinstance(getattr(manifest, name), (int, float)) or not math.isfinite(getattr(manifest, name)):
-                raise ManifestError(f"manifest field {name} is not a finite number")
-        for entry in manifest.files:
-            if not entry.name or "/" in entry.name or "\\" in entry.name or entry.name.startswith("."):
-                raise ManifestError(f"manifest names an unsafe file: {entry.name!r}")
-        return manifest
+        check_manifest_data(data)
+        data.pop("format")
+        files = tuple(FileDigest(**entry) for entry in data.pop("files"))
+        parent = data.pop("parent", None)
+        chain = tuple(ChainLink(**link) for link in data.pop("chain", []))
+        contributors = tuple(data.pop("contributors"))
+        return cls(**data, files=files, parent=ChainLink(**parent) if parent else None, chain=chain,
+                   contributors=contributors)
+
+
+# Bounds of what a manifest may hold: far above any real adapter, low enough that nothing hostile gets big.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_FILES = 64
+MAX_FILE_BYTES = 64 * 1024 ** 3
+MAX_TEXT = 4096
+MAX_CONTRIBUTORS = 100_000
+MAX_CHAIN = 64
+MAX_COUNT = 2 ** 62
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TEXT_FIELDS = ("run", "spec_hash", "base_model", "base_model_fingerprint", "created_at", "coordinator")
+_FIELDS = {"format", "run", "version", "spec_hash", "base_model", "base_model_fingerprint", "epoch", "samples",
+           "eval_loss", "base_eval_loss", "contributors", "files", "created_at", "coordinator", "parent", "chain",
+           "peers_compared"}
+_OPTIONAL = {"parent", "chain", "peers_compared"}
+
+
+def check_manifest_data(data: object) -> None:
+    """ManifestError unless ``data`` (a decoded manifest) has exactly the manifest's fields, each of its type
+    (ints are ints, not bools or floats; strings are bounded strings; lists are lists) and in range, and its
+    files have safe, unique names."""
+    if not isinstance(data, dict):
+        raise ManifestError("manifest is not a JSON object")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"not a {MANIFEST_FORMAT} manifest")
+    missing, unknown = _FIELDS - _OPTIONAL - data.keys(), data.keys() - _FIELDS
+    if missing or unknown:
+        raise ManifestError(f"manifest fields are wrong: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    for name in _TEXT_FIELDS:
+        _text(data[name], name)
+    _run_name(data["run"], "run")
+    _count(data["version"], "version", low=1)
+    _count(data["epoch"], "epoch")
+    _count(data["samples"], "samples")
+    _count(data.get("peers_compared", 1), "peers_compared", low=1)
+    for name in ("eval_loss", "base_eval_loss"):
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ManifestError(f"manifest field {name} is not a finite number: {value!r:.80}")
+    for peer in _list(data["contributors"], "contributors", MAX_CONTRIBUTORS):
+        _text(peer, "contributors[]")
+    if data.get("parent") is not None:
+        _link(data["parent"], "parent")
+    for link in _list(data.get("chain", []), "chain", MAX_CHAIN):
+        _link(link, "chain[]")
+    files = _list(data["files"], "files", MAX_FILES)
+    if not files:
+        raise ManifestError("manifest lists no files")
+    names = set()
+    for entry in files:
+        if not isinstance(entry, dict) or entry.keys() != {"name", "size", "sha256"}:
+            raise ManifestError(f"manifest file entry is not {{name, size, sha256}}: {entry!r:.80}")
+        check_file_name(entry["name"])
+        if entry["name"] in names:
+            raise ManifestError(f"manifest lists the file {entry['name']!r} twice")
+        names.add(entry["name"])
+        _count(entry["size"], f"size of {entry['name']}", high=MAX_FILE_BYTES)
+        _sha256(entry["sha256"], f"sha256 of {entry['name']}")
+
+
+def check_file_name(name: object) -> None:
+    """ManifestError unless ``name`` is a plain file name: no folder part, not hidden, no control characters,
+    and not one of the manifest's own files."""
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise ManifestError(f"manifest names an unsafe file: {name!r:.80} (not a plain file name)")
+    if ("/" in name or "\\" in name or ":" in name or name.startswith(".") or ".." in name
+            or any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in name)
+            or name in (MANIFEST_FILE, SIGNATURE_FILE)):
+        raise ManifestError(f"manifest names an unsafe file: {name!r:.80} (only plain names are allowed)")
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ManifestError(f"manifest field {name} is not a string of at most {MAX_TEXT} characters: {value!r:.80}")
+    return value
+
+
+def _run_name(value: object, name: str) -> None:
+    # run names become folder names (``pull --chain``): the same rule as RunSpec's
+    if not isinstance(value, str) or not RUN_NAME_PATTERN.fullmatch(value):
+        raise ManifestError(f"manifest field {name} is not a run name: {value!r:.80}")
+
+
+def _count(value: object, name: str, low: int = 0, high: int = MAX_COUNT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ManifestError(f"manifest field {name} is not an integer from {low} to {high}: {value!r:.80}")
+    return value
+
+
+def _list(value: object, name: str, limit: int) -> list:
+    if not isinstance(value, list) or len(value) > limit:
+        raise ManifestError(f"manifest field {name} is not a list of at most {limit} items")
+    return value
+
+
+def _sha256(value: object, name: str) -> None:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise ManifestError(f"manifest field {name} is not a sha256 hex digest: {value!r:.80}")
+
+
+def _link(value: object, name: str) -> None:
+    if not isinstance(value, dict) or value.keys() != {"run", "version", "sha256"}:
+        raise ManifestError(f"manifest field {name} is not {{run, version, sha256}}: {value!r:.80}")
+    _run_name(value["run"], f"{name}.run")
+    _count(value["version"], f"{name}.version", low=1)
+    _sha256(value["sha256"], f"{name}.sha256")
 
 
 @dataclass(frozen=True)

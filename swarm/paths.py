@@ -47,6 +47,11 @@ class UserDirs:
         return self.config / "known_coordinators.json"
 
     @property
+    def seen_versions(self) -> Path:
+        """Signer peer ID -> run -> the highest version verified from it (a lower "latest" is a downgrade)."""
+        return self.config / "seen_versions.json"
+
+    @property
     def adapter_cache(self) -> Path:
         """Pulled versions, one folder per content digest."""
         return self.cache / "adapters"

@@ -1,11 +1,14 @@
 """Pull a published adapter version from a coordinator: verified, resumable, cached, and in the layout you need.
 
-A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, and that
-the signer is the coordinator you trust (``trusted_signer``, or the key this address used the first time you
-pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``, like ssh's known_hosts; see
-``swarm.paths.UserDirs``). Files then stream in chunks into a cache folder named by the version's digest,
-resuming from what an interrupted pull left, and every file must match the manifest's size and sha256 before
-anything reaches ``out``; pulling a version that is already cached (or already in ``out``) downloads nothing.
+A pull first fetches the version's signed manifest and checks it: the signature over its exact bytes, every
+field and file name (``swarm.manifest``), and that the signer is the coordinator you trust (``trusted_signer``,
+or the key this address used the first time you pulled from it, kept in ``~/.config/nomoat/known_coordinators.json``
+like ssh's known_hosts, and pinned only once a manifest and all its files verified; see
+``swarm.known_coordinators``). A "latest" older than a version already seen from that signer is refused as a
+downgrade. Files then stream in chunks into a cache folder named by the version's digest, resuming from what an
+interrupted pull left, and every file must match the manifest's size and sha256 before anything reaches ``out``;
+pulling a version that is already cached (or already in ``out``) downloads nothing. ``out`` never loses a file
+the pull did not write (``swarm.output_folder``; ``force`` to write into a folder of your own).
 
 Layouts:
 - ``adapter`` (default): ``out`` is the version's stock PEFT adapter (``PeftModel.from_pretrained(base, out)``;
@@ -37,9 +40,11 @@ from typing import Callable, Literal
 from tqdm import tqdm
 
 from swarm.client import CoordinatorClient, Endpoint
-from swarm.manifest import (FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest,
-                            verify_files)
-from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
+from swarm.known_coordinators import CoordinatorMemory, CoordinatorMemoryError
+from swarm.manifest import (MANIFEST_FILE, SIGNATURE_FILE, FileMismatchError, Manifest, ManifestError, SignedManifest,
+                            read_signed_manifest, verify_files)
+from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_merged_model
+from swarm.output_folder import OutputFolderError, check_output_folder, write_output_folder
 from swarm.paths import UserDirs
 
 VERSION_INFO_FILE = "nomoat_version.json"
@@ -77,49 +82,37 @@ def resolve_version(text: str | int | None) -> int:
     return number
 
 
-def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None, known_file: Path) -> str:
-    """The peer ID whose signature this pull accepts: the one given, else the one remembered for this address in
-    ``known_file`` (recording ``signer`` there on first use)."""
-    if trusted_signer:
-        return trusted_signer
-    path = Path(known_file)
-    try:
-        known = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise PullError(f"cannot read the known coordinators file {path}: {exc}") from None
-    if coordinator in known:
-        return known[coordinator]
-    known[coordinator] = signer
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(known, indent=2, sort_keys=True))
-    partial.replace(path)
-    return signer
-
-
 def pull(coordinator: str | Endpoint, run_name: str, out: Path, version: int | str = 0, *,
          layout: Layout = "adapter", trusted_signer: str | None = None, cache_dir: Path | None = None,
          chunk_bytes: int = 0, show_progress: bool = False, on_bytes: Callable[[int], None] | None = None,
-         user_dirs: UserDirs | None = None) -> PulledVersion:
+         user_dirs: UserDirs | None = None, force: bool = False) -> PulledVersion:
     """Pull ``version`` ('latest'/0 or N) of ``run_name`` into ``out`` in the given layout, verified.
 
     ``user_dirs`` holds the trusted coordinator keys and the cache (None: ``UserDirs.from_environment()``);
     ``cache_dir`` overrides its cache. ``on_bytes`` is called with each received chunk's size (progress
-    reporting; raising from it interrupts the pull, and the next pull resumes where it stopped)."""
+    reporting; raising from it interrupts the pull, and the next pull resumes where it stopped).
+
+    ``out`` is written by ``swarm.output_folder``'s rules: a non-empty folder that is not an earlier pull or
+    export is refused (before anything is downloaded) unless ``force``, and no file the pull did not write is
+    ever removed."""
     if layout not in ("adapter", "chain", "merged"):
         raise PullError(f"layout must be adapter, chain or merged, not {layout!r}")
     number = resolve_version(version)
     out = Path(out).expanduser()
     dirs = user_dirs or UserDirs.from_environment()
-    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), dirs.known_coordinators,
+    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), _memory(dirs),
                        trusted_signer, chunk_bytes, show_progress, on_bytes)
-    manifest, folders = fetcher.fetch_stack(run_name, number)
-    if layout == "adapter":
-        _install_adapter(manifest, folders[-1], out)
-    elif layout == "chain":
-        _install_chain(folders, out)
-    else:
-        _install_merged(manifest, folders, out)
+    try:
+        check_output_folder(out, force=force)  # before downloading anything
+        manifest, folders = fetcher.fetch_stack(run_name, number)
+        if layout == "adapter":
+            _install_adapter(manifest, folders[-1], out, force)
+        elif layout == "chain":
+            _install_chain(folders, out, force)
+        else:
+            _install_merged(manifest, folders, out, force)
+    except OutputFolderError as exc:
+        raise PullError(str(exc)) from None
     return PulledVersion(manifest.run, manifest.version, manifest.sha256, manifest.eval_loss, manifest.base_eval_loss,
                          out, manifest, fetcher.downloaded, layout)
 
@@ -131,21 +124,25 @@ def fetch_stack(coordinator: str | Endpoint, run_name: str, version: int | str =
     folders root first, ending with its own). Workers of a stacked run merge these into their base model.
     ``user_dirs`` and ``cache_dir`` as for ``pull``."""
     dirs = user_dirs or UserDirs.from_environment()
-    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), dirs.known_coordinators,
+    fetcher = _Fetcher(coordinator, Path(cache_dir or dirs.adapter_cache).expanduser(), _memory(dirs),
                        trusted_signer, 0, False, None)
     return fetcher.fetch_stack(run_name, resolve_version(version))
+
+
+def _memory(dirs: UserDirs) -> CoordinatorMemory:
+    return CoordinatorMemory(dirs.known_coordinators, dirs.seen_versions)
 
 
 class _Fetcher:
     """Fetches verified versions into the content-addressed cache (``<cache>/<sha256>/``)."""
 
-    def __init__(self, coordinator: str | Endpoint, cache_dir: Path, known_coordinators: Path,
+    def __init__(self, coordinator: str | Endpoint, cache_dir: Path, memory: CoordinatorMemory,
                  trusted_signer: str | None, chunk_bytes: int, show_progress: bool,
                  on_bytes: Callable[[int], None] | None):
         self.endpoint = Endpoint.of(coordinator)
-        # the known-coordinators file remembers a signing key per address
+        # the coordinator memory remembers a signing key per address
         self.coordinator, self.cache_dir, self.trusted_signer = self.endpoint.address, cache_dir, trusted_signer
-        self.known_coordinators = known_coordinators
+        self.memory = memory
         self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
         self.downloaded = 0
 
@@ -160,12 +157,34 @@ class _Fetcher:
         if not payload:
             raise PullError(f"{what} has no signed manifest (published by an older coordinator); it cannot be verified")
         try:
-            signed = SignedManifest.from_parts(payload, signature_json)
-            trusted = trusted_signer_for(self.coordinator, signed.signer, self.trusted_signer,
-                                         self.known_coordinators)
-            return signed.verify(trusted)
+            # on first contact (no --trust, nothing pinned) any self-consistent signer is accepted here; it is
+            # pinned only by _remember, once its manifest and every file verified
+            trusted = self.trusted_signer or self.memory.signer_for(self.coordinator)
+            return SignedManifest.from_parts(payload, signature_json).verify(trusted)
         except ManifestError as exc:
             raise PullError(f"{what} failed verification: {exc}") from None
+        except CoordinatorMemoryError as exc:
+            raise PullError(str(exc)) from None
+
+    def _refuse_downgrade(self, manifest: Manifest) -> None:
+        """A "latest" below the highest version this signer was seen to publish is an old answer replayed (by
+        the server or a proxy in between): refused, naming both versions."""
+        try:
+            highest = self.memory.highest_version(manifest.coordinator, manifest.run)
+        except CoordinatorMemoryError as exc:
+            raise PullError(str(exc)) from None
+        if manifest.version < highest:
+            raise PullError(
+                f"{self.coordinator} offers version {manifest.version} of '{manifest.run}' as the latest, but "
+                f"version {highest} of it, signed by the same coordinator ({manifest.coordinator}), was verified "
+                f"before: refusing a downgrade (a stale or replayed answer, or a proxy in between). To pull "
+                f"version {manifest.version} on purpose, ask for it: --version {manifest.version}")
+
+    def _remember(self, manifest: Manifest) -> None:
+        try:
+            self.memory.remember(self.coordinator, manifest)
+        except CoordinatorMemoryError as exc:
+            raise PullError(str(exc)) from None
 
     def fetch(self, client: CoordinatorClient, run_name: str, version: int,
               expect: str | None = None) -> tuple[Manifest, Path]:
@@ -176,8 +195,13 @@ class _Fetcher:
             raise PullError(f"{what}: the coordinator sent the manifest of {manifest.run}@{manifest.version}")
         if expect is not None and manifest.sha256 != expect:
             raise PullError(f"{what} hashes to {manifest.sha256}, but the stack names {expect}")
+        if any(entry.name == VERSION_INFO_FILE for entry in manifest.files):
+            raise PullError(f"{what} lists a file named {VERSION_INFO_FILE}, which pull writes itself")
+        if not version:
+            self._refuse_downgrade(manifest)
         folder = self.cache_dir / manifest.sha256
         if folder.is_dir() and _holds(folder, manifest):
+            self._remember(manifest)
             return manifest, folder
         partial = self.cache_dir / f".partial-{manifest.sha256}"
         partial.mkdir(parents=True, exist_ok=True)
@@ -192,6 +216,7 @@ class _Fetcher:
         (partial / VERSION_INFO_FILE).write_text(json.dumps(_version_info(manifest), indent=2))
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(partial, folder)
+        self._remember(manifest)
         return manifest, folder
 
     def _download(self, client: CoordinatorClient, run_name: str, manifest: Manifest, partial: Path,
@@ -269,16 +294,17 @@ def _version_info(manifest: Manifest) -> dict:
             "chain": [str(link) for link in manifest.chain], "base_model": manifest.base_model}
 
 
-def _copy_version(folder: Path, target: Path) -> None:
+def _copy_version(folder: Path, manifest: Manifest, target: Path) -> None:
+    """Copy the files ``manifest`` lists, its signed manifest and the version summary: nothing else."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in os.listdir(folder):
+    for name in [entry.name for entry in manifest.files] + [MANIFEST_FILE, SIGNATURE_FILE, VERSION_INFO_FILE]:
         shutil.copyfile(folder / name, target / name)
 
 
-def _install_adapter(manifest: Manifest, folder: Path, out: Path) -> None:
+def _install_adapter(manifest: Manifest, folder: Path, out: Path, force: bool) -> None:
     if out.is_dir() and _holds(out, manifest):
         return  # already there, verified
-    write_folder_atomically(out, lambda staging: _copy_version(folder, staging))
+    write_output_folder(out, lambda staging: _copy_version(folder, manifest, staging), force=force)
 
 
 def _stack_entries(folders: list[Path]) -> list[tuple[str, Path, Manifest]]:
@@ -289,12 +315,12 @@ def _stack_entries(folders: list[Path]) -> list[tuple[str, Path, Manifest]]:
     return entries
 
 
-def _install_chain(folders: list[Path], out: Path) -> None:
+def _install_chain(folders: list[Path], out: Path, force: bool) -> None:
     entries = _stack_entries(folders)
 
     def fill(staging: Path) -> None:
-        for name, folder, _ in entries:
-            _copy_version(folder, staging / name)
+        for name, folder, manifest in entries:
+            _copy_version(folder, manifest, staging / name)
         top = entries[-1][2]
         (staging / STACK_FILE).write_text(json.dumps({
             "base_model": top.base_model, "base_model_fingerprint": top.base_model_fingerprint,
@@ -302,10 +328,10 @@ def _install_chain(folders: list[Path], out: Path) -> None:
                                for name, _, m in entries],
         }, indent=2))
 
-    write_folder_atomically(out, fill)
+    write_output_folder(out, fill, force=force)
 
 
-def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
+def _install_merged(manifest: Manifest, folders: list[Path], out: Path, force: bool) -> None:
     def fill(staging: Path) -> None:
         try:
             write_merged_model(staging, manifest.base_model, manifest.base_model_fingerprint, folders)
@@ -314,9 +340,9 @@ def _install_merged(manifest: Manifest, folders: list[Path], out: Path) -> None:
                             f"{exc}") from None
         # the verified adapter and its signed manifest travel along; at the top level the manifest would list
         # files that are not there, and adapter_config.json would make tools treat the folder as an adapter
-        _copy_version(folders[-1], staging / MERGED_ADAPTER_FOLDER)
+        _copy_version(folders[-1], manifest, staging / MERGED_ADAPTER_FOLDER)
 
-    write_folder_atomically(out, fill)
+    write_output_folder(out, fill, force=force)
 
 
 

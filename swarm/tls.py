@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from swarm.private_files import private_folder, write_private_file
+
 CERT_FILE, KEY_FILE = "cert.pem", "key.pem"
 
 
@@ -67,18 +69,6 @@ def normalize_fingerprint(text: str) -> str:
     return "sha256:" + hexdigest
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the first byte (no window under the umask), atomically."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
-
-
 def ensure_certificate(folder: Path, hosts: list[str]) -> tuple[bytes, bytes]:
     """The certificate and key kept in ``folder``, made (self-signed, EC P-256, ten years) on first use for
     ``hosts`` (names and IP addresses the coordinator is reached by)."""
@@ -86,7 +76,7 @@ def ensure_certificate(folder: Path, hosts: list[str]) -> tuple[bytes, bytes]:
     cert_path, key_path = folder / CERT_FILE, folder / KEY_FILE
     if cert_path.is_file() and key_path.is_file():
         return read_certificate(cert_path, key_path)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_folder(folder)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in dict.fromkeys([*hosts, "localhost", "127.0.0.1"]):
@@ -105,8 +95,8 @@ def ensure_certificate(folder: Path, hosts: list[str]) -> tuple[bytes, bytes]:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    _write_private(key_path, key_pem)
-    _write_private(cert_path, cert_pem)
+    write_private_file(key_path, key_pem)
+    write_private_file(cert_path, cert_pem)
     return cert_pem, key_pem
 
 

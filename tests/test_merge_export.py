@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from swarm.adapter_files import describe_files, file_sha256
 from swarm.export import ExportError, export_hf_repo, is_hub_model_id
 from swarm.identity import load_or_create_identity
+from swarm.output_folder import OUTPUT_MARKER
 from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, ChainLink, Manifest, sign_manifest
 from swarm.merge import (BYTE_TOKENIZER_FILE, MergeError, apply_adapter_chain, write_folder_atomically,
                          write_merged_model)
@@ -181,7 +182,7 @@ def test_export_writes_a_hub_repo_with_card_and_signed_manifest(adapters, coordi
     manifest = _publish(first, tmp_path / "v1", coordinator, version=1)
     out = export_hf_repo(tmp_path / "v1", tmp_path / "repo", trusted_signer=coordinator.peer_id)
     assert out == tmp_path / "repo"
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != OUTPUT_MARKER)  # the marker: see test_pull_hardening
     assert names == sorted(["README.md", "adapter_config.json", "adapter_model.safetensors", MANIFEST_FILE,
                             SIGNATURE_FILE])
     for name in names[1:]:
@@ -212,9 +213,8 @@ def test_export_refuses_tampered_versions_and_leaves_nothing(adapters, coordinat
     first, _ = adapters
     published = tmp_path / "v1"
     _publish(first, published, coordinator, version=1)
-    previous = tmp_path / "previous"
-    previous.mkdir()
-    (previous / "README.md").write_text("an earlier, good export")
+    previous = export_hf_repo(published, tmp_path / "previous")  # an earlier, good export
+    exported = {path.name: path.read_bytes() for path in previous.iterdir()}
 
     weights = tmp_path / "weights"
     shutil.copytree(published, weights)
@@ -246,7 +246,7 @@ def test_export_refuses_tampered_versions_and_leaves_nothing(adapters, coordinat
         export_hf_repo(unsigned, tmp_path / "out")
 
     assert not (tmp_path / "out").exists()
-    assert (previous / "README.md").read_text() == "an earlier, good export"
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == exported  # no staging inside either
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
 
 

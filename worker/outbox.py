@@ -23,6 +23,7 @@ from typing import Callable
 from swarm.background import BackgroundLoop
 from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.log import get_logger
+from swarm.private_files import private_sqlite_file
 from swarm.receipts import Receipt, SignedReceipt
 
 logger = get_logger(__name__)
@@ -52,8 +53,8 @@ class Outbox:
     """Receipts not yet acknowledged by one coordinator, in a SQLite file (safe to share between threads)."""
 
     def __init__(self, path: Path, coordinator: str):
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # signed receipts and the coordinator's address are the user's business: 0600, like the config folder's keys
+        self.path = private_sqlite_file(Path(path))
         self.coordinator = coordinator
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)

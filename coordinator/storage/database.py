@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from coordinator.schema import Base
+from swarm.private_files import private_sqlite_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -67,6 +68,8 @@ def _make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     in_memory = parsed.database in (None, "", ":memory:")
+    if not in_memory and not str(parsed.database).startswith("file:"):
+        private_sqlite_file(Path(str(parsed.database)))  # the DB and its -wal/-shm: 0600 from the start
     # An in-memory database exists only within one connection, so every session must share it.
     extra = {"poolclass": StaticPool} if in_memory else {}
     engine = create_engine(url, connect_args={"check_same_thread": False}, **extra)
