@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,17 +22,18 @@ from coordinator.data_dir_lock import DataDirLock
 from coordinator.dataset_sources import DatasetSources
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
+from coordinator.limits import RpcLimits
 from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.retention import Retention
 from coordinator.rpc_errors import RpcErrorInterceptor
+from coordinator.rpc_limits import RpcLimitsInterceptor, server_options, thread_pool
 from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
-from swarm.client import CHANNEL_OPTIONS
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
@@ -56,6 +56,7 @@ class CoordinatorConfig:
     watch_interval_s: float = 2.0  # how often DHT progress is read to cross-check receipts
     publish_policy: PublishPolicy = field(default_factory=PublishPolicy)  # cross-check, quality gate, retention
     dataset_dirs: tuple[Path, ...] = ()  # folders launched runs may take datasets from (besides 'sample')
+    limits: RpcLimits = field(default_factory=RpcLimits)  # message sizes, concurrency, streams, rates, bounds
 
 
 class Coordinator:
@@ -90,11 +91,12 @@ class Coordinator:
         self.ledger = Ledger(self.storage, self.runs, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
-                                          self.initial_peers, retention=self.retention)
+                                          self.initial_peers, retention=self.retention, limits=config.limits)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                                  options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
-                                  interceptors=[RpcErrorInterceptor()])
+        limits = config.limits
+        self.server = grpc.server(thread_pool(limits), options=[*server_options(limits), ("grpc.so_reuseport", 0)],
+                                  maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+                                  interceptors=[RpcErrorInterceptor(), RpcLimitsInterceptor(limits)])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         try:
             bound = self.server.add_insecure_port(f"{config.host}:{config.port}")

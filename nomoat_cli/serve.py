@@ -28,19 +28,26 @@ def coordinator(
                                       "and publish only what the majority agrees on."),
     dataset_dir: list[Path] = typer.Option([], help="A folder runs may take their dataset from (repeatable); "
                                            "without one, only the built-in 'sample' dataset can be launched."),
+    limit: list[str] = typer.Option([], help="Change one of the coordinator's limits, NAME=VALUE (repeatable), "
+                                    "e.g. rate_per_s=20; the limits are listed in the README."),
 ) -> None:
     """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
+    from coordinator.limits import LimitsError, RpcLimits
     from coordinator.publisher import PublishPolicy
     from coordinator.server import Coordinator, CoordinatorConfig
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
 
+    try:
+        limits = RpcLimits.with_overrides(limit)
+    except LimitsError as exc:
+        fail(f"--limit: {exc}")
     reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
                            compare_peers=compare_peers)
     config = CoordinatorConfig(data_dir=data_dir, db_url=db, host=host, port=port, dht_port=dht_port,
                                announce_host=announce_host, publish=not no_publish, publish_policy=policy,
-                               dataset_dirs=tuple(dataset_dir))
+                               dataset_dirs=tuple(dataset_dir), limits=limits)
     try:
         service = Coordinator(config).start()
     except Exception as exc:
