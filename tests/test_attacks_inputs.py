@@ -96,6 +96,7 @@ def submit(stub, *receipts: SignedReceipt) -> list[pb.ReceiptResult]:
 def test_streams_that_never_read_cannot_take_every_thread(coordinator, stub):
     streams = [stub.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=0), timeout=60) for _ in range(16)]
     try:
+        time.sleep(1.0)  # every stream has reached the server and is blocked on a client that does not read
         started = time.monotonic()
         status = assert_still_up(coordinator, timeout=5.0)  # another client, while 16 streams are held
         assert [run.run_name for run in status.runs] == [RUN] and time.monotonic() - started < 5.0
