@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +24,7 @@ from coordinator.request_checks import (
     check_offsets,
     check_run_name,
     check_worker_id,
+    clean_display_name,
     check_version,
     parse_spec_json,
 )
@@ -149,7 +150,9 @@ class CoordinatorService:
         refer to, and how many contributors were left out."""
         self._runtime(run_name)
         rows = [row for row in self.storage.ledger.leaderboard(run_name, include_unverified) if row.samples > 0]
-        shown = rows[: self.limits.max_leaderboard_rows]
+        # names stored before they were cleaned on Join are cleaned on the way out
+        shown = [replace(row, display_name=clean_display_name(row.display_name, row.peer_id))
+                 for row in rows[: self.limits.max_leaderboard_rows]]
         return shown, sum(row.samples for row in rows), len(rows) - len(shown)
 
     def leave(self, worker_id: str) -> None:

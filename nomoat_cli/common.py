@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, TypeVar
 
 import typer
 
+from swarm.text import printable
+
 if TYPE_CHECKING:
     from swarm.client import CoordinatorClient
 
@@ -31,4 +33,4 @@ def ask(coordinator: str, request: Callable[[CoordinatorClient], T]) -> T:
         with CoordinatorClient(coordinator) as client:
             return request(client)
     except CoordinatorError as exc:
-        fail(str(exc))
+        fail(printable(str(exc), 2000))  # the message is the coordinator's: no escapes reach the terminal

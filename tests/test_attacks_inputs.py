@@ -263,3 +263,22 @@ def test_a_burst_beyond_the_rate_limit_is_refused_then_served_again(tmp_path):
         assert_still_up(process)
     finally:
         process.stop()
+
+
+def test_the_leaderboard_answer_is_bounded_and_says_how_many_were_left_out(tmp_path):
+    process = CoordinatorProcess(tmp_path / "coordinator", "--limit", "max_leaderboard_rows=1").start()
+    try:
+        launch(process.address, json.dumps({"name": RUN, "base_model": "tiny", "dataset": "sample"}))
+        with grpc.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            for name in ("first", "second"):
+                identity = load_or_create_identity(tmp_path / f"{name}.key")
+                join(stub, identity, display_name=name)
+                assert [r.status for r in submit(stub, signed_raw(identity, receipt_id=name * 4))] == ["accepted"]
+            board = stub.GetLeaderboard(pb.LeaderboardRequest(run_name=RUN, include_unverified=True), timeout=10)
+        assert len(board.entries) == 1 and board.omitted_entries == 1 and board.total_samples == 8
+        printed = runner.invoke(app, ["leaderboard", "--run", RUN, "--all", "-c", process.address])
+        assert "... and 1 more contributor(s)" in printed.output, printed.output
+        assert_still_up(process)
+    finally:
+        process.stop()
