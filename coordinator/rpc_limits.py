@@ -9,8 +9,8 @@
 
 Usage::
 
-    server = grpc.server(executor(limits), options=server_options(limits), maximum_concurrent_rpcs=...,
-                         interceptors=[RpcErrorInterceptor(), RpcLimitsInterceptor(limits)])
+    server = grpc.server(thread_pool(limits), options=server_options(limits), maximum_concurrent_rpcs=...,
+                         interceptors=[RpcLimitsInterceptor(limits), RpcErrorInterceptor()])
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 import grpc
 
@@ -30,6 +30,7 @@ from swarm.log import get_logger
 
 logger = get_logger(__name__)
 MAX_TRACKED_ADDRESSES = 10_000  # buckets kept; beyond, full (idle) ones are forgotten first
+REFUSAL_LOG_EVERY_S = 10.0  # refusals are logged at most this often per address: a flood must not fill the disk
 
 
 def server_options(limits: RpcLimits) -> list[tuple[str, int]]:
@@ -39,6 +40,9 @@ def server_options(limits: RpcLimits) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", limits.max_receive_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_connection_idle_ms", int(limits.connection_idle_s * 1000)),
+        # a connection lives at most two stream lifetimes: the first, then one more for its last streams to end
+        ("grpc.max_connection_age_ms", int(limits.stream_max_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(limits.stream_max_s * 1000)),
         ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", min(20_000, keepalive_ms)),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -159,13 +163,30 @@ class StreamSlots:
 
 
 class RpcLimitsInterceptor(grpc.ServerInterceptor):
-    """Rate limits every RPC and bounds streams (see the module doc). Place it after ``RpcErrorInterceptor`` so
-    its refusals are logged like every other failed RPC."""
+    """Rate limits every RPC and bounds streams (see the module doc). Place it first, before
+    ``RpcErrorInterceptor``: a refused RPC costs one check, and refusals are logged here, at most once per
+    address every few seconds, with the number of refusals since the last line."""
 
     def __init__(self, limits: RpcLimits):
         self.limits = limits
         self.buckets = TokenBuckets(limits.rate_per_s, limits.rate_burst)
         self.streams = StreamSlots(limits)
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, refused since)
+        self._refusals_lock = threading.Lock()
+
+    def _refuse(self, context: grpc.ServicerContext, address: str, reason: str) -> NoReturn:
+        now = time.monotonic()
+        with self._refusals_lock:
+            logged, count = self._refusals.get(address, (-REFUSAL_LOG_EVERY_S, 0))
+            count += 1
+            due = now - logged >= REFUSAL_LOG_EVERY_S
+            if len(self._refusals) > MAX_TRACKED_ADDRESSES:
+                self._refusals.clear()
+            self._refusals[address] = (now, 0) if due else (logged, count)
+        if due:
+            logger.warning("refused %d rpc(s) from %s: RESOURCE_EXHAUSTED: %s", count, address, reason)
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+        raise AssertionError("grpc's abort returned")  # it raises; this tells type checkers so
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -183,9 +204,9 @@ class RpcLimitsInterceptor(grpc.ServerInterceptor):
     def _admit(self, context: grpc.ServicerContext) -> str:
         address = client_address(context)
         if not self.buckets.take(address):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"rate limit: at most {self.limits.rate_per_s:g} requests per second (bursts of "
-                          f"{self.limits.rate_burst}) per client address; slow down and retry")
+            self._refuse(context, address, f"rate limit: at most {self.limits.rate_per_s:g} requests per second "
+                                           f"(bursts of {self.limits.rate_burst}) per client address; slow down "
+                                           f"and retry")
         return address
 
     def _unary(self, behavior: Callable) -> Callable:
@@ -200,8 +221,7 @@ class RpcLimitsInterceptor(grpc.ServerInterceptor):
             address = self._admit(context)
             stream = self.streams.acquire(address, context)
             if isinstance(stream, str):
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, stream)
-                return
+                self._refuse(context, address, stream)
             slot = stream
             context.add_callback(lambda: self.streams.release(slot))  # however the RPC ends
             try:

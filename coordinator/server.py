@@ -96,7 +96,7 @@ class Coordinator:
         limits = config.limits
         self.server = grpc.server(thread_pool(limits), options=[*server_options(limits), ("grpc.so_reuseport", 0)],
                                   maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
-                                  interceptors=[RpcErrorInterceptor(), RpcLimitsInterceptor(limits)])
+                                  interceptors=[RpcLimitsInterceptor(limits), RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         try:
             bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
