@@ -194,12 +194,13 @@ def test_each_bad_receipt_is_refused_alone_and_the_batch_answered(coordinator, s
                                     ended_at=time.time()), identity)
     bad = [signed_raw(identity, receipt_id="b" * 32, started_at=1e300),
            signed_raw(identity, receipt_id="c" * 32, epoch=2**64),
-           signed_raw(identity, receipt_id="d" * 10_000)]
+           signed_raw(identity, receipt_id="d" * 10_000),
+           signed_raw(identity, receipt_id="e" * 32, epoch=2**62)]
     before = len(coordinator.db_snapshot()["receipts"])
-    results = submit(stub, bad[0], good, bad[1], bad[2])
-    assert [r.status for r in results] == ["rejected", "accepted", "rejected", "rejected"]
+    results = submit(stub, bad[0], good, bad[1], bad[2], bad[3])
+    assert [r.status for r in results] == ["rejected", "accepted", "rejected", "rejected", "rejected"]
     assert "started_at must be within" in results[0].message and "epoch must be within" in results[2].message
-    assert "at most 4096 are accepted" in results[3].message
+    assert "at most 4096 are accepted" in results[3].message and "epoch must be within" in results[4].message
     assert len(coordinator.db_snapshot()["receipts"]) == before + 1
     error = refusal(lambda: submit(stub, *[good] * 513))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 512 are accepted" in error.details()
