@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,12 @@ from coordinator.data_dir_lock import DataDirLock
 from coordinator.dataset_sources import DatasetSources
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
+from coordinator.limits import RpcLimits
 from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.retention import Retention
 from coordinator.rpc_errors import RpcErrorInterceptor
+from coordinator.rpc_limits import RpcLimitsInterceptor, server_options, thread_pool
 from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
@@ -34,7 +35,6 @@ from coordinator.storage import Storage
 from coordinator.transport import server_tls
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
-from swarm.client import CHANNEL_OPTIONS
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
@@ -62,6 +62,8 @@ class CoordinatorConfig:
     tls_key: Path | None = None  # its private key (PEM); given together with tls_cert
     insecure: bool = False  # plaintext gRPC even off loopback (logged as a warning); never with tls_cert
     tls_on_loopback: bool = False  # TLS on a loopback host too (self-signed without tls_cert): local checks, tests
+
+    limits: RpcLimits = field(default_factory=RpcLimits)  # message sizes, concurrency, streams, rates, bounds
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -107,11 +109,12 @@ class Coordinator:
         self.ledger = Ledger(self.storage, self.runs, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
-                                          self.initial_peers, retention=self.retention)
+                                          self.initial_peers, retention=self.retention, limits=config.limits)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                                  options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
-                                  interceptors=[RpcErrorInterceptor()])
+        limits = config.limits
+        self.server = grpc.server(thread_pool(limits), options=[*server_options(limits), ("grpc.so_reuseport", 0)],
+                                  maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+                                  interceptors=[RpcLimitsInterceptor(limits), RpcErrorInterceptor()])
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
         listen = f"{config.host}:{config.port}"
         try:

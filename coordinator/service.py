@@ -1,19 +1,33 @@
 """The coordinator's logic as plain functions over storage, the runs' runtimes, store and publisher; the gRPC
 servicer only translates messages to and from these calls.
 
-Errors a client caused raise ``RequestError`` (mapped to INVALID_ARGUMENT / NOT_FOUND by the servicer).
+Errors a client caused raise ``RequestError`` (mapped to INVALID_ARGUMENT / NOT_FOUND by the servicer). Every
+field of a request is checked first (``coordinator.request_checks``), within the bounds of ``RpcLimits``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 from coordinator.ledger import Ledger, SubmitResult
+from coordinator.limits import RpcLimits
 from coordinator.publisher import PublishOutcome, Publisher
+from coordinator.request_checks import (
+    RequestError,
+    check_batch_size,
+    check_chunk_bytes,
+    check_join,
+    check_offsets,
+    check_run_name,
+    check_worker_id,
+    clean_display_name,
+    check_version,
+    parse_spec_json,
+)
 from coordinator.retention import Retention, RetentionError
 from coordinator.runtime import LaunchError, RunRuntime, RunRuntimes, RunUnavailableError
 from coordinator.storage import (
@@ -35,14 +49,6 @@ from swarm.spec import RunSpec, SpecError
 
 LIVE_WINDOW_S = 60.0
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 4 * 1024, 4 * 1024 * 1024
-
-
-class RequestError(ValueError):
-    """The request is invalid; ``not_found`` tells the servicer which status code fits."""
-
-    def __init__(self, message: str, not_found: bool = False):
-        super().__init__(message)
-        self.not_found = not_found
 
 
 @dataclass(frozen=True)
@@ -84,12 +90,14 @@ class PullHeader:
 
 class CoordinatorService:
     def __init__(self, storage: Storage, runs: RunRuntimes, publisher: Publisher, ledger: Ledger,
-                 initial_peers: list[str], retention: Retention | None = None):
+                 initial_peers: list[str], retention: Retention | None = None, limits: RpcLimits | None = None):
         self.storage, self.runs, self.publisher, self.ledger = storage, runs, publisher, ledger
+        self.limits = limits or RpcLimits()
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
 
     def _runtime(self, run_name: str) -> RunRuntime:
+        check_run_name(run_name)
         try:
             return self.runs.get(run_name)
         except UnknownRunError as exc:
@@ -98,16 +106,15 @@ class CoordinatorService:
             raise RequestError(str(exc)) from None
 
     def launch(self, spec_json: str) -> RunRuntime:
+        spec = parse_spec_json(spec_json, self.limits.max_spec_bytes)
         try:
-            spec = RunSpec.from_json(spec_json)
             runtime = self.runs.launch(spec)
         except (SpecError, LaunchError, ValueError) as exc:
             raise RequestError(str(exc)) from None
         return runtime
 
     def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> AssignmentPlan:
-        if not peer_id:
-            raise RequestError("join needs the worker's peer_id")
+        run_name, display_name, device = check_join(run_name, peer_id, display_name, max_shards, device)
         if not run_name:
             newest = self.storage.runs.newest_run()
             if newest is None:
@@ -121,7 +128,7 @@ class CoordinatorService:
         shards = sorted(sorted(range(spec.shards), key=lambda shard: (shard_load[shard], shard))[:wanted])
         slice_load = Counter(worker.data_slice for worker in live)
         chosen_slice = min(range(spec.data_slices), key=lambda index: (slice_load[index], index))
-        worker = self.storage.runs.register_worker(run_name, peer_id, display_name or peer_id[:12], shards,
+        worker = self.storage.runs.register_worker(run_name, peer_id, display_name, shards,
                                               chosen_slice, device)
         samples = len(data_slice(runtime.split.train, spec.data_slices, chosen_slice))
         return AssignmentPlan(worker, runtime, self.initial_peers, samples)
@@ -135,17 +142,21 @@ class CoordinatorService:
             yield texts[start : start + batch]
 
     def submit_receipts(self, receipts: list[SignedReceipt]) -> list[SubmitResult]:
-        if not receipts:
-            raise RequestError("the batch holds no receipts")
+        check_batch_size(len(receipts), self.limits.max_receipts_per_batch)
         return self.ledger.submit(receipts)
 
-    def leaderboard(self, run_name: str, include_unverified: bool = False) -> tuple[list[LeaderboardRow], int]:
-        """The run's contributors, and the total counted samples their shares refer to."""
+    def leaderboard(self, run_name: str, include_unverified: bool = False) -> tuple[list[LeaderboardRow], int, int]:
+        """The run's top contributors (at most ``max_leaderboard_rows``), the total counted samples their shares
+        refer to, and how many contributors were left out."""
         self._runtime(run_name)
         rows = [row for row in self.storage.ledger.leaderboard(run_name, include_unverified) if row.samples > 0]
-        return rows, sum(row.samples for row in rows)
+        # names stored before they were cleaned on Join are cleaned on the way out
+        shown = [replace(row, display_name=clean_display_name(row.display_name, row.peer_id))
+                 for row in rows[: self.limits.max_leaderboard_rows]]
+        return shown, sum(row.samples for row in rows), len(rows) - len(shown)
 
     def leave(self, worker_id: str) -> None:
+        check_worker_id(worker_id)
         try:
             self.storage.runs.mark_worker_left(worker_id)
         except UnknownWorkerError as exc:
@@ -154,7 +165,7 @@ class CoordinatorService:
     def status(self, run_name: str = "") -> list[RunState]:
         """Every run (or the named one), served or not: an unavailable run is listed with the reason."""
         try:
-            records = [self.storage.runs.get_run(run_name)] if run_name else self.storage.runs.list_runs()
+            records = [self.storage.runs.get_run(check_run_name(run_name))] if run_name else self.storage.runs.list_runs()
         except UnknownRunError as exc:
             raise RequestError(str(exc), not_found=True) from None
         return [self._state(record) for record in records]
@@ -186,6 +197,7 @@ class CoordinatorService:
 
     def _served_version(self, run_name: str, version: int) -> VersionRecord:
         self._runtime(run_name)
+        check_version(version)
         record = self.storage.versions.get_version(run_name, version or None)
         if record is None:
             which = f"version {version}" if version else "any version"
@@ -217,6 +229,7 @@ class CoordinatorService:
 
     def mark_release(self, run_name: str, version: int, release: bool = True) -> VersionRecord:
         self._runtime(run_name)
+        check_version(version)
         try:
             return self.storage.versions.set_release(run_name, version, release)
         except UnknownVersionError as exc:
@@ -228,8 +241,9 @@ class CoordinatorService:
              chunk_bytes: int = 0) -> Iterator[PullHeader | tuple[str, int, bytes]]:
         """The PullHeader, then (file, offset, bytes) chunks of every file from ``offsets[file]`` on (a resumed
         download). Retention leaves the version alone until the stream ends."""
-        offsets = offsets or {}
-        chunk_bytes = min(max(chunk_bytes or CHUNK_BYTES, MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
+        offsets = check_offsets(offsets or {})
+        chunk_bytes = min(max(check_chunk_bytes(chunk_bytes, MAX_CHUNK_BYTES) or CHUNK_BYTES, MIN_CHUNK_BYTES),
+                          MAX_CHUNK_BYTES)
         record = self._served_version(run_name, version)
         with ExitStack() as held:
             try:
@@ -241,7 +255,7 @@ class CoordinatorService:
             yield header
             path = Path(header.record.path)
             for entry in header.files:
-                start = min(max(int(offsets.get(entry.name, 0)), 0), entry.size)
+                start = min(offsets.get(entry.name, 0), entry.size)
                 with (path / entry.name).open("rb") as handle:
                     handle.seek(start)
                     offset = start

@@ -88,9 +88,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                              verification=r.verification) for r in results])
 
     def GetLeaderboard(self, request, context):
-        rows, total = self.service.leaderboard(request.run_name, request.include_unverified)
+        rows, total, omitted = self.service.leaderboard(request.run_name, request.include_unverified)
         return pb.Leaderboard(
             run_name=request.run_name, include_unverified=request.include_unverified, total_samples=total,
+            omitted_entries=omitted,
             entries=[pb.LeaderboardEntry(
                 peer_id=row.peer_id, display_name=row.display_name, samples=row.samples,
                 verified_samples=row.verified_samples, compute_hours=row.compute_seconds / 3600.0,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional, TypeV
 
 import typer
 
+from swarm.text import printable
+
 if TYPE_CHECKING:
     from swarm.client import CoordinatorClient, Endpoint
 
@@ -62,4 +64,4 @@ def ask(coordinator: str | Endpoint, request: Callable[[CoordinatorClient], T]) 
         with CoordinatorClient(coordinator) as client:
             return request(client)
     except CoordinatorError as exc:
-        fail(str(exc))
+        fail(printable(str(exc), 2000))  # the message is the coordinator's: no escapes reach the terminal

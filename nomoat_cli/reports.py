@@ -6,6 +6,12 @@ import typer
 
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
                                ask, coordinator_endpoint)
+from swarm.text import printable
+
+
+def say(line: str) -> None:
+    """Print a line made of what a coordinator sent: its escape sequences and control characters removed."""
+    typer.echo(printable(line))
 
 
 def status(
@@ -18,25 +24,25 @@ def status(
     """List runs, live workers per shard, samples trained and published versions."""
     response = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure), lambda client: client.status(run))
     if not response.runs:
-        typer.echo("no runs")
+        say("no runs")
     for state in response.runs:
-        typer.echo(f"run {state.run_name}: base {state.base_model}, dataset {state.dataset}, {state.shards} shard(s), "
-                   f"{state.live_workers} live worker(s), {state.samples_trained} samples trained")
+        say(f"run {state.run_name}: base {state.base_model}, dataset {state.dataset}, {state.shards} shard(s), "
+            f"{state.live_workers} live worker(s), {state.samples_trained} samples trained")
         if state.unavailable:
-            typer.echo(f"  UNAVAILABLE: {state.unavailable}")
+            say(f"  UNAVAILABLE: {state.unavailable}")
         for shard in state.shard_status:
-            typer.echo(f"  shard {shard.shard}: {shard.live_workers} worker(s), epoch {shard.epoch}, "
-                       f"{shard.samples} samples")
+            say(f"  shard {shard.shard}: {shard.live_workers} worker(s), epoch {shard.epoch}, "
+                f"{shard.samples} samples")
         if state.parent:
-            typer.echo(f"  stacked on {state.parent}")
+            say(f"  stacked on {state.parent}")
         for version in state.versions:
             marks = " [release]" if version.release else " [removed by retention]" if version.collected else ""
-            typer.echo(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f} "
-                       f"(base {version.base_eval_loss:.4f}), {len(version.contributors)} contributor(s), "
-                       f"sha256 {version.sha256[:16]}...{marks}")
+            say(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f} "
+                f"(base {version.base_eval_loss:.4f}), {len(version.contributors)} contributor(s), "
+                f"sha256 {version.sha256[:16]}...{marks}")
         for rejected in state.rejected_snapshots:
             at_epoch = f" at epoch {rejected.epoch}" if rejected.epoch >= 0 else ""
-            typer.echo(f"  rejected snapshot{at_epoch} ({rejected.attempted_at[:19]}): {rejected.reason}")
+            say(f"  rejected snapshot{at_epoch} ({rejected.attempted_at[:19]}): {rejected.reason}")
 
 
 def leaderboard(
@@ -51,14 +57,16 @@ def leaderboard(
     board = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure),
                 lambda client: client.leaderboard(run, include_unverified=all_receipts))
     counted = "verified + unverified" if all_receipts else "verified"
-    typer.echo(f"run {run}: {board.total_samples} {counted} samples")
+    say(f"run {run}: {board.total_samples} {counted} samples")
     if not board.entries:
-        typer.echo("no contributions yet" if all_receipts else "no verified contributions yet (try --all)")
+        say("no contributions yet" if all_receipts else "no verified contributions yet (try --all)")
         return
-    typer.echo(f"{'#':>3}  {'contributor':<20} {'peer id':<16} {'samples':>10} {'verified':>10} {'compute h':>9} "
-               f"{'share':>6}  last seen")
+    say(f"{'#':>3}  {'contributor':<20} {'peer id':<16} {'samples':>10} {'verified':>10} {'compute h':>9} "
+        f"{'share':>6}  last seen")
     for rank, entry in enumerate(board.entries, start=1):
         disputed = f"  ({entry.disputed_receipts} disputed)" if entry.disputed_receipts else ""
-        typer.echo(f"{rank:>3}  {entry.display_name[:20]:<20} {entry.peer_id[:14] + '..':<16} {entry.samples:>10} "
-                   f"{entry.verified_samples:>10} {entry.compute_hours:>9.4f} {entry.share:>6.1%}  "
-                   f"{entry.last_seen[:19]}{disputed}")
+        say(f"{rank:>3}  {printable(entry.display_name, 20):<20} {entry.peer_id[:14] + '..':<16} {entry.samples:>10} "
+            f"{entry.verified_samples:>10} {entry.compute_hours:>9.4f} {entry.share:>6.1%}  "
+            f"{entry.last_seen[:19]}{disputed}")
+    if board.omitted_entries:
+        say(f"... and {board.omitted_entries} more contributor(s), left out by the coordinator's answer limit")

@@ -41,14 +41,21 @@ def coordinator(
     tls_key: Optional[Path] = typer.Option(None, help="The private key of --tls-cert (PEM)."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve plaintext gRPC even off loopback: anyone on the "
                                   "network path can read and change requests. Only on a network you trust."),
+    limit: list[str] = typer.Option([], help="Change one of the coordinator's limits, NAME=VALUE (repeatable), "
+                                    "e.g. rate_per_s=20; the limits are listed in the README."),
 ) -> None:
     """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
+    from coordinator.limits import LimitsError, RpcLimits
     from coordinator.publisher import PublishPolicy
     from coordinator.server import Coordinator, CoordinatorConfig
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
 
     db_url = database_url(db, db_url_file)
+    try:
+        limits = RpcLimits.with_overrides(limit)
+    except LimitsError as exc:
+        fail(f"--limit: {exc}")
     reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
                            compare_peers=compare_peers)
@@ -56,7 +63,7 @@ def coordinator(
         config = CoordinatorConfig(data_dir=data_dir, db_url=db_url, host=host, port=port, dht_port=dht_port,
                                    announce_host=announce_host, publish=not no_publish, publish_policy=policy,
                                    dataset_dirs=tuple(dataset_dir), tls_cert=tls_cert, tls_key=tls_key,
-                                   insecure=insecure)
+                                   insecure=insecure, limits=limits)
         service = Coordinator(config).start()
     except Exception as exc:
         fail(f"coordinator did not start: {exc}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enomoat_proto/coordinator.proto\x12\tnomoat.v1\"%\n\x10LaunchRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\x9d\x01\n\x11LaunchRunResponse\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x04 \x01(\t\x12\x15\n\rtrain_samples\x18\x05 \x01(\x05\x12\x14\n\x0c\x65val_samples\x18\x06 \x01(\x05\"j\n\x0bJoinRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x12\n\nmax_shards\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\xf9\x01\n\nAssignment\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x11\n\tspec_hash\x18\x04 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x05 \x01(\t\x12\x0e\n\x06shards\x18\x06 \x03(\x05\x12\x15\n\rinitial_peers\x18\x07 \x03(\t\x12\x12\n\ndata_slice\x18\x08 \x01(\x05\x12\x13\n\x0b\x64\x61ta_slices\x18\t \x01(\x05\x12\x15\n\rslice_samples\x18\n \x01(\x05\x12\x19\n\x11report_interval_s\x18\x0b \x01(\x01\"8\n\x10\x44\x61taSliceRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x12\n\ndata_slice\x18\x02 \x01(\x05\"\x1a\n\tDataChunk\x12\r\n\x05texts\x18\x01 \x03(\t\"G\n\rSignedReceipt\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\":\n\x0cReceiptBatch\x12*\n\x08receipts\x18\x01 \x03(\x0b\x32\x18.nomoat.v1.SignedReceipt\"Z\n\rReceiptResult\x12\x12\n\nreceipt_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cverification\x18\x04 \x01(\t\";\n\x0eReceiptResults\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.nomoat.v1.ReceiptResult\"B\n\x12LeaderboardRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x1a\n\x12include_unverified\x18\x02 \x01(\x08\"\xca\x01\n\x10LeaderboardEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\x18\n\x10verified_samples\x18\x04 \x01(\x03\x12\x15\n\rcompute_hours\x18\x05 \x01(\x01\x12\r\n\x05share\x18\x06 \x01(\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\t\x12\x10\n\x08receipts\x18\x08 \x01(\x05\x12\x19\n\x11\x64isputed_receipts\x18\t \x01(\x05\"\x80\x01\n\x0bLeaderboard\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x1a\n\x12include_unverified\x18\x02 \x01(\x08\x12\x15\n\rtotal_samples\x18\x03 \x01(\x03\x12,\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1b.nomoat.v1.LeaderboardEntry\"!\n\x0cLeaveRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\",\n\rLeaveResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"R\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x14\n\x0clive_workers\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0f\n\x07samples\x18\x04 \x01(\x03\"\xe8\x01\n\x0bVersionInfo\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x11\n\teval_loss\x18\x06 \x01(\x01\x12\x16\n\x0e\x62\x61se_eval_loss\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x14\n\x0c\x63ontributors\x18\t \x03(\t\x12\x0f\n\x07release\x18\n \x01(\x08\x12\x11\n\tcollected\x18\x0b \x01(\x08\x12\r\n\x05\x63hain\x18\x0c \x03(\t\"Z\n\x10RejectedSnapshot\x12\x14\n\x0c\x61ttempted_at\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x11\n\teval_loss\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xde\x02\n\tRunStatus\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0e\n\x06shards\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x17\n\x0fsamples_trained\x18\x07 \x01(\x03\x12,\n\x0cshard_status\x18\x08 \x03(\x0b\x32\x16.nomoat.v1.ShardStatus\x12(\n\x08versions\x18\t \x03(\x0b\x32\x16.nomoat.v1.VersionInfo\x12\x14\n\x0clive_workers\x18\n \x01(\x05\x12\x37\n\x12rejected_snapshots\x18\x0b \x03(\x0b\x32\x1b.nomoat.v1.RejectedSnapshot\x12\x0e\n\x06parent\x18\x0c \x01(\t\x12\x13\n\x0bunavailable\x18\r \x01(\t\"4\n\x0eStatusResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.nomoat.v1.RunStatus\"\"\n\x0ePublishRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"^\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07version\x18\x03 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\"\xab\x01\n\x0bPullRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x34\n\x07offsets\x18\x03 \x03(\x0b\x32#.nomoat.v1.PullRequest.OffsetsEntry\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x05\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"3\n\x0eVersionRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"d\n\x0fVersionManifest\x12\'\n\x07version\x18\x01 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12\x16\n\x0esignature_json\x18\x03 \x01(\t\"D\n\x0eReleaseRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07release\x18\x03 \x01(\x08\"7\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x84\x01\n\nPullHeader\x12\'\n\x07version\x18\x01 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\x12#\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x14.nomoat.v1.FileEntry\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x16\n\x0esignature_json\x18\x04 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\tPullChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.nomoat.v1.PullHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.nomoat.v1.FileChunkH\x00\x42\t\n\x07payload2\xec\x05\n\x0b\x43oordinator\x12\x46\n\tLaunchRun\x12\x1b.nomoat.v1.LaunchRunRequest\x1a\x1c.nomoat.v1.LaunchRunResponse\x12\x35\n\x04Join\x12\x16.nomoat.v1.JoinRequest\x1a\x15.nomoat.v1.Assignment\x12\x46\n\x0fStreamDataSlice\x12\x1b.nomoat.v1.DataSliceRequest\x1a\x14.nomoat.v1.DataChunk0\x01\x12\x44\n\x0eSubmitReceipts\x12\x17.nomoat.v1.ReceiptBatch\x1a\x19.nomoat.v1.ReceiptResults\x12G\n\x0eGetLeaderboard\x12\x1d.nomoat.v1.LeaderboardRequest\x1a\x16.nomoat.v1.Leaderboard\x12:\n\x05Leave\x12\x17.nomoat.v1.LeaveRequest\x1a\x18.nomoat.v1.LeaveResponse\x12@\n\tGetStatus\x12\x18.nomoat.v1.StatusRequest\x1a\x19.nomoat.v1.StatusResponse\x12\x43\n\nPublishNow\x12\x19.nomoat.v1.PublishRequest\x1a\x1a.nomoat.v1.PublishResponse\x12=\n\x0bPullAdapter\x12\x16.nomoat.v1.PullRequest\x1a\x14.nomoat.v1.PullChunk0\x01\x12\x43\n\nGetVersion\x12\x19.nomoat.v1.VersionRequest\x1a\x1a.nomoat.v1.VersionManifest\x12@\n\x0bMarkRelease\x12\x19.nomoat.v1.ReleaseRequest\x1a\x16.nomoat.v1.VersionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enomoat_proto/coordinator.proto\x12\tnomoat.v1\"%\n\x10LaunchRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\x9d\x01\n\x11LaunchRunResponse\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x04 \x01(\t\x12\x15\n\rtrain_samples\x18\x05 \x01(\x05\x12\x14\n\x0c\x65val_samples\x18\x06 \x01(\x05\"j\n\x0bJoinRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x12\n\nmax_shards\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\xf9\x01\n\nAssignment\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x11\n\tspec_hash\x18\x04 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x05 \x01(\t\x12\x0e\n\x06shards\x18\x06 \x03(\x05\x12\x15\n\rinitial_peers\x18\x07 \x03(\t\x12\x12\n\ndata_slice\x18\x08 \x01(\x05\x12\x13\n\x0b\x64\x61ta_slices\x18\t \x01(\x05\x12\x15\n\rslice_samples\x18\n \x01(\x05\x12\x19\n\x11report_interval_s\x18\x0b \x01(\x01\"8\n\x10\x44\x61taSliceRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x12\n\ndata_slice\x18\x02 \x01(\x05\"\x1a\n\tDataChunk\x12\r\n\x05texts\x18\x01 \x03(\t\"G\n\rSignedReceipt\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\":\n\x0cReceiptBatch\x12*\n\x08receipts\x18\x01 \x03(\x0b\x32\x18.nomoat.v1.SignedReceipt\"Z\n\rReceiptResult\x12\x12\n\nreceipt_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cverification\x18\x04 \x01(\t\";\n\x0eReceiptResults\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.nomoat.v1.ReceiptResult\"B\n\x12LeaderboardRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x1a\n\x12include_unverified\x18\x02 \x01(\x08\"\xca\x01\n\x10LeaderboardEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\x18\n\x10verified_samples\x18\x04 \x01(\x03\x12\x15\n\rcompute_hours\x18\x05 \x01(\x01\x12\r\n\x05share\x18\x06 \x01(\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\t\x12\x10\n\x08receipts\x18\x08 \x01(\x05\x12\x19\n\x11\x64isputed_receipts\x18\t \x01(\x05\"\x99\x01\n\x0bLeaderboard\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x1a\n\x12include_unverified\x18\x02 \x01(\x08\x12\x15\n\rtotal_samples\x18\x03 \x01(\x03\x12,\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1b.nomoat.v1.LeaderboardEntry\x12\x17\n\x0fomitted_entries\x18\x05 \x01(\x05\"!\n\x0cLeaveRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\",\n\rLeaveResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"R\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x14\n\x0clive_workers\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0f\n\x07samples\x18\x04 \x01(\x03\"\xe8\x01\n\x0bVersionInfo\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x11\n\teval_loss\x18\x06 \x01(\x01\x12\x16\n\x0e\x62\x61se_eval_loss\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x14\n\x0c\x63ontributors\x18\t \x03(\t\x12\x0f\n\x07release\x18\n \x01(\x08\x12\x11\n\tcollected\x18\x0b \x01(\x08\x12\r\n\x05\x63hain\x18\x0c \x03(\t\"Z\n\x10RejectedSnapshot\x12\x14\n\x0c\x61ttempted_at\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x11\n\teval_loss\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xde\x02\n\tRunStatus\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tspec_hash\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0e\n\x06shards\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x17\n\x0fsamples_trained\x18\x07 \x01(\x03\x12,\n\x0cshard_status\x18\x08 \x03(\x0b\x32\x16.nomoat.v1.ShardStatus\x12(\n\x08versions\x18\t \x03(\x0b\x32\x16.nomoat.v1.VersionInfo\x12\x14\n\x0clive_workers\x18\n \x01(\x05\x12\x37\n\x12rejected_snapshots\x18\x0b \x03(\x0b\x32\x1b.nomoat.v1.RejectedSnapshot\x12\x0e\n\x06parent\x18\x0c \x01(\t\x12\x13\n\x0bunavailable\x18\r \x01(\t\"4\n\x0eStatusResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.nomoat.v1.RunStatus\"\"\n\x0ePublishRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\"^\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07version\x18\x03 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\"\xab\x01\n\x0bPullRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x34\n\x07offsets\x18\x03 \x03(\x0b\x32#.nomoat.v1.PullRequest.OffsetsEntry\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x05\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"3\n\x0eVersionRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"d\n\x0fVersionManifest\x12\'\n\x07version\x18\x01 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12\x16\n\x0esignature_json\x18\x03 \x01(\t\"D\n\x0eReleaseRequest\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07release\x18\x03 \x01(\x08\"7\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x84\x01\n\nPullHeader\x12\'\n\x07version\x18\x01 \x01(\x0b\x32\x16.nomoat.v1.VersionInfo\x12#\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x14.nomoat.v1.FileEntry\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x16\n\x0esignature_json\x18\x04 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\tPullChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.nomoat.v1.PullHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.nomoat.v1.FileChunkH\x00\x42\t\n\x07payload2\xec\x05\n\x0b\x43oordinator\x12\x46\n\tLaunchRun\x12\x1b.nomoat.v1.LaunchRunRequest\x1a\x1c.nomoat.v1.LaunchRunResponse\x12\x35\n\x04Join\x12\x16.nomoat.v1.JoinRequest\x1a\x15.nomoat.v1.Assignment\x12\x46\n\x0fStreamDataSlice\x12\x1b.nomoat.v1.DataSliceRequest\x1a\x14.nomoat.v1.DataChunk0\x01\x12\x44\n\x0eSubmitReceipts\x12\x17.nomoat.v1.ReceiptBatch\x1a\x19.nomoat.v1.ReceiptResults\x12G\n\x0eGetLeaderboard\x12\x1d.nomoat.v1.LeaderboardRequest\x1a\x16.nomoat.v1.Leaderboard\x12:\n\x05Leave\x12\x17.nomoat.v1.LeaveRequest\x1a\x18.nomoat.v1.LeaveResponse\x12@\n\tGetStatus\x12\x18.nomoat.v1.StatusRequest\x1a\x19.nomoat.v1.StatusResponse\x12\x43\n\nPublishNow\x12\x19.nomoat.v1.PublishRequest\x1a\x1a.nomoat.v1.PublishResponse\x12=\n\x0bPullAdapter\x12\x16.nomoat.v1.PullRequest\x1a\x14.nomoat.v1.PullChunk0\x01\x12\x43\n\nGetVersion\x12\x19.nomoat.v1.VersionRequest\x1a\x1a.nomoat.v1.VersionManifest\x12@\n\x0bMarkRelease\x12\x19.nomoat.v1.ReleaseRequest\x1a\x16.nomoat.v1.VersionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,45 +58,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEADERBOARDENTRY']._serialized_start=1045
   _globals['_LEADERBOARDENTRY']._serialized_end=1247
   _globals['_LEADERBOARD']._serialized_start=1250
-  _globals['_LEADERBOARD']._serialized_end=1378
-  _globals['_LEAVEREQUEST']._serialized_start=1380
-  _globals['_LEAVEREQUEST']._serialized_end=1413
-  _globals['_LEAVERESPONSE']._serialized_start=1415
-  _globals['_LEAVERESPONSE']._serialized_end=1459
-  _globals['_STATUSREQUEST']._serialized_start=1461
-  _globals['_STATUSREQUEST']._serialized_end=1494
-  _globals['_SHARDSTATUS']._serialized_start=1496
-  _globals['_SHARDSTATUS']._serialized_end=1578
-  _globals['_VERSIONINFO']._serialized_start=1581
-  _globals['_VERSIONINFO']._serialized_end=1813
-  _globals['_REJECTEDSNAPSHOT']._serialized_start=1815
-  _globals['_REJECTEDSNAPSHOT']._serialized_end=1905
-  _globals['_RUNSTATUS']._serialized_start=1908
-  _globals['_RUNSTATUS']._serialized_end=2258
-  _globals['_STATUSRESPONSE']._serialized_start=2260
-  _globals['_STATUSRESPONSE']._serialized_end=2312
-  _globals['_PUBLISHREQUEST']._serialized_start=2314
-  _globals['_PUBLISHREQUEST']._serialized_end=2348
-  _globals['_PUBLISHRESPONSE']._serialized_start=2350
-  _globals['_PUBLISHRESPONSE']._serialized_end=2444
-  _globals['_PULLREQUEST']._serialized_start=2447
-  _globals['_PULLREQUEST']._serialized_end=2618
-  _globals['_PULLREQUEST_OFFSETSENTRY']._serialized_start=2572
-  _globals['_PULLREQUEST_OFFSETSENTRY']._serialized_end=2618
-  _globals['_VERSIONREQUEST']._serialized_start=2620
-  _globals['_VERSIONREQUEST']._serialized_end=2671
-  _globals['_VERSIONMANIFEST']._serialized_start=2673
-  _globals['_VERSIONMANIFEST']._serialized_end=2773
-  _globals['_RELEASEREQUEST']._serialized_start=2775
-  _globals['_RELEASEREQUEST']._serialized_end=2843
-  _globals['_FILEENTRY']._serialized_start=2845
-  _globals['_FILEENTRY']._serialized_end=2900
-  _globals['_PULLHEADER']._serialized_start=2903
-  _globals['_PULLHEADER']._serialized_end=3035
-  _globals['_FILECHUNK']._serialized_start=3037
-  _globals['_FILECHUNK']._serialized_end=3092
-  _globals['_PULLCHUNK']._serialized_start=3094
-  _globals['_PULLCHUNK']._serialized_end=3196
-  _globals['_COORDINATOR']._serialized_start=3199
-  _globals['_COORDINATOR']._serialized_end=3947
+  _globals['_LEADERBOARD']._serialized_end=1403
+  _globals['_LEAVEREQUEST']._serialized_start=1405
+  _globals['_LEAVEREQUEST']._serialized_end=1438
+  _globals['_LEAVERESPONSE']._serialized_start=1440
+  _globals['_LEAVERESPONSE']._serialized_end=1484
+  _globals['_STATUSREQUEST']._serialized_start=1486
+  _globals['_STATUSREQUEST']._serialized_end=1519
+  _globals['_SHARDSTATUS']._serialized_start=1521
+  _globals['_SHARDSTATUS']._serialized_end=1603
+  _globals['_VERSIONINFO']._serialized_start=1606
+  _globals['_VERSIONINFO']._serialized_end=1838
+  _globals['_REJECTEDSNAPSHOT']._serialized_start=1840
+  _globals['_REJECTEDSNAPSHOT']._serialized_end=1930
+  _globals['_RUNSTATUS']._serialized_start=1933
+  _globals['_RUNSTATUS']._serialized_end=2283
+  _globals['_STATUSRESPONSE']._serialized_start=2285
+  _globals['_STATUSRESPONSE']._serialized_end=2337
+  _globals['_PUBLISHREQUEST']._serialized_start=2339
+  _globals['_PUBLISHREQUEST']._serialized_end=2373
+  _globals['_PUBLISHRESPONSE']._serialized_start=2375
+  _globals['_PUBLISHRESPONSE']._serialized_end=2469
+  _globals['_PULLREQUEST']._serialized_start=2472
+  _globals['_PULLREQUEST']._serialized_end=2643
+  _globals['_PULLREQUEST_OFFSETSENTRY']._serialized_start=2597
+  _globals['_PULLREQUEST_OFFSETSENTRY']._serialized_end=2643
+  _globals['_VERSIONREQUEST']._serialized_start=2645
+  _globals['_VERSIONREQUEST']._serialized_end=2696
+  _globals['_VERSIONMANIFEST']._serialized_start=2698
+  _globals['_VERSIONMANIFEST']._serialized_end=2798
+  _globals['_RELEASEREQUEST']._serialized_start=2800
+  _globals['_RELEASEREQUEST']._serialized_end=2868
+  _globals['_FILEENTRY']._serialized_start=2870
+  _globals['_FILEENTRY']._serialized_end=2925
+  _globals['_PULLHEADER']._serialized_start=2928
+  _globals['_PULLHEADER']._serialized_end=3060
+  _globals['_FILECHUNK']._serialized_start=3062
+  _globals['_FILECHUNK']._serialized_end=3117
+  _globals['_PULLCHUNK']._serialized_start=3119
+  _globals['_PULLCHUNK']._serialized_end=3221
+  _globals['_COORDINATOR']._serialized_start=3224
+  _globals['_COORDINATOR']._serialized_end=3972
 # @@protoc_insertion_point(module_scope)

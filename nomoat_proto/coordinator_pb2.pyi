@@ -147,16 +147,18 @@ class LeaderboardEntry(_message.Message):
     def __init__(self, peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., samples: _Optional[int] = ..., verified_samples: _Optional[int] = ..., compute_hours: _Optional[float] = ..., share: _Optional[float] = ..., last_seen: _Optional[str] = ..., receipts: _Optional[int] = ..., disputed_receipts: _Optional[int] = ...) -> None: ...
 
 class Leaderboard(_message.Message):
-    __slots__ = ("run_name", "include_unverified", "total_samples", "entries")
+    __slots__ = ("run_name", "include_unverified", "total_samples", "entries", "omitted_entries")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     include_unverified: bool
     total_samples: int
     entries: _containers.RepeatedCompositeFieldContainer[LeaderboardEntry]
-    def __init__(self, run_name: _Optional[str] = ..., include_unverified: _Optional[bool] = ..., total_samples: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ...) -> None: ...
+    omitted_entries: int
+    def __init__(self, run_name: _Optional[str] = ..., include_unverified: _Optional[bool] = ..., total_samples: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., omitted_entries: _Optional[int] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("worker_id",)
