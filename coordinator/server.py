@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import hivemind
 
+from coordinator.access import OPERATOR_TOKEN_FILE, AccessInterceptor, AccessPolicy, load_or_create_operator_token
 from coordinator.adapter_store import AdapterStore
 from coordinator.data_dir_lock import DataDirLock
 from coordinator.dataset_sources import DatasetSources
@@ -27,6 +28,7 @@ from coordinator.progress_watch import ProgressWatcher
 from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.retention import Retention
 from coordinator.rpc_errors import RpcErrorInterceptor
+from coordinator.run_admin import RunAdministration
 from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
@@ -89,13 +91,18 @@ class Coordinator:
         self.watcher = ProgressWatcher(self.dht, self.storage, self.runs, self.identity.as_hivemind_key())
         self.ledger = Ledger(self.storage, self.runs, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
+        # the operator credential: who may launch, publish, release and administer runs
+        self.operator_token_file = data_dir / OPERATOR_TOKEN_FILE
+        self.access = AccessPolicy(self.storage, load_or_create_operator_token(self.operator_token_file),
+                                   coordinator_id=self.identity.peer_id)
+        self.admin = RunAdministration(self.storage, self.runs)
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
-                                          self.initial_peers, retention=self.retention)
+                                          self.initial_peers, retention=self.retention, access=self.access)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                                   options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
-                                  interceptors=[RpcErrorInterceptor()])
-        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
+                                  interceptors=[RpcErrorInterceptor(), AccessInterceptor(self.access)])
+        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service, self.admin), self.server)
         try:
             bound = self.server.add_insecure_port(f"{config.host}:{config.port}")
         except RuntimeError:
@@ -139,6 +146,7 @@ class Coordinator:
             partial.replace(self.peer_book)
 
     def start(self) -> "Coordinator":
+        self.admin.forget_removed_runs()
         self.runs.load_all()  # every run warm before the first request; a broken one is only marked unavailable
         self.server.start()
         if self.config.publish:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
+from nomoat_cli.credentials import OperatorTokenFile, with_credentials
 from swarm.paths import UserDirs
 
 
@@ -48,9 +49,10 @@ def release(
     version: int = typer.Option(..., help="Version number."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
     undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
+    operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Mark a version as a release: retention keeps it forever."""
-    info = ask(coordinator, lambda client: client.mark_release(run, version, release=not undo))
+    """Mark a version as a release: retention keeps it forever (operator)."""
+    info = ask(with_credentials(coordinator, operator_token_file), lambda client: client.mark_release(run, version, release=not undo))
     typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
 
 

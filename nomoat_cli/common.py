@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from swarm.client import CoordinatorClient
+    from swarm.client import CoordinatorClient, Endpoint
 
 T = TypeVar("T")
 
@@ -22,7 +22,7 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def ask(coordinator: str, request: Callable[[CoordinatorClient], T]) -> T:
+def ask(coordinator: "str | Endpoint", request: Callable[[CoordinatorClient], T]) -> T:
     """``request(client)`` on a client of ``coordinator``; a refusal or an unreachable coordinator fails the
     command with the coordinator's message."""
     from swarm.client import CoordinatorClient, CoordinatorError  # gRPC: imported only by a command that runs

@@ -5,19 +5,27 @@ from __future__ import annotations
 import typer
 
 from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask
+from nomoat_cli.credentials import JoinToken, OperatorTokenFile, with_credentials
 
 
 def status(
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
     run: str = typer.Option("", help="Only this run."),
+    all_runs: bool = typer.Option(False, "--all", help="Also archived and removed runs."),
+    operator_token_file: OperatorTokenFile = None,
+    join_token: JoinToken = "",
 ) -> None:
-    """List runs, live workers per shard, samples trained and published versions."""
-    response = ask(coordinator, lambda client: client.status(run))
+    """List runs (state, join policy), live workers per shard, samples trained and published versions. Private
+    runs are listed for the operator and for holders of one of their join tokens."""
+    endpoint = with_credentials(coordinator, operator_token_file, join_token)
+    response = ask(endpoint, lambda client: client.status(run, include_archived=all_runs))
     if not response.runs:
         typer.echo("no runs")
     for state in response.runs:
-        typer.echo(f"run {state.run_name}: base {state.base_model}, dataset {state.dataset}, {state.shards} shard(s), "
-                   f"{state.live_workers} live worker(s), {state.samples_trained} samples trained")
+        access = f"{state.state}, join {state.join_policy}" + (", private" if state.private else "")
+        typer.echo(f"run {state.run_name} [{access}]: base {state.base_model}, dataset {state.dataset}, "
+                   f"{state.shards} shard(s), {state.live_workers} live worker(s), {state.samples_trained} samples "
+                   f"trained")
         if state.unavailable:
             typer.echo(f"  UNAVAILABLE: {state.unavailable}")
         for shard in state.shard_status:
@@ -39,9 +47,11 @@ def leaderboard(
     run: str = typer.Option(..., help="Run name."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
     all_receipts: bool = typer.Option(False, "--all", help="Count unverified receipts too (never disputed ones)."),
+    operator_token_file: OperatorTokenFile = None,
+    join_token: JoinToken = "",
 ) -> None:
     """Contributors of a run: verified samples, compute hours, share of the run, last seen."""
-    board = ask(coordinator, lambda client: client.leaderboard(run, include_unverified=all_receipts))
+    board = ask(with_credentials(coordinator, operator_token_file, join_token), lambda client: client.leaderboard(run, include_unverified=all_receipts))
     counted = "verified + unverified" if all_receipts else "verified"
     typer.echo(f"run {run}: {board.total_samples} {counted} samples")
     if not board.entries:

@@ -47,6 +47,8 @@ def coordinator(
         fail(f"coordinator did not start: {exc}")
     typer.echo(f"coordinator: {service.address}")
     typer.echo(f"coordinator key (signs published versions): {service.identity.peer_id}")
+    typer.echo(f"operator token file (launch, publish, release, tokens, run administration): "
+               f"{service.operator_token_file}")
     typer.echo(f"initial peers: {' '.join(service.initial_peers)}")
     sys.stdout.flush()
     stop = threading.Event()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import zlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from swarm.client import CoordinatorClient
+from swarm.client import CoordinatorClient, Endpoint
 from swarm.dht import start_dht
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
@@ -36,7 +36,7 @@ class DonateConfig:
     """How one worker donates its time."""
 
     coordinator: str  # host:port of the coordinator's gRPC API
-    run: str = ""  # run name; empty: the coordinator's newest run
+    run: str = ""  # run name; empty: the coordinator's default run (refused when the operator set none)
     name: str = ""  # display name on the leaderboard
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_shards: int = 0  # train at most this many shards (0: all)
@@ -53,6 +53,12 @@ class DonateConfig:
     linger_s: float = 0.0  # after training, keep serving the averaged state to peers and the coordinator
     outbox: Path | None = None  # unsent receipts (SQLite); default: outbox-<peer id>.sqlite beside the identity
     drain_timeout_s: float = 30.0  # on exit, keep trying this long to deliver queued receipts
+    join_token: str = ""  # a join token of the run, for a run that needs one (or for a private parent run)
+
+    def endpoint(self) -> Endpoint:
+        """The coordinator's endpoint, presenting ``join_token`` if one is set."""
+        endpoint = Endpoint.of(self.coordinator)
+        return replace(endpoint, join_token=self.join_token) if self.join_token else endpoint
 
 
 def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
@@ -60,8 +66,9 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     dirs = config.user_dirs or UserDirs.from_environment()
     identity = load_or_create_identity(config.identity or dirs.identity_key)
     device = pick_device(config.device)
-    client = CoordinatorClient(config.coordinator)
-    assignment = client.join(identity.peer_id, run_name=config.run, display_name=config.name,
+    endpoint = config.endpoint()
+    client = CoordinatorClient(endpoint)
+    assignment = client.join(identity, run_name=config.run, display_name=config.name,
                              max_shards=config.max_shards, device=str(device))
     spec = RunSpec.from_json(assignment.spec_json)
     if spec.content_hash != assignment.spec_hash:
@@ -77,7 +84,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
                                 parent_adapters=parent_adapters)
-    texts = client.data_slice(spec.name, assignment.data_slice)
+    texts = client.data_slice(spec.name, assignment.data_slice, assignment.worker_id)
     shards = list(assignment.shards)
     for shard in range(spec.shards):  # shards this worker does not train stay fixed
         if shard not in shards:
@@ -97,7 +104,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     try:
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key)
                       for shard in shards}
-        client = CoordinatorClient(config.coordinator)
+        client = CoordinatorClient(endpoint)
         if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
                                                             config.wait_timeout_s):
             logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
@@ -106,7 +113,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         # opened after hivemind forked its processes, like the gRPC channels
         outbox = Outbox(config.outbox or identity.path.parent / f"outbox-{identity.peer_id}.sqlite",
                         config.coordinator)
-        sender = OutboxSender(outbox, lambda: CoordinatorClient(config.coordinator),
+        sender = OutboxSender(outbox, lambda: CoordinatorClient(endpoint),
                               interval_s=assignment.report_interval_s or 5.0).start()
         sender.kick()  # receipts left from an earlier session go first
 
@@ -139,7 +146,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         if outbox is not None:
             outbox.close()
         try:
-            client.leave(assignment.worker_id)
+            client.leave(assignment.worker_id, identity)
         except Exception as exc:
             logger.warning("could not tell the coordinator we left: %s", exc)
         for optimizer in optimizers.values():
