@@ -35,7 +35,8 @@ from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
-from swarm.client import CHANNEL_OPTIONS
+from swarm.client import CHANNEL_OPTIONS, Endpoint
+from swarm.credentials import read_operator_token
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
@@ -115,6 +116,10 @@ class Coordinator:
         self._stopped = threading.Event()
         # every 5 s remember the connected DHT peers, for the next start
         self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
+
+    def operator_endpoint(self) -> Endpoint:
+        """This coordinator's address with the operator token (for tools that run beside it, and tests)."""
+        return Endpoint(self.address, operator_token=read_operator_token(self.operator_token_file))
 
     def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last

@@ -56,7 +56,7 @@ def operator_token(coordinator) -> str:
 
 
 def operator(coordinator) -> CoordinatorClient:
-    return CoordinatorClient(Endpoint(coordinator.address, operator_token=operator_token(coordinator)))
+    return CoordinatorClient(coordinator.operator_endpoint())
 
 
 def call(coordinator, method: str, request, operator_token: str | None = None, join_token: str | None = None):
