@@ -52,7 +52,8 @@ def release(
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
     """Mark a version as a release: retention keeps it forever (operator)."""
-    info = ask(with_credentials(coordinator, operator_token_file), lambda client: client.mark_release(run, version, release=not undo))
+    info = ask(with_credentials(coordinator, operator_token_file),
+               lambda client: client.mark_release(run, version, release=not undo))
     typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
 
 

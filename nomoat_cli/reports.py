@@ -51,7 +51,8 @@ def leaderboard(
     join_token: JoinToken = "",
 ) -> None:
     """Contributors of a run: verified samples, compute hours, share of the run, last seen."""
-    board = ask(with_credentials(coordinator, operator_token_file, join_token), lambda client: client.leaderboard(run, include_unverified=all_receipts))
+    board = ask(with_credentials(coordinator, operator_token_file, join_token),
+                lambda client: client.leaderboard(run, include_unverified=all_receipts))
     counted = "verified + unverified" if all_receipts else "verified"
     typer.echo(f"run {run}: {board.total_samples} {counted} samples")
     if not board.entries:

@@ -6,6 +6,8 @@ Usage::
 
     with LocalSwarm(workdir) as swarm:
         address = swarm.start_coordinator()
+        with CoordinatorClient(swarm.operator_endpoint(address)) as client:   # operator RPCs need its token
+            client.launch_run(spec)
         swarm.start_worker(address, "demo", index=0, extra=["--max-seconds", "30"])
         swarm.wait_workers(timeout=120)
 """
@@ -21,6 +23,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from swarm.client import Endpoint
+from swarm.credentials import OPERATOR_TOKEN_FILE, read_operator_token
 
 CLI = [sys.executable, "-m", "nomoat_cli"]
 
@@ -45,6 +50,15 @@ class LocalSwarm:
         log = (self.workdir / log_name).open("ab")
         return subprocess.Popen(CLI + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
+
+    @property
+    def operator_token_file(self) -> Path:
+        """The operator token the coordinator made in its data dir on first start."""
+        return self.workdir / "coordinator" / OPERATOR_TOKEN_FILE
+
+    def operator_endpoint(self, address: str) -> Endpoint:
+        """The coordinator at ``address`` with this swarm's operator token (after ``start_coordinator``)."""
+        return Endpoint(address, operator_token=read_operator_token(self.operator_token_file))
 
     def start_coordinator(self, extra: Sequence[str] = (), timeout: float = 120.0, port: int | None = None) -> str:
         """Start the coordinator (on ``port``, or a free one) and return its address once it serves.

@@ -232,7 +232,8 @@ def test_a_replayed_stale_foreign_or_altered_join_is_refused(coordinator, keys):
     assert stale.code() == grpc.StatusCode.PERMISSION_DENIED and "120 s" in stale.details()
     future = refused(coordinator, "Join", signed_join(coordinator, alice, OPEN, timestamp=time.time() + 300))
     assert future.code() == grpc.StatusCode.PERMISSION_DENIED
-    foreign = refused(coordinator, "Join", signed_join(coordinator, alice, OPEN, coordinator_id=keys["mallory"].peer_id))
+    foreign_request = signed_join(coordinator, alice, OPEN, coordinator_id=keys["mallory"].peer_id)
+    foreign = refused(coordinator, "Join", foreign_request)
     assert foreign.code() == grpc.StatusCode.PERMISSION_DENIED and "signature does not match" in foreign.details()
     altered = signed_join(coordinator, alice, OPEN, "alice")
     altered.display_name = "someone else"
@@ -282,9 +283,9 @@ def test_joining_with_an_empty_run_name_needs_a_default_run(coordinator, keys):
     assert db_rows(coordinator) == before
     with operator(coordinator) as client:
         assert client.set_default_run(OPEN).default_run == OPEN
-        assert CoordinatorClient(coordinator.address).coordinator_info().default_run == OPEN
-        assignment = CoordinatorClient(coordinator.address).join(keys["alice"], "", "alice")
-        assert assignment.run_name == OPEN
+        with CoordinatorClient(coordinator.address) as volunteer:
+            assert volunteer.coordinator_info().default_run == OPEN
+            assert volunteer.join(keys["alice"], "", "alice").run_name == OPEN
         client.set_default_run("")
 
 

@@ -26,7 +26,7 @@ from peft import PeftModel
 from coordinator.storage import Storage
 from netns import NetSwarm
 from netns_fixtures import IPTABLES_SKIP, cli, needs_netns, network, wait_for, worker_totals  # noqa: F401
-from swarm.client import CoordinatorClient, CoordinatorError
+from swarm.client import CoordinatorClient, CoordinatorError, Endpoint
 from swarm.model import build_tiny_model
 from swarm.pull import pull
 from swarm.receipts import Receipt
@@ -71,7 +71,8 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
     hosts = [network.add_host(f"w{index}", rate_mbit=100) for index in range(3)]
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
-        cli("launch", "-c", address, "--name", run, "--target-batch-size", "192", "--data-slices", "3", *LAUNCH)
+        cli("launch", "-c", address, "--operator-token-file", str(swarm.operator_token_file),
+            "--name", run, "--target-batch-size", "192", "--data-slices", "3", *LAUNCH)
         steady = ["--wait-for-peers", "3", "--drain-timeout", "60", "--max-seconds", "50", "--linger", "40"]
         for index in range(3):
             swarm.start_worker_on(hosts[index], address, run, index, steady)
@@ -117,7 +118,7 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
                                                           "--max-seconds", "20", "--linger", "30"])
         # all three done training and still serving their state: publish from them now
         wait_for(lambda: all("samples per shard" in log(i) for i in range(3)), 150, logs)
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(swarm.operator_endpoint(address)) as client:
             published = client.publish_now(run)
         for process in swarm.workers[:2] + swarm.workers[3:]:
             process.terminate()  # end the lingering (SIGTERM: a clean leave)
@@ -176,7 +177,7 @@ class _TinyStore:
         subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
 
 
-def _publish(address: str, run: str):
+def _publish(address: str | Endpoint, run: str):
     with CoordinatorClient(address) as client:
         return client.publish_now(run)
 
@@ -197,7 +198,8 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
     request.addfinalizer(store.close)
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
-        cli("launch", "-c", address, "--name", run, "--target-batch-size", "128", "--data-slices", "2", *LAUNCH)
+        cli("launch", "-c", address, "--operator-token-file", str(swarm.operator_token_file),
+            "--name", run, "--target-batch-size", "128", "--data-slices", "2", *LAUNCH)
         for index in range(2):
             swarm.start_worker_on(hosts[index], address, run, index,
                                   ["--wait-for-peers", "2", "--drain-timeout", "90", "--max-seconds", "45",
@@ -205,13 +207,14 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
         logs = lambda: "\n=====\n".join(swarm.log(f"worker{i}.log")[-2500:] for i in range(2)) + \
             "\n=====\n" + swarm.log("coordinator.log")[-3000:]  # noqa: E731
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) >= 1 for i in range(2)), 150, logs)
-        first = _publish(address, run)
+        first = _publish(swarm.operator_endpoint(address), run)
         assert first.published, first.message + logs()
 
         # 1. SIGKILL the coordinator in the middle of a publish, while the workers train; restart it
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) > first.version.epoch for i in range(2)), 60, logs)
         interrupted: list[BaseException | None] = []
-        attempt = threading.Thread(target=lambda: interrupted.append(_publish_error(address, run)), daemon=True)
+        operator = swarm.operator_endpoint(address)
+        attempt = threading.Thread(target=lambda: interrupted.append(_publish_error(operator, run)), daemon=True)
         attempt.start()
         time.sleep(0.4)  # the publish (state download from 2 peers, merge, eval, store) takes >1 s here
         swarm.kill_coordinator()
@@ -233,13 +236,13 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
                                     (lambda: store.read_only(True), lambda: store.read_only(False))):
             break_store()
             try:
-                refused = _publish(address, run)
+                refused = _publish(swarm.operator_endpoint(address), run)
                 assert not refused.published, "a version was published into a broken store"
                 assert _served_versions(address, run) == served
                 _pull_and_load(address, run, served[-1], tmp_path / f"broken-{len(served)}-{time.monotonic()}")
             finally:
                 repair()
-        again = _publish(address, run)
+        again = _publish(swarm.operator_endpoint(address), run)
         assert again.published and again.version.version == served[-1] + 1, again.message + logs()
         _pull_and_load(address, run, again.version.version, tmp_path / "repaired")
 
@@ -255,7 +258,7 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
         assert board == totals
 
 
-def _publish_error(address: str, run: str) -> BaseException | None:
+def _publish_error(address: str | Endpoint, run: str) -> BaseException | None:
     """The error a publish ends with when the coordinator is killed under it (None if it completed)."""
     try:
         _publish(address, run)

@@ -62,7 +62,8 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
         assert address.startswith(coordinator.address)
-        cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
+        cli("launch", "-c", address, "--operator-token-file", str(swarm.operator_token_file),
+            "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
             "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
             "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
             "--averaging-progress-refresh-s", "0.5")
@@ -72,7 +73,7 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
         logs = lambda: swarm.log("worker0.log")[-3000:] + swarm.log("worker1.log")[-3000:]  # noqa: E731
         wait_for(lambda: all("samples per shard" in swarm.log(f"worker{i}.log") for i in range(2))
                  or any(p.poll() not in (None, 0) for p in swarm.workers), 200, logs)
-        with CoordinatorClient(address) as client:  # the public worker still lingers and serves its state
+        with CoordinatorClient(swarm.operator_endpoint(address)) as client:  # the public worker still lingers
             published = client.publish_now(RUN)
         assert published.published, published.message
         codes = swarm.wait_workers(timeout=120)
