@@ -6,7 +6,6 @@ run, and the operator administers runs. Every refusal leaves the coordinator up 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import stat
 import time
 
@@ -28,6 +27,7 @@ from swarm.credentials import read_operator_token
 from swarm.identity import load_or_create_identity
 from swarm.join_proof import join_statement, leave_statement, sign_statement
 from swarm.spec import RunSpec
+from tests.coordinator_process import db_snapshot
 
 runner = CliRunner()
 OPEN, TOKEN, PRIVATE = "open-run", "token-run", "private-run"
@@ -74,14 +74,7 @@ def refused(coordinator, method: str, request, **credentials) -> grpc.RpcError:
 
 
 def db_rows(coordinator) -> dict[str, list[tuple]]:
-    """Every row of every table, read by a separate connection."""
-    connection = sqlite3.connect(f"file:{coordinator.config.data_dir / 'coordinator.db'}?mode=ro", uri=True)
-    try:
-        tables = [row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")]
-        return {table: sorted(connection.execute(f'select * from "{table}"').fetchall(), key=repr)
-                for table in sorted(tables)}
-    finally:
-        connection.close()
+    return db_snapshot(coordinator.config.data_dir)
 
 
 def still_serving(coordinator) -> None:

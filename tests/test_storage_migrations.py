@@ -130,12 +130,8 @@ def test_upgrade_carries_contributions_over_as_receipts(db_url: str) -> None:
 
 def test_upgrade_keeps_versions_published_before_manifests(db_url: str) -> None:
     engine = create_engine(db_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0002")
+        _upgrade_to(engine, "0002")
         at = T0 if engine.dialect.name == "postgresql" else T0.strftime("%Y-%m-%d %H:%M:%S.%f")
         with engine.begin() as connection:
             connection.execute(text(
@@ -163,14 +159,19 @@ def test_upgrade_keeps_versions_published_before_manifests(db_url: str) -> None:
         engine.dispose()
 
 
-def test_upgrade_to_0004_keeps_existing_runs_open_public_and_active(db_url: str) -> None:
-    engine = create_engine(db_url)
+def _upgrade_to(engine, revision: str) -> None:
+    """Migrate the empty database of ``engine`` up to ``revision`` only (as Database._migrate does, but stopping)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def test_upgrade_to_0004_keeps_existing_runs_open_public_and_active(db_url: str) -> None:
+    engine = create_engine(db_url)
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0003")
+        _upgrade_to(engine, "0003")
         at = T0 if engine.dialect.name == "postgresql" else T0.strftime("%Y-%m-%d %H:%M:%S.%f")
         with engine.begin() as connection:
             for name in ("older", "newer"):
