@@ -115,7 +115,7 @@ class CoordinatorService:
             settings = RunSettings(join_policy=join_policy, private=private)
             spec = RunSpec.from_json(spec_json)
             runtime = self.runs.launch(spec, settings)
-        except (SpecError, LaunchError, ValueError) as exc:
+        except (SpecError, LaunchError, RunUnavailableError, ValueError) as exc:  # unavailable: an existing run
             raise RequestError(str(exc)) from None
         stored = self.storage.runs.settings(spec.name)
         if (stored.join_policy, stored.private) != (settings.join_policy, settings.private):  # a relaunch
@@ -131,7 +131,8 @@ class CoordinatorService:
         if default is not None:
             return default
         settings = self.storage.runs.all_settings()
-        open_runs = [f"{name} ({s.join_policy})" for name, s in settings.items() if s.state == "active"]
+        open_runs = [f"{name} ({s.join_policy})" for name, s in settings.items()
+                     if s.state == "active" and not s.private]  # a private run's name is not told to anyone
         raise RequestError("name the run to join (--run): this coordinator has no default run; runs open to join: "
                            + (", ".join(open_runs) or "none"))
 
@@ -192,6 +193,13 @@ class CoordinatorService:
         self._runtime(run_name)
         rows = [row for row in self.storage.ledger.leaderboard(run_name, include_unverified) if row.samples > 0]
         return rows, sum(row.samples for row in rows)
+
+    def default_run(self, credentials: Credentials = Credentials()) -> str:
+        """The operator's default run, as far as the caller may know it ("" for none, or a private one)."""
+        name = self.storage.runs.default_run()
+        if name is None or not self.access.may_read(self.storage.runs.settings(name), name, credentials):
+            return ""
+        return name
 
     def leave(self, worker_id: str, proof: Proof | None = None) -> None:
         """End the registration, if ``proof`` is the Leave signed by the key of the worker that joined."""

@@ -150,7 +150,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def GetCoordinatorInfo(self, request, context):
         return pb.CoordinatorInfo(coordinator_id=self.service.access.coordinator_id,
-                                  default_run=self.service.storage.runs.default_run() or "")
+                                  default_run=self.service.default_run(Credentials.of_context(context)))
 
     def CreateJoinToken(self, request, context):
         token, record = self._admin().create_join_token(request.run_name, request.label)

@@ -273,6 +273,7 @@ def test_joining_with_an_empty_run_name_needs_a_default_run(coordinator, keys):
     error = refused(coordinator, "Join", signed_join(coordinator, keys["alice"], ""))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "no default run" in error.details() and f"{OPEN} (open)" in error.details()
+    assert f"{TOKEN} (token)" in error.details() and PRIVATE not in error.details()  # private names stay private
     assert db_rows(coordinator) == before
     with operator(coordinator) as client:
         assert client.set_default_run(OPEN).default_run == OPEN
@@ -360,6 +361,20 @@ def test_the_operator_stops_archives_and_removes_runs(coordinator, keys):
             client.leaderboard("broken")
         with pytest.raises(CoordinatorError, match="was removed"):
             client.set_run_state("broken", "active")
+        with pytest.raises(CoordinatorError, match="removed by the operator"):  # relaunching it changes nothing
+            client.launch_run(RunSpec(name="broken", data_slices=2))
+        assert coordinator.storage.runs.settings("broken").state == "removed"
+
+
+def test_a_private_default_run_is_named_only_to_who_may_read_it(coordinator):
+    with operator(coordinator) as client:
+        client.set_default_run(PRIVATE)
+        try:
+            assert client.coordinator_info().default_run == PRIVATE
+            with CoordinatorClient(coordinator.address) as anonymous:
+                assert anonymous.coordinator_info().default_run == ""
+        finally:
+            client.set_default_run("")
 
 
 def test_refusals_are_logged_without_the_token(coordinator, caplog):
