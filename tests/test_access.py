@@ -27,7 +27,8 @@ from swarm.credentials import read_operator_token
 from swarm.identity import load_or_create_identity
 from swarm.join_proof import join_statement, leave_statement, sign_statement
 from swarm.spec import RunSpec
-from tests.coordinator_process import db_snapshot
+from tests.coordinator_process import coordinator_process, db_snapshot, wait_until  # noqa: F401 (fixture)
+from worker.donate import DonateConfig
 
 runner = CliRunner()
 OPEN, TOKEN, PRIVATE = "open-run", "token-run", "private-run"
@@ -429,3 +430,32 @@ def test_private_reads_from_the_cli_take_a_join_token(coordinator):
     result = runner.invoke(app, ["leaderboard", "-c", coordinator.address, "--run", PRIVATE, "--join-token", token])
     assert result.exit_code == 0, result.output
 
+
+
+# A real coordinator process
+
+def test_a_coordinator_process_tells_where_its_token_is_and_refuses_anonymous_administration(coordinator_process):
+    token_file = coordinator_process.data_dir / "operator.token"
+    token = read_operator_token(token_file)
+    shown = f"operator token file (launch, publish, release, tokens, run administration): {token_file}"
+    wait_until(lambda: shown in coordinator_process.log(), 30, coordinator_process.log())
+    assert token not in coordinator_process.log()
+    before = coordinator_process.db_snapshot()
+    with CoordinatorClient(coordinator_process.address) as anonymous:
+        for attempt in (lambda: anonymous.launch_run(RunSpec(name="sneaky", data_slices=2)),
+                        lambda: anonymous.publish_now("sneaky"), lambda: anonymous.mark_release("sneaky", 1, False),
+                        lambda: anonymous.set_default_run("sneaky")):
+            with pytest.raises(CoordinatorError, match="needs the operator token"):
+                attempt()
+    with CoordinatorClient(Endpoint(coordinator_process.address, operator_token="guess")) as guesser:
+        with pytest.raises(CoordinatorError, match="operator token is wrong"):
+            guesser.launch_run(RunSpec(name="sneaky", data_slices=2))
+    assert coordinator_process.alive() and coordinator_process.db_snapshot() == before
+    assert token not in coordinator_process.log()
+    with CoordinatorClient(Endpoint(coordinator_process.address, operator_token=token)) as client:
+        assert client.launch_run(RunSpec(name="proper", data_slices=2)).run_name == "proper"
+
+
+def test_a_donor_presents_its_join_token():
+    assert DonateConfig(coordinator="h:1", join_token="t").endpoint() == Endpoint("h:1", join_token="t")
+    assert DonateConfig(coordinator="h:1").endpoint() == Endpoint("h:1")
