@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from nomoat_cli.common import DEFAULT_COORDINATOR, CoordinatorAddress, ask, fail
-from nomoat_cli.credentials import OperatorTokenFile, with_credentials
+from nomoat_cli.credentials import JoinToken, OperatorTokenFile, with_credentials
 from swarm.paths import UserDirs
 
 
@@ -24,6 +24,7 @@ def pull(
     trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust (default: the key "
                                         "this address used on your first pull)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Download cache (default: ~/.cache/nomoat/adapters)."),
+    join_token: JoinToken = "",
 ) -> None:
     """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
     from swarm.client import CoordinatorError
@@ -33,7 +34,7 @@ def pull(
         fail("choose one of --merge and --chain")
     layout: Layout = "merged" if merge else "chain" if chain else "adapter"
     try:
-        pulled = run_pull(coordinator, run, out, version=version, layout=layout, trusted_signer=trust,
+        pulled = run_pull(with_credentials(coordinator, join_token=join_token), run, out, version=version, layout=layout, trusted_signer=trust,
                           cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment())
     except (CoordinatorError, PullError) as exc:
         fail(str(exc))
@@ -66,6 +67,7 @@ def export(
     trust: Optional[str] = typer.Option(None, help="Peer ID of the coordinator key to trust."),
     upload: Optional[str] = typer.Option(None, help="Also upload to this Hub repo id (needs huggingface_hub and "
                                          "a token; optional)."),
+    join_token: JoinToken = "",
 ) -> None:
     """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload."""
     from swarm.client import CoordinatorError
@@ -73,7 +75,7 @@ def export(
     from swarm.pull import PullError, fetch_stack
 
     try:
-        manifest, stack = fetch_stack(coordinator, run, version, trusted_signer=trust,
+        manifest, stack = fetch_stack(with_credentials(coordinator, join_token=join_token), run, version, trusted_signer=trust,
                                       user_dirs=UserDirs.from_environment())
         folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
                                 merged_from=stack[:-1] if merge else None)

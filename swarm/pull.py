@@ -36,7 +36,7 @@ from typing import Callable, Literal
 
 from tqdm import tqdm
 
-from swarm.client import CoordinatorClient
+from swarm.client import CoordinatorClient, Endpoint
 from swarm.manifest import (FileMismatchError, Manifest, ManifestError, SignedManifest, read_signed_manifest,
                             verify_files)
 from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_folder_atomically, write_merged_model
@@ -97,7 +97,7 @@ def trusted_signer_for(coordinator: str, signer: str, trusted_signer: str | None
     return signer
 
 
-def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, layout: Layout = "adapter",
+def pull(coordinator: str | Endpoint, run_name: str, out: Path, version: int | str = 0, *, layout: Layout = "adapter",
          trusted_signer: str | None = None, cache_dir: Path | None = None, chunk_bytes: int = 0,
          show_progress: bool = False, on_bytes: Callable[[int], None] | None = None,
          user_dirs: UserDirs | None = None) -> PulledVersion:
@@ -124,7 +124,7 @@ def pull(coordinator: str, run_name: str, out: Path, version: int | str = 0, *, 
                          out, manifest, fetcher.downloaded, layout)
 
 
-def fetch_stack(coordinator: str, run_name: str, version: int | str = 0, *, trusted_signer: str | None = None,
+def fetch_stack(coordinator: str | Endpoint, run_name: str, version: int | str = 0, *, trusted_signer: str | None = None,
                 cache_dir: Path | None = None, user_dirs: UserDirs | None = None) -> tuple[Manifest, list[Path]]:
     """A version and every version it is stacked on, verified into the cache: (its manifest, cached adapter
     folders root first, ending with its own). Workers of a stacked run merge these into their base model.
@@ -138,16 +138,18 @@ def fetch_stack(coordinator: str, run_name: str, version: int | str = 0, *, trus
 class _Fetcher:
     """Fetches verified versions into the content-addressed cache (``<cache>/<sha256>/``)."""
 
-    def __init__(self, coordinator: str, cache_dir: Path, known_coordinators: Path, trusted_signer: str | None,
-                 chunk_bytes: int, show_progress: bool, on_bytes: Callable[[int], None] | None):
-        self.coordinator, self.cache_dir, self.trusted_signer = coordinator, cache_dir, trusted_signer
+    def __init__(self, coordinator: str | Endpoint, cache_dir: Path, known_coordinators: Path,
+                 trusted_signer: str | None, chunk_bytes: int, show_progress: bool,
+                 on_bytes: Callable[[int], None] | None):
+        self.endpoint = Endpoint.of(coordinator)  # its credentials (a join token) open private runs
+        self.coordinator, self.cache_dir, self.trusted_signer = self.endpoint.address, cache_dir, trusted_signer
         self.known_coordinators = known_coordinators
         self.chunk_bytes, self.show_progress, self.on_bytes = chunk_bytes, show_progress, on_bytes
         self.downloaded = 0
 
     def fetch_stack(self, run_name: str, version: int) -> tuple[Manifest, list[Path]]:
         """The version's manifest and the cached folders of its chain, root first, then its own."""
-        with CoordinatorClient(self.coordinator) as client:
+        with CoordinatorClient(self.endpoint) as client:
             manifest, folder = self.fetch(client, run_name, version)
             stack = [self.fetch(client, link.run, link.version, expect=link.sha256)[1] for link in manifest.chain]
         return manifest, [*stack, folder]

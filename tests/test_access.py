@@ -26,6 +26,7 @@ from swarm.client import CoordinatorClient, CoordinatorError, Endpoint
 from swarm.credentials import read_operator_token
 from swarm.identity import load_or_create_identity
 from swarm.join_proof import join_statement, leave_statement, sign_statement
+from swarm.pull import pull
 from swarm.spec import RunSpec
 from tests.coordinator_process import coordinator_process, db_snapshot, wait_until  # noqa: F401 (fixture)
 from worker.donate import DonateConfig
@@ -160,13 +161,19 @@ def test_operator_rpcs_without_or_with_a_wrong_token_are_refused_and_change_noth
     still_serving(coordinator)
 
 
-def test_the_operator_launches_publishes_and_releases(coordinator):
-    runtime = coordinator.runs.get(OPEN)
+def publish_first_version(coordinator, run: str) -> None:
+    """Version 1 of ``run`` (LoRA values just off the initial ones), as the publisher stores a swarm's snapshot."""
+    if coordinator.storage.versions.get_version(run, 1) is not None:
+        return
+    runtime = coordinator.runs.get(run)
     tensors = {name: tensor + 0.01 for name, tensor in runtime.initial_lora.items()}
     snapshots = [ShardSnapshot(shard, 1, "peer", {name: tensors[name] for name in names}, ("peer",))
                  for shard, names in enumerate(runtime.shard_names)]
-    if coordinator.storage.versions.get_version(OPEN, 1) is None:
-        assert coordinator.publisher.publish_snapshots(runtime, snapshots).published
+    assert coordinator.publisher.publish_snapshots(runtime, snapshots).published
+
+
+def test_the_operator_launches_publishes_and_releases(coordinator):
+    publish_first_version(coordinator, OPEN)
     with operator(coordinator) as client:
         assert client.mark_release(OPEN, 1).release
         launched = client.launch_run(RunSpec(name="by-operator", data_slices=2))
@@ -315,7 +322,7 @@ def test_a_token_run_needs_a_valid_join_token(coordinator, keys):
 
 # Private runs
 
-def test_a_private_run_is_read_only_with_a_credential(coordinator):
+def test_a_private_run_is_read_only_with_a_credential(coordinator, tmp_path):
     reads = [("GetStatus", pb.StatusRequest(run_name=PRIVATE)),
              ("GetLeaderboard", pb.LeaderboardRequest(run_name=PRIVATE)),
              ("GetVersion", pb.VersionRequest(run_name=PRIVATE)),
@@ -331,6 +338,14 @@ def test_a_private_run_is_read_only_with_a_credential(coordinator):
     assert call(coordinator, "GetLeaderboard", pb.LeaderboardRequest(run_name=PRIVATE), join_token=token)
     everything = call(coordinator, "GetStatus", pb.StatusRequest(), operator_token=operator_token(coordinator))
     assert PRIVATE in [run.run_name for run in everything.runs]
+    publish_first_version(coordinator, PRIVATE)
+    with pytest.raises(CoordinatorError, match="is private"):
+        pull(coordinator.address, PRIVATE, tmp_path / "anonymous")
+    assert not (tmp_path / "anonymous").exists()
+    assert pull(Endpoint(coordinator.address, join_token=token), PRIVATE, tmp_path / "adapter").version == 1
+    result = runner.invoke(app, ["pull", "-c", coordinator.address, "--run", PRIVATE, "--out", str(tmp_path / "cli"),
+                                 "--join-token", token])
+    assert result.exit_code == 0, result.output
     # a public run stays public
     assert call(coordinator, "GetLeaderboard", pb.LeaderboardRequest(run_name=OPEN)).run_name == OPEN
 
@@ -386,7 +401,9 @@ def test_refusals_are_logged_without_the_token(coordinator, caplog):
         refused(coordinator, "LaunchRun", pb.LaunchRunRequest(spec_json="{}"), operator_token="wrong-secret-value")
     finally:
         root.propagate = propagate
-    [message] = [r.getMessage() for r in caplog.records if r.name == "nomoat.coordinator.rpc_errors"]
+    messages = {r.getMessage() for r in caplog.records if r.name == "nomoat.coordinator.rpc_errors"}
+    assert len(messages) == 1  # (a handler the CLI tests configured may record it twice)
+    [message] = messages
     assert "LaunchRun" in message and "PERMISSION_DENIED" in message and "127.0.0.1" in message
     assert "wrong-secret-value" not in caplog.text and operator_token(coordinator) not in caplog.text
 

@@ -79,7 +79,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     parent_adapters: list[Path] = []
     if spec.parent:  # a stacked run trains on base + the parent chain, fetched verified from the coordinator
         parent_run, parent_version = parse_version_ref(spec.parent)
-        _, parent_adapters = fetch_stack(config.coordinator, parent_run, parent_version, user_dirs=dirs)
+        _, parent_adapters = fetch_stack(endpoint, parent_run, parent_version, user_dirs=dirs)
         logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
