@@ -42,7 +42,8 @@ def run_swarm(args: argparse.Namespace, workdir: Path) -> dict:
     with LocalSwarm(workdir) as local:
         address = local.start_coordinator(["--no-publish"])
         launch = subprocess.run(
-            [sys.executable, "-m", "nomoat_cli", "launch", "-c", address, "--name", RUN, "--base-model", "tiny",
+            [sys.executable, "-m", "nomoat_cli", "launch", "-c", address, "--operator-token-file",
+             str(local.operator_token_file), "--name", RUN, "--base-model", "tiny",
              "--dataset", "sample", "--shards", "1", "--batch-size-per-step", str(args.batch), "--target-batch-size",
              str(args.target), "--lr", str(args.lr), "--data-slices", str(args.workers),
              "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
@@ -59,7 +60,7 @@ def run_swarm(args: argparse.Namespace, workdir: Path) -> dict:
                 raise RuntimeError("swarm did not finish; logs in " + str(workdir))
             time.sleep(0.5)
         wall = time.monotonic() - started
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(local.operator_endpoint(address)) as client:
             published = client.publish_now(RUN)
             samples = client.status(RUN).runs[0].samples_trained
         if not published.published:

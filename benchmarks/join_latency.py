@@ -67,7 +67,8 @@ def main() -> None:
         hosts = [net.add_host(f"w{i}", rate_mbit=args.cap) for i in range(3)]
         with NetSwarm(net, Path(tmp)) as swarm:
             address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
-            _cli("launch", "-c", address, *swarm.trust, "--name", RUN, "--base-model", "tiny", "--dataset", "sample",
+            _cli("launch", "-c", address, *swarm.trust, "--operator-token-file", str(swarm.operator_token_file),
+                 "--name", RUN, "--base-model", "tiny", "--dataset", "sample",
                  "--shards", "1", "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01",
                  "--data-slices", "3",
                  "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
@@ -81,7 +82,7 @@ def main() -> None:
             for _ in range(args.publishes):
                 since = len(swarm.log("worker0.log"))
                 boundary = _wait_line(swarm, "worker0.log", "Transitioning to epoch", since, 60)
-                with CoordinatorClient(swarm.endpoint) as client:
+                with CoordinatorClient(swarm.operator_endpoint()) as client:
                     outcome = client.publish_now(RUN)
                 if outcome.published:
                     publish.append(time.monotonic() - boundary)

@@ -323,6 +323,8 @@ class Publisher:
 
     def _publish_due_runs(self) -> None:
         for runtime in self.runs.available():
+            if self.storage.runs.settings(runtime.name).state != "active":  # stopped by the operator
+                continue
             try:
                 last = self._last_attempt.setdefault(runtime.name, time.monotonic())
                 if time.monotonic() - last >= runtime.spec.publish_interval_s:

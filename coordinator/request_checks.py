@@ -82,7 +82,7 @@ def check_max_shards(max_shards: int) -> int:
 
 
 def check_join(run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> tuple[str, str, str]:
-    """What ``CoordinatorService.join`` checks before anything else: the run name ("" picks the newest run),
+    """What ``CoordinatorService.join`` checks before anything else: the run name ("" for the default run),
     the peer ID and max_shards; returns the cleaned display name and device, and the run name."""
     if run_name:
         check_run_name(run_name)

@@ -18,6 +18,7 @@ from typing import Any, Callable, NoReturn
 
 import grpc
 
+from coordinator.access import AccessError
 from coordinator.service import RequestError
 from coordinator.storage import UnknownRunError
 from swarm.log import get_logger
@@ -29,6 +30,8 @@ def expected_status(exc: Exception) -> grpc.StatusCode | None:
     """The status code of a request error the client should see as it is; None for anything else (a bug)."""
     if isinstance(exc, RequestError):
         return grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, AccessError):  # UNAUTHENTICATED or PERMISSION_DENIED
+        return exc.status
     if isinstance(exc, UnknownRunError):
         return grpc.StatusCode.NOT_FOUND
     return None

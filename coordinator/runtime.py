@@ -30,7 +30,7 @@ from peft import PeftModel
 
 from coordinator.dataset_sources import DatasetSources
 from coordinator.dataset_vault import DatasetVault
-from coordinator.storage import RunExistsError, RunRecord, Storage, UnknownRunError
+from coordinator.storage import RunExistsError, RunRecord, RunSettings, Storage, UnknownRunError
 from swarm.data import DatasetError, DatasetSplit, dataset_digest, load_texts, split_dataset
 from swarm.log import get_logger
 from swarm.manifest import ChainLink, Manifest
@@ -171,7 +171,7 @@ class RunRuntimes:
         with self._guard:
             return self._run_locks.setdefault(name, threading.Lock())
 
-    def launch(self, spec: RunSpec) -> RunRuntime:
+    def launch(self, spec: RunSpec, settings: RunSettings = RunSettings()) -> RunRuntime:
         """Take the run's inputs in and store it: its samples into the dataset vault, its base model loaded and
         fingerprinted, its LoRA laid out in shards. Idempotent for the exact same spec; a different spec under an
         existing name is refused."""
@@ -197,7 +197,7 @@ class RunRuntimes:
             digest = self.datasets.put(texts)
             try:
                 record = self.storage.runs.create_run(spec.name, spec.to_json(), spec.content_hash, built.fingerprint,
-                                                 digest)
+                                                 digest, settings)
             except RunExistsError as exc:
                 raise LaunchError(str(exc)) from None
             runtime = _runtime(record, spec, texts, built)
@@ -264,6 +264,12 @@ class RunRuntimes:
         self.datasets.put(texts)
         logger.info("run %s: dataset %s taken into the dataset vault", spec.name, spec.dataset)
         return texts
+
+    def forget(self, name: str, reason: str = "removed by the operator") -> None:
+        """Drop the run's runtime (and its memory) and serve it no more: ``get`` raises RunUnavailableError."""
+        with self._guard:
+            self._runtimes.pop(name, None)
+            self._unavailable[name] = reason
 
     def available(self) -> list[RunRuntime]:
         """The runtimes of every run built so far, oldest run first."""

@@ -191,3 +191,29 @@ class RejectedSnapshot(Base):
     eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str] = mapped_column(Text)
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RunSetting(Base):
+    """How a run may be used, chosen at launch and changed by the operator; not part of its (hashed) RunSpec."""
+
+    __tablename__ = "run_settings"
+
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"), primary_key=True)
+    join_policy: Mapped[str] = mapped_column(String(16))  # open | token
+    private: Mapped[bool] = mapped_column("is_private", Boolean)  # reads need the operator or a join token
+    state: Mapped[str] = mapped_column(String(16))  # active | stopped | archived | removed
+    default: Mapped[bool] = mapped_column("is_default", Boolean)  # Joins without a run name go here
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JoinToken(Base):
+    """A join token the operator minted for one run; only its sha256 is kept."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

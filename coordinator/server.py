@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import hivemind
 
+from coordinator.access import OPERATOR_TOKEN_FILE, AccessInterceptor, AccessPolicy, load_or_create_operator_token
 from coordinator.adapter_store import AdapterStore
 from coordinator.data_dir_lock import DataDirLock
 from coordinator.dataset_sources import DatasetSources
@@ -28,6 +29,7 @@ from coordinator.publisher import Publisher, PublishPolicy
 from coordinator.retention import Retention
 from coordinator.rpc_errors import RpcErrorInterceptor
 from coordinator.rpc_limits import RpcLimitsInterceptor, server_options, thread_pool
+from coordinator.run_admin import RunAdministration
 from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
@@ -35,6 +37,8 @@ from coordinator.storage import Storage
 from coordinator.transport import server_tls
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
+from swarm.client import Endpoint
+from swarm.credentials import read_operator_token
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
@@ -108,14 +112,21 @@ class Coordinator:
         self.watcher = ProgressWatcher(self.dht, self.storage, self.runs, self.identity.as_hivemind_key())
         self.ledger = Ledger(self.storage, self.runs, refresh_shard=self.watcher.poll_shard)
         self.watcher.ledger_recheck = self.ledger.recheck_unverified
+        # the operator credential: who may launch, publish, release and administer runs
+        self.operator_token_file = data_dir / OPERATOR_TOKEN_FILE
+        self.access = AccessPolicy(self.storage, load_or_create_operator_token(self.operator_token_file),
+                                   coordinator_id=self.identity.peer_id)
+        self.admin = RunAdministration(self.storage, self.runs)
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
-                                          self.initial_peers, retention=self.retention, limits=config.limits)
+                                          self.initial_peers, retention=self.retention, limits=config.limits,
+                                          access=self.access)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
         limits = config.limits
         self.server = grpc.server(thread_pool(limits), options=[*server_options(limits), ("grpc.so_reuseport", 0)],
                                   maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
-                                  interceptors=[RpcLimitsInterceptor(limits), RpcErrorInterceptor()])
-        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service), self.server)
+                                  interceptors=[RpcLimitsInterceptor(limits), RpcErrorInterceptor(),
+                                                AccessInterceptor(self.access)])
+        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.service, self.admin), self.server)
         listen = f"{config.host}:{config.port}"
         try:
             bound = (self.server.add_secure_port(listen, tls.credentials()) if tls
@@ -130,6 +141,10 @@ class Coordinator:
         self._stopped = threading.Event()
         # every 5 s remember the connected DHT peers, for the next start
         self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
+
+    def operator_endpoint(self) -> Endpoint:
+        """This coordinator's address with the operator token (for tools that run beside it, and tests)."""
+        return Endpoint(self.address, operator_token=read_operator_token(self.operator_token_file))
 
     def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
@@ -159,6 +174,7 @@ class Coordinator:
             write_private_file(self.peer_book, json.dumps(peers).encode())
 
     def start(self) -> "Coordinator":
+        self.admin.forget_removed_runs()
         self.runs.load_all()  # every run warm before the first request; a broken one is only marked unavailable
         self.server.start()
         if self.config.publish:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+from coordinator.access import AccessPolicy, Credentials, PermissionDenied, Unauthenticated
 from coordinator.ledger import Ledger, SubmitResult
 from coordinator.limits import RpcLimits
 from coordinator.publisher import PublishOutcome, Publisher
@@ -34,6 +35,7 @@ from coordinator.storage import (
     LeaderboardRow,
     RejectedSnapshotRecord,
     RunRecord,
+    RunSettings,
     Storage,
     UnknownRunError,
     UnknownVersionError,
@@ -43,6 +45,7 @@ from coordinator.storage import (
 )
 from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
 from swarm.data import data_slice
+from swarm.join_proof import Proof, join_statement, leave_statement
 from swarm.manifest import ManifestError, SignedManifest, read_signed_manifest
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
@@ -74,6 +77,7 @@ class RunState:
     live_workers: int
     samples_trained: int
     unavailable: str = ""  # why the run cannot be served on this coordinator; "" while it is served
+    settings: RunSettings = field(default_factory=RunSettings)
     shards: list[ShardState] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
     rejected: list[RejectedSnapshotRecord] = field(default_factory=list)
@@ -90,36 +94,73 @@ class PullHeader:
 
 class CoordinatorService:
     def __init__(self, storage: Storage, runs: RunRuntimes, publisher: Publisher, ledger: Ledger,
-                 initial_peers: list[str], retention: Retention | None = None, limits: RpcLimits | None = None):
+                 initial_peers: list[str], retention: Retention | None = None, limits: RpcLimits | None = None,
+                 access: AccessPolicy | None = None):
         self.storage, self.runs, self.publisher, self.ledger = storage, runs, publisher, ledger
         self.limits = limits or RpcLimits()
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
+        self._access = access  # None: only for tests of other parts; Join and Leave are then refused
+
+    @property
+    def access(self) -> AccessPolicy:
+        if self._access is None:
+            raise RequestError("this coordinator has no access policy: it cannot check Joins and Leaves")
+        return self._access
 
     def _runtime(self, run_name: str) -> RunRuntime:
         check_run_name(run_name)
         try:
+            if self.storage.runs.settings(run_name).state == "removed":
+                raise RequestError(f"run '{run_name}' was removed by the operator", not_found=True)
             return self.runs.get(run_name)
         except UnknownRunError as exc:
             raise RequestError(str(exc), not_found=True) from None
         except RunUnavailableError as exc:
             raise RequestError(str(exc)) from None
 
-    def launch(self, spec_json: str) -> RunRuntime:
+    def launch(self, spec_json: str, join_policy: str = "open", private: bool = False) -> RunRuntime:
         spec = parse_spec_json(spec_json, self.limits.max_spec_bytes)
         try:
-            runtime = self.runs.launch(spec)
-        except (SpecError, LaunchError, ValueError) as exc:
+            settings = RunSettings(join_policy=join_policy, private=private)
+            runtime = self.runs.launch(spec, settings)
+        except (SpecError, LaunchError, RunUnavailableError, ValueError) as exc:  # unavailable: an existing run
             raise RequestError(str(exc)) from None
+        stored = self.storage.runs.settings(spec.name)
+        if (stored.join_policy, stored.private) != (settings.join_policy, settings.private):  # a relaunch
+            raise RequestError(f"run '{spec.name}' already exists with join policy {stored.join_policy}"
+                               f"{' and private reads' if stored.private else ''}")
         return runtime
 
-    def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str) -> AssignmentPlan:
+    def _joinable_run(self, run_name: str) -> str:
+        """The run a Join goes to: the named one, else the operator's default run."""
+        if run_name:
+            return run_name
+        default = self.storage.runs.default_run()
+        if default is not None:
+            return default
+        settings = self.storage.runs.all_settings()
+        open_runs = [f"{name} ({s.join_policy})" for name, s in settings.items()
+                     if s.state == "active" and not s.private]  # a private run's name is not told to anyone
+        raise RequestError("name the run to join (--run): this coordinator has no default run; runs open to join: "
+                           + (", ".join(open_runs) or "none"))
+
+    def join(self, run_name: str, peer_id: str, display_name: str, max_shards: int, device: str,
+             proof: Proof | None = None, credentials: Credentials = Credentials()) -> AssignmentPlan:
+        signed_name, signed_device = display_name, device  # as the worker signed them, before cleaning
         run_name, display_name, device = check_join(run_name, peer_id, display_name, max_shards, device)
-        if not run_name:
-            newest = self.storage.runs.newest_run()
-            if newest is None:
-                raise RequestError("no run has been launched on this coordinator yet", not_found=True)
-            run_name = newest.name
+        named = run_name
+        run_name = self._joinable_run(run_name)
+        settings = self.storage.runs.settings(run_name)  # UnknownRunError: NOT_FOUND
+        if settings.state != "active":
+            raise RequestError(f"run '{run_name}' is {settings.state}: it takes no new workers")
+        if settings.join_policy == "token":
+            self.access.require_join_token(run_name, credentials, f"joining run '{run_name}'")
+        # the worker signs the run name it sent (empty for the default run)
+        statement = join_statement(coordinator=self.access.coordinator_id, run=named, peer_id=peer_id,
+                                   display_name=signed_name, max_shards=max_shards, device=signed_device,
+                                   timestamp=proof.timestamp if proof else 0.0)
+        self.access.require_proof(proof, peer_id, statement, "Join")
         runtime = self._runtime(run_name)
         spec = runtime.spec
         live = self.storage.runs.live_workers(run_name, LIVE_WINDOW_S)
@@ -133,7 +174,17 @@ class CoordinatorService:
         samples = len(data_slice(runtime.split.train, spec.data_slices, chosen_slice))
         return AssignmentPlan(worker, runtime, self.initial_peers, samples)
 
-    def data_slice(self, run_name: str, index: int, batch: int = 256) -> Iterator[list[str]]:
+    def data_slice(self, run_name: str, index: int, worker_id: str = "", batch: int = 256) -> Iterator[list[str]]:
+        """The texts of data slice ``index``, for the live registration ``worker_id`` that was assigned it."""
+        if not worker_id:
+            raise Unauthenticated("StreamDataSlice needs the worker_id of your Join")
+        try:
+            worker = self.storage.runs.get_worker(worker_id)
+        except UnknownWorkerError:
+            raise PermissionDenied(f"StreamDataSlice: no worker {worker_id[:32]!r} joined this coordinator") from None
+        if worker.run_name != run_name or worker.left or worker.data_slice != index:
+            raise PermissionDenied(f"StreamDataSlice: worker {worker_id} is not a live registration of run "
+                                   f"'{run_name}' assigned data slice {index}")
         runtime = self._runtime(run_name)
         if not 0 <= index < runtime.spec.data_slices:
             raise RequestError(f"data slice {index} is outside 0..{runtime.spec.data_slices - 1}")
@@ -155,22 +206,41 @@ class CoordinatorService:
                  for row in rows[: self.limits.max_leaderboard_rows]]
         return shown, sum(row.samples for row in rows), len(rows) - len(shown)
 
-    def leave(self, worker_id: str) -> None:
+    def default_run(self, credentials: Credentials = Credentials()) -> str:
+        """The operator's default run, as far as the caller may know it ("" for none, or a private one)."""
+        name = self.storage.runs.default_run()
+        if name is None or not self.access.may_read(self.storage.runs.settings(name), name, credentials):
+            return ""
+        return name
+
+    def leave(self, worker_id: str, proof: Proof | None = None) -> None:
+        """End the registration, if ``proof`` is the Leave signed by the key of the worker that joined."""
         check_worker_id(worker_id)
         try:
-            self.storage.runs.mark_worker_left(worker_id)
+            worker = self.storage.runs.get_worker(worker_id)
         except UnknownWorkerError as exc:
             raise RequestError(str(exc), not_found=True) from None
+        statement = leave_statement(coordinator=self.access.coordinator_id, worker_id=worker_id,
+                                    peer_id=worker.peer_id, timestamp=proof.timestamp if proof else 0.0)
+        self.access.require_proof(proof, worker.peer_id, statement, "Leave")
+        self.storage.runs.mark_worker_left(worker_id)
 
-    def status(self, run_name: str = "") -> list[RunState]:
-        """Every run (or the named one), served or not: an unavailable run is listed with the reason."""
-        try:
-            records = [self.storage.runs.get_run(check_run_name(run_name))] if run_name else self.storage.runs.list_runs()
-        except UnknownRunError as exc:
-            raise RequestError(str(exc), not_found=True) from None
-        return [self._state(record) for record in records]
+    def status(self, run_name: str = "", include_archived: bool = False,
+               credentials: Credentials = Credentials()) -> list[RunState]:
+        """Every run (or the named one), served or not: an unavailable run is listed with the reason. Without a
+        name, archived and removed runs only with ``include_archived``, and private runs only for callers that
+        may read them."""
+        if run_name:
+            name = check_run_name(run_name)
+            return [self._state(self.storage.runs.get_run(name), self.storage.runs.settings(name))]
+        settings = self.storage.runs.all_settings()
+        hidden = () if include_archived else ("archived", "removed")
+        may_read = self.access.may_read if self._access is not None else lambda s, name, c: not s.private
+        return [self._state(record, settings[record.name]) for record in self.storage.runs.list_runs()
+                if settings[record.name].state not in hidden
+                and may_read(settings[record.name], record.name, credentials)]
 
-    def _state(self, record: RunRecord) -> RunState:
+    def _state(self, record: RunRecord, settings: RunSettings) -> RunState:
         unavailable = ""
         try:
             spec: RunSpec | None = self.runs.get(record.name).spec
@@ -188,7 +258,7 @@ class CoordinatorService:
                        samples.get(shard, 0))
             for shard in range(spec.shards if spec else 0)
         ]
-        return RunState(record, spec, len(live), sum(samples.values()), unavailable, shards,
+        return RunState(record, spec, len(live), sum(samples.values()), unavailable, settings, shards,
                         self.storage.versions.list_versions(record.name), self.storage.versions.rejected_snapshots(record.name))
 
     def publish_now(self, run_name: str) -> PublishOutcome:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 
+from coordinator.access import Credentials
+from coordinator.run_admin import RunAdministration
 from coordinator.service import CoordinatorService, PullHeader, RunState
-from coordinator.storage import RejectedSnapshotRecord, VersionRecord
+from coordinator.storage import JoinTokenRecord, RejectedSnapshotRecord, VersionRecord
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
+from swarm.join_proof import Proof
 from swarm.manifest import Manifest
 from swarm.receipts import SignedReceipt
 
@@ -48,16 +51,30 @@ def run_message(state: RunState) -> pb.RunStatus:
                       for s in state.shards],
         versions=[version_message(record) for record in state.versions],
         rejected_snapshots=[rejected_message(record) for record in state.rejected],
-        parent=(spec.parent or "") if spec else "", unavailable=state.unavailable,
+        parent=(spec.parent or "") if spec else "", unavailable=state.unavailable, state=state.settings.state,
+        join_policy=state.settings.join_policy, private=state.settings.private,
     )
 
 
+def token_message(record: JoinTokenRecord) -> pb.JoinTokenInfo:
+    return pb.JoinTokenInfo(token_id=record.id, run_name=record.run_name, label=record.label,
+                            created_at=record.created_at.isoformat(),
+                            revoked_at=record.revoked_at.isoformat() if record.revoked_at else "")
+
+
+def proof_of(request) -> Proof | None:
+    """The signature fields of a Join or Leave request; None when it is unsigned."""
+    if not request.public_key and not request.signature:
+        return None
+    return Proof(public_key=request.public_key, signature=request.signature, timestamp=request.timestamp)
+
+
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    def __init__(self, service: CoordinatorService):
-        self.service = service
+    def __init__(self, service: CoordinatorService, admin: RunAdministration | None = None):
+        self.service, self.admin = service, admin
 
     def LaunchRun(self, request, context):
-        run = self.service.launch(request.spec_json)
+        run = self.service.launch(request.spec_json, request.join_policy or "open", request.private)
         return pb.LaunchRunResponse(
             run_name=run.spec.name, spec_hash=run.spec.content_hash,
             base_model_fingerprint=run.record.base_model_fingerprint, dataset_digest=run.record.dataset_digest,
@@ -66,7 +83,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def Join(self, request, context):
         plan = self.service.join(request.run_name, request.peer_id, request.display_name, request.max_shards,
-                                 request.device)
+                                 request.device, proof_of(request), Credentials.of_context(context))
         spec = plan.runtime.spec
         return pb.Assignment(
             worker_id=plan.worker.worker_id, run_name=spec.name, spec_json=spec.to_json(),
@@ -76,7 +93,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     def StreamDataSlice(self, request, context):
-        for texts in self.service.data_slice(request.run_name, request.data_slice):
+        for texts in self.service.data_slice(request.run_name, request.data_slice, request.worker_id):
             yield pb.DataChunk(texts=texts)
 
     def SubmitReceipts(self, request, context):
@@ -100,11 +117,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     def Leave(self, request, context):
-        self.service.leave(request.worker_id)
+        self.service.leave(request.worker_id, proof_of(request))
         return pb.LeaveResponse(ok=True)
 
     def GetStatus(self, request, context):
-        return pb.StatusResponse(runs=[run_message(state) for state in self.service.status(request.run_name)])
+        states = self.service.status(request.run_name, request.include_archived, Credentials.of_context(context))
+        return pb.StatusResponse(runs=[run_message(state) for state in states])
 
     def PublishNow(self, request, context):
         outcome = self.service.publish_now(request.run_name)
@@ -130,3 +148,30 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def MarkRelease(self, request, context):
         return version_message(self.service.mark_release(request.run_name, request.version, request.release))
+
+    def GetCoordinatorInfo(self, request, context):
+        return pb.CoordinatorInfo(coordinator_id=self.service.access.coordinator_id,
+                                  default_run=self.service.default_run(Credentials.of_context(context)))
+
+    def CreateJoinToken(self, request, context):
+        token, record = self._admin().create_join_token(request.run_name, request.label)
+        return pb.JoinTokenCreated(info=token_message(record), token=token)
+
+    def ListJoinTokens(self, request, context):
+        return pb.JoinTokenList(tokens=[token_message(r) for r in self._admin().list_join_tokens(request.run_name)])
+
+    def RevokeJoinToken(self, request, context):
+        return token_message(self._admin().revoke_join_token(request.token_id))
+
+    def SetRunState(self, request, context):
+        settings = self._admin().set_state(request.run_name, request.state, request.force)
+        return pb.RunStateResponse(run_name=request.run_name, state=settings.state)
+
+    def SetDefaultRun(self, request, context):
+        self._admin().set_default_run(request.run_name)
+        return self.GetCoordinatorInfo(pb.CoordinatorInfoRequest(), context)
+
+    def _admin(self) -> RunAdministration:
+        if self.admin is None:
+            raise RuntimeError("this servicer was built without run administration")
+        return self.admin

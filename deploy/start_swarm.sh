@@ -39,7 +39,8 @@ case "$role" in
     trap 'kill -TERM -- -$$ 2>/dev/null || true' EXIT
     "$SWARM" coordinator --data-dir "$HOME_DIR/coordinator" --port "$port" >"$HOME_DIR/coordinator.log" 2>&1 &
     until grep -q "^coordinator:" "$HOME_DIR/coordinator.log" 2>/dev/null; do sleep 0.5; done
-    "$SWARM" launch -c "127.0.0.1:$port" --name local --publish-interval-s 30 --averaging-progress-refresh-s 0.5 || true
+    "$SWARM" launch -c "127.0.0.1:$port" --operator-token-file "$HOME_DIR/coordinator/operator.token" \
+      --name local --publish-interval-s 30 --averaging-progress-refresh-s 0.5 || true
     for i in $(seq 0 $((workers - 1))); do
       OMP_NUM_THREADS=1 "$SWARM" donate -c "127.0.0.1:$port" --run local --name "worker$i" \
         --identity "$HOME_DIR/worker$i.key" --no-progress >"$HOME_DIR/worker$i.log" 2>&1 &

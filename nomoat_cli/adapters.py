@@ -9,6 +9,7 @@ import typer
 
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
                                ask, coordinator_endpoint, fail)
+from nomoat_cli.credentials import JoinToken, OperatorTokenFile, with_credentials
 from swarm.paths import UserDirs
 
 FORCE = typer.Option(False, "--force", help="Write into a non-empty --out that no pull or export wrote: files "
@@ -31,6 +32,7 @@ def pull(
                                         "this address used on your first pull)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Download cache (default: ~/.cache/nomoat/adapters)."),
     force: bool = FORCE,
+    join_token: JoinToken = "",
 ) -> None:
     """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
     from swarm.client import CoordinatorError
@@ -41,9 +43,9 @@ def pull(
     layout: Layout = "merged" if merge else "chain" if chain else "adapter"
     endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     try:
-        pulled = run_pull(endpoint, run, out, version=version, layout=layout, trusted_signer=trust,
-                          cache_dir=cache_dir, show_progress=True, user_dirs=UserDirs.from_environment(),
-                          force=force)
+        pulled = run_pull(with_credentials(endpoint, join_token=join_token), run, out, version=version,
+                          layout=layout, trusted_signer=trust, cache_dir=cache_dir, show_progress=True,
+                          user_dirs=UserDirs.from_environment(), force=force)
     except (CoordinatorError, PullError) as exc:
         fail(str(exc))
     fetched = f"{pulled.downloaded_bytes} bytes downloaded" if pulled.downloaded_bytes else "nothing to download"
@@ -61,9 +63,10 @@ def release(
     fingerprint: Fingerprint = None,
     insecure: Insecure = False,
     undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
+    operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Mark a version as a release: retention keeps it forever."""
-    info = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure),
+    """Mark a version as a release: retention keeps it forever (operator)."""
+    info = ask(with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file),
                lambda client: client.mark_release(run, version, release=not undo))
     typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
 
@@ -81,19 +84,19 @@ def export(
     upload: Optional[str] = typer.Option(None, help="Also upload to this Hub repo id (needs huggingface_hub and "
                                          "a token; optional)."),
     force: bool = FORCE,
+    join_token: JoinToken = "",
 ) -> None:
     """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload."""
     from swarm.client import CoordinatorError
     from swarm.export import ExportError, export_hf_repo, upload_to_hub
-    from swarm.pull import PullError, fetch_stack
-
     from swarm.output_folder import OutputFolderError, check_output_folder
+    from swarm.pull import PullError, fetch_stack
 
     endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     try:
         check_output_folder(out, force=force)
-        manifest, stack = fetch_stack(endpoint, run, version, trusted_signer=trust,
-                                      user_dirs=UserDirs.from_environment())
+        manifest, stack = fetch_stack(with_credentials(endpoint, join_token=join_token), run, version,
+                                      trusted_signer=trust, user_dirs=UserDirs.from_environment())
         folder = export_hf_repo(stack[-1], out, trusted_signer=manifest.coordinator,
                                 merged_from=stack[:-1] if merge else None, force=force)
         if upload:

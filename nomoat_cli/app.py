@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nomoat_cli import adapters, demo, donate, launch, reports, serve
+from nomoat_cli import adapters, admin, demo, donate, launch, reports, serve
 from swarm.log import configure_logging
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.",
@@ -27,3 +27,5 @@ app.command()(adapters.export)
 app.command()(reports.status)
 app.command()(reports.leaderboard)
 app.command()(demo.demo)
+app.add_typer(admin.token_app, name="token")
+app.add_typer(admin.run_app, name="run")

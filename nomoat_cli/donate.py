@@ -10,6 +10,7 @@ import typer
 
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
                                coordinator_endpoint, fail)
+from nomoat_cli.credentials import JoinToken
 from swarm.paths import UserDirs
 
 
@@ -18,7 +19,8 @@ def donate(
     ca: CaFile = None,
     fingerprint: Fingerprint = None,
     insecure: Insecure = False,
-    run: str = typer.Option("", help="Run name (default: the coordinator's newest run)."),
+    run: str = typer.Option("", help="Run name (default: the run the coordinator's operator made the default)."),
+    join_token: JoinToken = "",
     name: str = typer.Option("", help="Your display name."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     max_shards: int = typer.Option(0, help="Train at most this many shards (0: all)."),
@@ -53,7 +55,7 @@ def donate(
         user_dirs=UserDirs.from_environment(), wait_for_peers=wait_for_peers,
         limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
         show_progress=progress, save_lora_to=save_lora, linger_s=linger, outbox=outbox,
-        drain_timeout_s=drain_timeout,
+        drain_timeout_s=drain_timeout, join_token=join_token,
     )
     try:
         summary = run_donate(config, stop)

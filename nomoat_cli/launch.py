@@ -14,6 +14,7 @@ import typer
 
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
                                ask, coordinator_endpoint, fail)
+from nomoat_cli.credentials import OperatorTokenFile, with_credentials
 from nomoat_cli.spec_flags import flag_overrides, spec_flags
 
 SPEC_FLAGS = spec_flags()
@@ -26,14 +27,19 @@ def launch(**values: Any) -> None:
     --lora-rank is [lora] rank. Flags override the --spec file; fields set by neither take their defaults."""
     from swarm.spec import SpecError, build_spec, load_spec_file
 
+    if values["join_policy"] not in ("open", "token"):
+        fail(f"--join-policy is open or token, not {values['join_policy']!r}")
     overrides = flag_overrides(SPEC_FLAGS, values)
     try:
         run_spec = load_spec_file(values["spec"], overrides) if values["spec"] else build_spec(overrides)
     except SpecError as exc:
         fail(str(exc))
-    endpoint = coordinator_endpoint(values["coordinator"], values["ca"], values["fingerprint"], values["insecure"])
-    launched = ask(endpoint, lambda client: client.launch_run(run_spec))
-    typer.echo(f"launched run '{launched.run_name}' ({launched.spec_hash})")
+    endpoint = with_credentials(coordinator_endpoint(values["coordinator"], values["ca"], values["fingerprint"],
+                                                     values["insecure"]), values["operator_token_file"])
+    launched = ask(endpoint, lambda client: client.launch_run(run_spec, join_policy=values["join_policy"],
+                                                               private=values["private"]))
+    access = f"join policy {values['join_policy']}" + (", private" if values["private"] else "")
+    typer.echo(f"launched run '{launched.run_name}' ({launched.spec_hash}; {access})")
     typer.echo(f"  base model fingerprint {launched.base_model_fingerprint}")
     typer.echo(f"  dataset {launched.dataset_digest}: {launched.train_samples} train / {launched.eval_samples} eval")
 
@@ -47,5 +53,13 @@ setattr(launch, "__signature__", inspect.Signature([
     inspect.Parameter("insecure", inspect.Parameter.KEYWORD_ONLY, annotation=Insecure, default=False),
     inspect.Parameter("spec", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                       default=typer.Option(None, help="RunSpec file (.toml, .yaml, .json); flags override it.")),
+    inspect.Parameter("operator_token_file", inspect.Parameter.KEYWORD_ONLY, annotation=OperatorTokenFile,
+                      default=None),
+    inspect.Parameter("join_policy", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option("open", help="open: anyone may join; token: joining needs a join "
+                                           "token of the run (swarm token create).")),
+    inspect.Parameter("private", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--private", help="Status, leaderboard and pulls of the run need "
+                                           "the operator token or a join token.")),
     *(flag.parameter() for flag in SPEC_FLAGS),
 ]))

@@ -6,6 +6,7 @@ import typer
 
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
                                ask, coordinator_endpoint)
+from nomoat_cli.credentials import JoinToken, OperatorTokenFile, with_credentials
 from swarm.text import printable
 
 
@@ -20,14 +21,22 @@ def status(
     fingerprint: Fingerprint = None,
     insecure: Insecure = False,
     run: str = typer.Option("", help="Only this run."),
+    all_runs: bool = typer.Option(False, "--all", help="Also archived and removed runs."),
+    operator_token_file: OperatorTokenFile = None,
+    join_token: JoinToken = "",
 ) -> None:
-    """List runs, live workers per shard, samples trained and published versions."""
-    response = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure), lambda client: client.status(run))
+    """List runs (state, join policy), live workers per shard, samples trained and published versions. Private
+    runs are listed for the operator and for holders of one of their join tokens."""
+    endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file,
+                                join_token)
+    response = ask(endpoint, lambda client: client.status(run, include_archived=all_runs))
     if not response.runs:
         say("no runs")
     for state in response.runs:
-        say(f"run {state.run_name}: base {state.base_model}, dataset {state.dataset}, {state.shards} shard(s), "
-            f"{state.live_workers} live worker(s), {state.samples_trained} samples trained")
+        access = f"{state.state}, join {state.join_policy}" + (", private" if state.private else "")
+        say(f"run {state.run_name} [{access}]: base {state.base_model}, dataset {state.dataset}, "
+            f"{state.shards} shard(s), {state.live_workers} live worker(s), {state.samples_trained} samples "
+            f"trained")
         if state.unavailable:
             say(f"  UNAVAILABLE: {state.unavailable}")
         for shard in state.shard_status:
@@ -52,9 +61,12 @@ def leaderboard(
     fingerprint: Fingerprint = None,
     insecure: Insecure = False,
     all_receipts: bool = typer.Option(False, "--all", help="Count unverified receipts too (never disputed ones)."),
+    operator_token_file: OperatorTokenFile = None,
+    join_token: JoinToken = "",
 ) -> None:
     """Contributors of a run: verified samples, compute hours, share of the run, last seen."""
-    board = ask(coordinator_endpoint(coordinator, ca, fingerprint, insecure),
+    board = ask(with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file,
+                                 join_token),
                 lambda client: client.leaderboard(run, include_unverified=all_receipts))
     counted = "verified + unverified" if all_receipts else "verified"
     say(f"run {run}: {board.total_samples} {counted} samples")

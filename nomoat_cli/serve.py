@@ -76,6 +76,8 @@ def coordinator(
     else:
         typer.echo("TLS: off (plaintext gRPC)")
     typer.echo(f"coordinator key (signs published versions): {service.identity.peer_id}")
+    typer.echo(f"operator token file (launch, publish, release, tokens, run administration): "
+               f"{service.operator_token_file}")
     typer.echo(f"initial peers: {' '.join(service.initial_peers)}")
     sys.stdout.flush()
     stop = threading.Event()

@@ -7,10 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LaunchRunRequest(_message.Message):
-    __slots__ = ("spec_json",)
+    __slots__ = ("spec_json", "join_policy", "private")
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    JOIN_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
     spec_json: str
-    def __init__(self, spec_json: _Optional[str] = ...) -> None: ...
+    join_policy: str
+    private: bool
+    def __init__(self, spec_json: _Optional[str] = ..., join_policy: _Optional[str] = ..., private: _Optional[bool] = ...) -> None: ...
 
 class LaunchRunResponse(_message.Message):
     __slots__ = ("run_name", "spec_hash", "base_model_fingerprint", "dataset_digest", "train_samples", "eval_samples")
@@ -29,18 +33,24 @@ class LaunchRunResponse(_message.Message):
     def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., train_samples: _Optional[int] = ..., eval_samples: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_name", "peer_id", "display_name", "max_shards", "device")
+    __slots__ = ("run_name", "peer_id", "display_name", "max_shards", "device", "public_key", "signature", "timestamp")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_SHARDS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     peer_id: str
     display_name: str
     max_shards: int
     device: str
-    def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., max_shards: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    public_key: bytes
+    signature: bytes
+    timestamp: float
+    def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., max_shards: _Optional[int] = ..., device: _Optional[str] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("worker_id", "run_name", "spec_json", "spec_hash", "base_model_fingerprint", "shards", "initial_peers", "data_slice", "data_slices", "slice_samples", "report_interval_s")
@@ -69,12 +79,14 @@ class Assignment(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., run_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., data_slice: _Optional[int] = ..., data_slices: _Optional[int] = ..., slice_samples: _Optional[int] = ..., report_interval_s: _Optional[float] = ...) -> None: ...
 
 class DataSliceRequest(_message.Message):
-    __slots__ = ("run_name", "data_slice")
+    __slots__ = ("run_name", "data_slice", "worker_id")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_SLICE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     data_slice: int
-    def __init__(self, run_name: _Optional[str] = ..., data_slice: _Optional[int] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, run_name: _Optional[str] = ..., data_slice: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class DataChunk(_message.Message):
     __slots__ = ("texts",)
@@ -161,10 +173,16 @@ class Leaderboard(_message.Message):
     def __init__(self, run_name: _Optional[str] = ..., include_unverified: _Optional[bool] = ..., total_samples: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., omitted_entries: _Optional[int] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "public_key", "signature", "timestamp")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
-    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+    public_key: bytes
+    signature: bytes
+    timestamp: float
+    def __init__(self, worker_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class LeaveResponse(_message.Message):
     __slots__ = ("ok", "message")
@@ -175,10 +193,12 @@ class LeaveResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("run_name",)
+    __slots__ = ("run_name", "include_archived")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     run_name: str
-    def __init__(self, run_name: _Optional[str] = ...) -> None: ...
+    include_archived: bool
+    def __init__(self, run_name: _Optional[str] = ..., include_archived: _Optional[bool] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
     __slots__ = ("shard", "live_workers", "epoch", "samples")
@@ -233,7 +253,7 @@ class RejectedSnapshot(_message.Message):
     def __init__(self, attempted_at: _Optional[str] = ..., epoch: _Optional[int] = ..., eval_loss: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("run_name", "spec_hash", "base_model", "dataset", "shards", "created_at", "samples_trained", "shard_status", "versions", "live_workers", "rejected_snapshots", "parent", "unavailable")
+    __slots__ = ("run_name", "spec_hash", "base_model", "dataset", "shards", "created_at", "samples_trained", "shard_status", "versions", "live_workers", "rejected_snapshots", "parent", "unavailable", "state", "join_policy", "private")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +267,9 @@ class RunStatus(_message.Message):
     REJECTED_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOIN_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     spec_hash: str
     base_model: str
@@ -260,7 +283,10 @@ class RunStatus(_message.Message):
     rejected_snapshots: _containers.RepeatedCompositeFieldContainer[RejectedSnapshot]
     parent: str
     unavailable: str
-    def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., shards: _Optional[int] = ..., created_at: _Optional[str] = ..., samples_trained: _Optional[int] = ..., shard_status: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., live_workers: _Optional[int] = ..., rejected_snapshots: _Optional[_Iterable[_Union[RejectedSnapshot, _Mapping]]] = ..., parent: _Optional[str] = ..., unavailable: _Optional[str] = ...) -> None: ...
+    state: str
+    join_policy: str
+    private: bool
+    def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., shards: _Optional[int] = ..., created_at: _Optional[str] = ..., samples_trained: _Optional[int] = ..., shard_status: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., live_workers: _Optional[int] = ..., rejected_snapshots: _Optional[_Iterable[_Union[RejectedSnapshot, _Mapping]]] = ..., parent: _Optional[str] = ..., unavailable: _Optional[str] = ..., state: _Optional[str] = ..., join_policy: _Optional[str] = ..., private: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("runs",)
@@ -370,3 +396,87 @@ class PullChunk(_message.Message):
     header: PullHeader
     chunk: FileChunk
     def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class CoordinatorInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CoordinatorInfo(_message.Message):
+    __slots__ = ("coordinator_id", "default_run")
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_RUN_FIELD_NUMBER: _ClassVar[int]
+    coordinator_id: str
+    default_run: str
+    def __init__(self, coordinator_id: _Optional[str] = ..., default_run: _Optional[str] = ...) -> None: ...
+
+class CreateJoinTokenRequest(_message.Message):
+    __slots__ = ("run_name", "label")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    label: str
+    def __init__(self, run_name: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class JoinTokenInfo(_message.Message):
+    __slots__ = ("token_id", "run_name", "label", "created_at", "revoked_at")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    run_name: str
+    label: str
+    created_at: str
+    revoked_at: str
+    def __init__(self, token_id: _Optional[int] = ..., run_name: _Optional[str] = ..., label: _Optional[str] = ..., created_at: _Optional[str] = ..., revoked_at: _Optional[str] = ...) -> None: ...
+
+class JoinTokenCreated(_message.Message):
+    __slots__ = ("info", "token")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    info: JoinTokenInfo
+    token: str
+    def __init__(self, info: _Optional[_Union[JoinTokenInfo, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListJoinTokensRequest(_message.Message):
+    __slots__ = ("run_name",)
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    def __init__(self, run_name: _Optional[str] = ...) -> None: ...
+
+class JoinTokenList(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[JoinTokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[JoinTokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeJoinTokenRequest(_message.Message):
+    __slots__ = ("token_id",)
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    def __init__(self, token_id: _Optional[int] = ...) -> None: ...
+
+class RunStateRequest(_message.Message):
+    __slots__ = ("run_name", "state", "force")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    state: str
+    force: bool
+    def __init__(self, run_name: _Optional[str] = ..., state: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RunStateResponse(_message.Message):
+    __slots__ = ("run_name", "state")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    state: str
+    def __init__(self, run_name: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class DefaultRunRequest(_message.Message):
+    __slots__ = ("run_name",)
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    def __init__(self, run_name: _Optional[str] = ...) -> None: ...

@@ -89,6 +89,36 @@ class CoordinatorStub:
                 request_serializer=nomoat__proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=nomoat__proto_dot_coordinator__pb2.VersionInfo.FromString,
                 _registered_method=True)
+        self.GetCoordinatorInfo = channel.unary_unary(
+                '/nomoat.v1.Coordinator/GetCoordinatorInfo',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfoRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.FromString,
+                _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/nomoat.v1.Coordinator/CreateJoinToken',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.JoinTokenCreated.FromString,
+                _registered_method=True)
+        self.ListJoinTokens = channel.unary_unary(
+                '/nomoat.v1.Coordinator/ListJoinTokens',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.JoinTokenList.FromString,
+                _registered_method=True)
+        self.RevokeJoinToken = channel.unary_unary(
+                '/nomoat.v1.Coordinator/RevokeJoinToken',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.RevokeJoinTokenRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.JoinTokenInfo.FromString,
+                _registered_method=True)
+        self.SetRunState = channel.unary_unary(
+                '/nomoat.v1.Coordinator/SetRunState',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.RunStateRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.RunStateResponse.FromString,
+                _registered_method=True)
+        self.SetDefaultRun = channel.unary_unary(
+                '/nomoat.v1.Coordinator/SetDefaultRun',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.DefaultRunRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -173,6 +203,48 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCoordinatorInfo(self, request, context):
+        """Who this coordinator is (the peer ID of its key, which signed Joins and Leaves name) and its default run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateJoinToken(self, request, context):
+        """Operator: mint a join token of a run (returned once; the coordinator keeps only its hash).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """Operator: a run's join tokens (ids, labels, dates; never the tokens).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeJoinToken(self, request, context):
+        """Operator: revoke a join token; workers that joined with it stay, no one joins with it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRunState(self, request, context):
+        """Operator: stop, archive or remove a run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultRun(self, request, context):
+        """Operator: the run that Joins without a run name go to (empty: none, such Joins are refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +302,36 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.MarkRelease,
                     request_deserializer=nomoat__proto_dot_coordinator__pb2.ReleaseRequest.FromString,
                     response_serializer=nomoat__proto_dot_coordinator__pb2.VersionInfo.SerializeToString,
+            ),
+            'GetCoordinatorInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCoordinatorInfo,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfoRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.JoinTokenCreated.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.JoinTokenList.SerializeToString,
+            ),
+            'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeJoinToken,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.RevokeJoinTokenRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.JoinTokenInfo.SerializeToString,
+            ),
+            'SetRunState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRunState,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.RunStateRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.RunStateResponse.SerializeToString,
+            ),
+            'SetDefaultRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultRun,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.DefaultRunRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +631,168 @@ class Coordinator:
             '/nomoat.v1.Coordinator/MarkRelease',
             nomoat__proto_dot_coordinator__pb2.ReleaseRequest.SerializeToString,
             nomoat__proto_dot_coordinator__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCoordinatorInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/GetCoordinatorInfo',
+            nomoat__proto_dot_coordinator__pb2.CoordinatorInfoRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/CreateJoinToken',
+            nomoat__proto_dot_coordinator__pb2.CreateJoinTokenRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.JoinTokenCreated.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/ListJoinTokens',
+            nomoat__proto_dot_coordinator__pb2.ListJoinTokensRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.JoinTokenList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/RevokeJoinToken',
+            nomoat__proto_dot_coordinator__pb2.RevokeJoinTokenRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.JoinTokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRunState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/SetRunState',
+            nomoat__proto_dot_coordinator__pb2.RunStateRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.RunStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/SetDefaultRun',
+            nomoat__proto_dot_coordinator__pb2.DefaultRunRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,13 +7,16 @@ never falls back to plaintext: a TLS failure is a ``CoordinatorError`` that says
 Usage::
 
     with CoordinatorClient(Endpoint("coord.example.org:50051", fingerprint="sha256:ab12...")) as client:
-        launched = client.launch_run(spec)
-        assignment = client.join(peer_id="12D3Koo...", run_name="demo")
+        assignment = client.join(identity, run_name="demo")   # signed with the worker's identity key
+
+    with CoordinatorClient(Endpoint("127.0.0.1:50051", operator_token=token)) as client:
+        launched = client.launch_run(spec)                      # operator RPCs need the operator token
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +25,8 @@ import grpc
 
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
+from swarm.identity import Identity
+from swarm.join_proof import join_statement, leave_statement, sign_statement
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec
 from swarm.tls import TlsError, channel_credentials, is_loopback, split_address
@@ -43,6 +48,16 @@ class Endpoint:
     fingerprint: str | None = None  # trust exactly the certificate with this sha256 fingerprint
     insecure: bool = False  # plaintext gRPC even off loopback (the operator must have asked for it too)
     operator_token: str | None = None  # the operator credential, for administration
+    join_token: str | None = None  # a join token of a run: to join a token run, or to read a private one
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The gRPC metadata that presents this endpoint's credentials."""
+        values = []
+        if self.operator_token:
+            values.append(("authorization", f"Bearer {self.operator_token}"))
+        if self.join_token:
+            values.append(("nomoat-join-token", self.join_token))
+        return tuple(values)
 
     def __post_init__(self) -> None:
         if self.insecure and (self.ca_file or self.fingerprint):
@@ -103,6 +118,8 @@ class CoordinatorClient:
         self._stub: pb_grpc.CoordinatorStub | None = None
         self._tls = False
         self._lock = threading.Lock()
+        self._metadata = self.endpoint.metadata()
+        self._coordinator_id: str | None = None
 
     def __enter__(self) -> "CoordinatorClient":
         return self
@@ -137,30 +154,48 @@ class CoordinatorClient:
     def _call(self, method: str, request, timeout: float | None = None):
         stub = self._connected()
         try:
-            return getattr(stub, method)(request, timeout=timeout or self.timeout)
+            return getattr(stub, method)(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _explain(exc, self.address, self._tls) from None
 
     def _stream(self, method: str, request, timeout: float | None = None) -> Iterator:
         stub = self._connected()
         try:
-            yield from getattr(stub, method)(request, timeout=timeout)
+            yield from getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _explain(exc, self.address, self._tls) from None
 
-    def launch_run(self, spec: RunSpec, timeout: float = 600.0) -> pb.LaunchRunResponse:
-        return self._call("LaunchRun", pb.LaunchRunRequest(spec_json=spec.to_json()), timeout=timeout)
+    def launch_run(self, spec: RunSpec, timeout: float = 600.0, join_policy: str = "open",
+                   private: bool = False) -> pb.LaunchRunResponse:
+        request = pb.LaunchRunRequest(spec_json=spec.to_json(), join_policy=join_policy, private=private)
+        return self._call("LaunchRun", request, timeout=timeout)
 
-    def join(self, peer_id: str, run_name: str = "", display_name: str = "", max_shards: int = 0,
+    def coordinator_info(self) -> pb.CoordinatorInfo:
+        return self._call("GetCoordinatorInfo", pb.CoordinatorInfoRequest())
+
+    def coordinator_id(self) -> str:
+        """The peer ID of the coordinator's key, which signed Joins and Leaves name (asked once per client)."""
+        if self._coordinator_id is None:
+            self._coordinator_id = self.coordinator_info().coordinator_id
+        return self._coordinator_id
+
+    def join(self, identity: Identity, run_name: str = "", display_name: str = "", max_shards: int = 0,
              device: str = "cpu") -> pb.Assignment:
-        request = pb.JoinRequest(run_name=run_name, peer_id=peer_id, display_name=display_name,
-                                 max_shards=max_shards, device=device)
+        """Join as ``identity``, signed with its key (``swarm.join_proof``); ``run_name`` empty: the default run."""
+        now = time.time()
+        statement = join_statement(coordinator=self.coordinator_id(), run=run_name, peer_id=identity.peer_id,
+                                   display_name=display_name, max_shards=max_shards, device=device, timestamp=now)
+        proof = sign_statement(identity, statement, now)
+        request = pb.JoinRequest(run_name=run_name, peer_id=identity.peer_id, display_name=display_name,
+                                 max_shards=max_shards, device=device, public_key=proof.public_key,
+                                 signature=proof.signature, timestamp=proof.timestamp)
         return self._call("Join", request)
 
-    def data_slice(self, run_name: str, data_slice: int) -> list[str]:
+    def data_slice(self, run_name: str, data_slice: int, worker_id: str) -> list[str]:
+        """The texts of the data slice that the Join of ``worker_id`` assigned."""
         texts: list[str] = []
-        for chunk in self._stream("StreamDataSlice", pb.DataSliceRequest(run_name=run_name, data_slice=data_slice),
-                                  timeout=self.timeout * 10):
+        request = pb.DataSliceRequest(run_name=run_name, data_slice=data_slice, worker_id=worker_id)
+        for chunk in self._stream("StreamDataSlice", request, timeout=self.timeout * 10):
             texts.extend(chunk.texts)
         return texts
 
@@ -173,11 +208,17 @@ class CoordinatorClient:
         return self._call("GetLeaderboard", pb.LeaderboardRequest(run_name=run_name,
                                                                   include_unverified=include_unverified))
 
-    def leave(self, worker_id: str) -> pb.LeaveResponse:
-        return self._call("Leave", pb.LeaveRequest(worker_id=worker_id))
+    def leave(self, worker_id: str, identity: Identity) -> pb.LeaveResponse:
+        """End the registration ``worker_id`` of ``identity``, signed with its key."""
+        now = time.time()
+        statement = leave_statement(coordinator=self.coordinator_id(), worker_id=worker_id, peer_id=identity.peer_id,
+                                    timestamp=now)
+        proof = sign_statement(identity, statement, now)
+        return self._call("Leave", pb.LeaveRequest(worker_id=worker_id, public_key=proof.public_key,
+                                                   signature=proof.signature, timestamp=proof.timestamp))
 
-    def status(self, run_name: str = "") -> pb.StatusResponse:
-        return self._call("GetStatus", pb.StatusRequest(run_name=run_name))
+    def status(self, run_name: str = "", include_archived: bool = False) -> pb.StatusResponse:
+        return self._call("GetStatus", pb.StatusRequest(run_name=run_name, include_archived=include_archived))
 
     def publish_now(self, run_name: str, timeout: float = 600.0) -> pb.PublishResponse:
         return self._call("PublishNow", pb.PublishRequest(run_name=run_name), timeout=timeout)
@@ -192,3 +233,20 @@ class CoordinatorClient:
 
     def mark_release(self, run_name: str, version: int, release: bool = True) -> pb.VersionInfo:
         return self._call("MarkRelease", pb.ReleaseRequest(run_name=run_name, version=version, release=release))
+
+    # Operator: run administration
+
+    def create_join_token(self, run_name: str, label: str = "") -> pb.JoinTokenCreated:
+        return self._call("CreateJoinToken", pb.CreateJoinTokenRequest(run_name=run_name, label=label))
+
+    def list_join_tokens(self, run_name: str) -> list[pb.JoinTokenInfo]:
+        return list(self._call("ListJoinTokens", pb.ListJoinTokensRequest(run_name=run_name)).tokens)
+
+    def revoke_join_token(self, token_id: int) -> pb.JoinTokenInfo:
+        return self._call("RevokeJoinToken", pb.RevokeJoinTokenRequest(token_id=token_id))
+
+    def set_run_state(self, run_name: str, state: str, force: bool = False) -> pb.RunStateResponse:
+        return self._call("SetRunState", pb.RunStateRequest(run_name=run_name, state=state, force=force))
+
+    def set_default_run(self, run_name: str) -> pb.CoordinatorInfo:
+        return self._call("SetDefaultRun", pb.DefaultRunRequest(run_name=run_name))

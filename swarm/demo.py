@@ -57,7 +57,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     with LocalSwarm(workdir) as swarm:
         address = swarm.start_coordinator()
         say(f"coordinator at {address}")
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(swarm.operator_endpoint(address)) as client:
             launched = client.launch_run(spec)
             say(f"launched run '{launched.run_name}' on the tiny preset: {launched.train_samples} train / "
                 f"{launched.eval_samples} eval samples, {spec.shards} shard(s)")

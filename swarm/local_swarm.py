@@ -6,6 +6,8 @@ Usage::
 
     with LocalSwarm(workdir) as swarm:
         address = swarm.start_coordinator()
+        with CoordinatorClient(swarm.operator_endpoint(address)) as client:   # operator RPCs need its token
+            client.launch_run(spec)
         swarm.start_worker(address, "demo", index=0, extra=["--max-seconds", "30"])
         swarm.wait_workers(timeout=120)
 
@@ -24,11 +26,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from swarm.client import Endpoint
+from swarm.client import Endpoint
+from swarm.credentials import OPERATOR_TOKEN_FILE, read_operator_token
 
 CLI = [sys.executable, "-m", "nomoat_cli"]
 
@@ -57,15 +59,24 @@ class LocalSwarm:
         return ["--fingerprint", self.fingerprint] if self.fingerprint else []
 
     @property
-    def endpoint(self) -> "Endpoint":
-        from swarm.client import Endpoint  # gRPC: only for the callers that dial from this process
-
+    def endpoint(self) -> Endpoint:
         return Endpoint(self.address, fingerprint=self.fingerprint)
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         log = (self.workdir / log_name).open("ab")
         return subprocess.Popen(CLI + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
+
+    @property
+    def operator_token_file(self) -> Path:
+        """The operator token the coordinator made in its data dir on first start."""
+        return self.workdir / "coordinator" / OPERATOR_TOKEN_FILE
+
+    def operator_endpoint(self, address: str | None = None) -> Endpoint:
+        """The coordinator (at ``address``, default: the one started) with this swarm's operator token, pinning
+        its certificate like ``endpoint`` (after ``start_coordinator``)."""
+        return replace(self.endpoint, address=address or self.address,
+                       operator_token=read_operator_token(self.operator_token_file))
 
     def start_coordinator(self, extra: Sequence[str] = (), timeout: float = 120.0, port: int | None = None) -> str:
         """Start the coordinator (on ``port``, or a free one) and return its address once it serves.

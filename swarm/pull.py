@@ -139,7 +139,7 @@ class _Fetcher:
     def __init__(self, coordinator: str | Endpoint, cache_dir: Path, memory: CoordinatorMemory,
                  trusted_signer: str | None, chunk_bytes: int, show_progress: bool,
                  on_bytes: Callable[[int], None] | None):
-        self.endpoint = Endpoint.of(coordinator)
+        self.endpoint = Endpoint.of(coordinator)  # its credentials (a join token) open private runs
         # the coordinator memory remembers a signing key per address
         self.coordinator, self.cache_dir, self.trusted_signer = self.endpoint.address, cache_dir, trusted_signer
         self.memory = memory

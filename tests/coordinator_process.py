@@ -28,6 +28,18 @@ from swarm.local_swarm import free_port
 START_TIMEOUT_S = 120.0
 
 
+def db_snapshot(data_dir: Path) -> dict[str, list[tuple]]:
+    """Every row of every table of the SQLite database of the coordinator of ``data_dir``, read by a separate
+    connection (compare two to show that an attack changed nothing)."""
+    connection = sqlite3.connect(f"file:{Path(data_dir) / 'coordinator.db'}?mode=ro", uri=True)
+    try:
+        tables = [row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")]
+        return {table: sorted(connection.execute(f'select * from "{table}"').fetchall(), key=repr)
+                for table in sorted(tables)}
+    finally:
+        connection.close()
+
+
 class CoordinatorProcess:
     def __init__(self, data_dir: Path, *extra_args: str, port: int | None = None, env: dict | None = None):
         self.data_dir = Path(data_dir)
@@ -72,13 +84,7 @@ class CoordinatorProcess:
 
     def db_snapshot(self) -> dict[str, list[tuple]]:
         """Every row of every table of the coordinator's SQLite database, read by a separate connection."""
-        connection = sqlite3.connect(f"file:{self.data_dir / 'coordinator.db'}?mode=ro", uri=True)
-        try:
-            tables = [row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")]
-            return {table: sorted(connection.execute(f'select * from "{table}"').fetchall(), key=repr)
-                    for table in sorted(tables)}
-        finally:
-            connection.close()
+        return db_snapshot(self.data_dir)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

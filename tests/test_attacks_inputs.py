@@ -17,6 +17,7 @@ from nomoat_cli.app import app
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CHANNEL_OPTIONS
+from swarm.credentials import OPERATOR_TOKEN_FILE, read_operator_token
 from swarm.identity import load_or_create_identity
 from swarm.receipts import Receipt, SignedReceipt, sign_receipt
 from tests.coordinator_process import CoordinatorProcess, wait_until
@@ -27,10 +28,12 @@ IDLE_S = 3.0  # the module's coordinator cancels a stream whose client took noth
 runner = CliRunner()
 
 
-def launch(address: str, spec_json: str, timeout: float = 120.0) -> pb.LaunchRunResponse:
-    """Every LaunchRun of this module goes through here (an operator call: credentials go here)."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        return pb_grpc.CoordinatorStub(channel).LaunchRun(pb.LaunchRunRequest(spec_json=spec_json), timeout=timeout)
+def launch(process: CoordinatorProcess, spec_json: str, timeout: float = 120.0) -> pb.LaunchRunResponse:
+    """Every LaunchRun of this module goes through here: an operator call, with the coordinator's token."""
+    token = read_operator_token(process.data_dir / OPERATOR_TOKEN_FILE)
+    with grpc.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
+        return pb_grpc.CoordinatorStub(channel).LaunchRun(pb.LaunchRunRequest(spec_json=spec_json), timeout=timeout,
+                                                          metadata=(("authorization", f"Bearer {token}"),))
 
 
 def spec_json(**fields) -> str:
@@ -47,7 +50,7 @@ def coordinator(tmp_path_factory):
     process = CoordinatorProcess(root / "coordinator", "--dataset-dir", str(datasets),
                                  "--limit", f"stream_idle_s={IDLE_S}").start()
     try:
-        launch(process.address, spec_json())
+        launch(process, spec_json())
         yield process
     finally:
         process.stop()
@@ -163,7 +166,7 @@ def test_huge_display_names_are_refused_or_cut_and_printed_clean(coordinator, st
 ])
 def test_hostile_spec_json_is_refused_cleanly(coordinator, text, reason):
     before = coordinator.db_snapshot()
-    error = refusal(lambda: launch(coordinator.address, text))
+    error = refusal(lambda: launch(coordinator, text))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in error.details()
     assert coordinator.db_snapshot() == before
     assert_still_up(coordinator)
@@ -179,7 +182,7 @@ def test_hostile_spec_json_is_refused_cleanly(coordinator, text, reason):
 def test_bad_spec_values_are_refused(coordinator, fields, reason):
     before = coordinator.db_snapshot()
     text = spec_json(**fields)  # json writes Infinity / NaN, as an attacker would send them
-    error = refusal(lambda: launch(coordinator.address, text))
+    error = refusal(lambda: launch(coordinator, text))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in error.details()
     assert len(error.details()) < 2000
     assert coordinator.db_snapshot() == before
@@ -271,7 +274,7 @@ def test_a_burst_beyond_the_rate_limit_is_refused_then_served_again(tmp_path):
 def test_the_leaderboard_answer_is_bounded_and_says_how_many_were_left_out(tmp_path):
     process = CoordinatorProcess(tmp_path / "coordinator", "--limit", "max_leaderboard_rows=1").start()
     try:
-        launch(process.address, json.dumps({"name": RUN, "base_model": "tiny", "dataset": "sample"}))
+        launch(process, json.dumps({"name": RUN, "base_model": "tiny", "dataset": "sample"}))
         with grpc.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             for name in ("first", "second"):

@@ -15,9 +15,11 @@ from swarm.spec import RunSpec
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["coordinator", "launch", "donate", "pull", "status", "demo"])
+@pytest.mark.parametrize("command", ["coordinator", "launch", "donate", "pull", "status", "demo", "token",
+                                     "token create", "token list", "token revoke", "run", "run stop", "run archive",
+                                     "run remove", "run default"])
 def test_every_command_has_help(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output and "--help" in result.output
 
@@ -40,7 +42,8 @@ def coordinator(tmp_path_factory):
 
 
 def launch(coordinator, *args):
-    return runner.invoke(app, ["launch", "-c", coordinator.address, *args])
+    return runner.invoke(app, ["launch", "-c", coordinator.address,
+                               "--operator-token-file", str(coordinator.operator_token_file), *args])
 
 
 def test_launch_then_status(coordinator):
@@ -48,7 +51,7 @@ def test_launch_then_status(coordinator):
     assert result.exit_code == 0, result.output
     assert "launched run 'good'" in result.output and "1800 train / 200 eval" in result.output
     status = runner.invoke(app, ["status", "-c", coordinator.address])
-    assert "run good: base tiny, dataset sample, 1 shard(s), 0 live worker(s)" in status.output
+    assert "run good [active, join open]: base tiny, dataset sample, 1 shard(s), 0 live worker(s)" in status.output
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,7 @@ def launched_specs(monkeypatch):
         def __exit__(self, *exc_info):
             pass
 
-        def launch_run(self, spec):
+        def launch_run(self, spec, **settings):
             sent.append(spec)
             return SimpleNamespace(run_name=spec.name, spec_hash=spec.content_hash, base_model_fingerprint="f",
                                    dataset_digest="d", train_samples=1, eval_samples=1)

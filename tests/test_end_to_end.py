@@ -38,7 +38,8 @@ def swarm(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("swarm")
     with LocalSwarm(workdir) as local:
         address = local.start_coordinator(["--no-publish"])
-        cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "2",
+        cli("launch", "-c", address, "--operator-token-file", str(local.operator_token_file),
+            "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "2",
             "--batch-size-per-step", "8", "--target-batch-size", "256", "--lr", "0.01", "--data-slices", "2",
             "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
             "--averaging-progress-refresh-s", "0.5")
@@ -53,7 +54,7 @@ def swarm(tmp_path_factory):
             assert all(p.poll() is None for p in local.workers), local.log("worker0.log")[-3000:]
             time.sleep(0.5)
         time.sleep(1.0)  # let torch.save finish writing
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(local.operator_endpoint(address)) as client:
             published = client.publish_now(RUN)
             assert published.published, published.message
             again = client.publish_now(RUN)
@@ -157,7 +158,8 @@ def test_a_run_stacked_on_the_published_version_trains_and_publishes_the_chain(s
     top; the pulled merged model equals base + parent + child applied by hand with stock PEFT."""
     local, address = swarm["local"], swarm["address"]
     child = "e2e-child"
-    cli("launch", "-c", address, "--name", child, "--parent", f"{RUN}@1", "--base-model", "tiny",
+    cli("launch", "-c", address, "--operator-token-file", str(local.operator_token_file),
+        "--name", child, "--parent", f"{RUN}@1", "--base-model", "tiny",
         "--dataset", "sample", "--batch-size-per-step", "8", "--target-batch-size", "64", "--lr", "0.01",
         "--data-slices", "2", "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
         "--averaging-progress-refresh-s", "0.5")
@@ -169,7 +171,7 @@ def test_a_run_stacked_on_the_published_version_trains_and_publishes_the_chain(s
         assert time.monotonic() < deadline and worker.poll() is None, local.log("worker2.log")[-3000:]
         time.sleep(0.5)
     time.sleep(1.0)
-    with CoordinatorClient(address) as client:
+    with CoordinatorClient(local.operator_endpoint(address)) as client:
         published = client.publish_now(child)
     assert published.published, published.message
     assert list(published.version.chain) == [f"{RUN}@1"]

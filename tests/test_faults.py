@@ -71,9 +71,9 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
     hosts = [network.add_host(f"w{index}", rate_mbit=100) for index in range(3)]
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
+        cli("launch", "-c", address, *swarm.trust, "--operator-token-file", str(swarm.operator_token_file),
+            "--name", run, "--target-batch-size", "192", "--data-slices", "3", *LAUNCH)
         endpoint = swarm.endpoint  # pins the certificate whose fingerprint the coordinator printed
-        cli("launch", "-c", address, *swarm.trust, "--name", run, "--target-batch-size", "192", "--data-slices", "3",
-            *LAUNCH)
         steady = ["--wait-for-peers", "3", "--drain-timeout", "60", "--max-seconds", "50", "--linger", "40"]
         for index in range(3):
             swarm.start_worker_on(hosts[index], address, run, index, steady)
@@ -119,7 +119,7 @@ def test_worker_killed_mid_averaging_cut_host_and_late_joiner(network, tmp_path)
                                                           "--max-seconds", "20", "--linger", "30"])
         # all three done training and still serving their state: publish from them now
         wait_for(lambda: all("samples per shard" in log(i) for i in range(3)), 150, logs)
-        with CoordinatorClient(endpoint) as client:
+        with CoordinatorClient(swarm.operator_endpoint()) as client:
             published = client.publish_now(run)
         for process in swarm.workers[:2] + swarm.workers[3:]:
             process.terminate()  # end the lingering (SIGTERM: a clean leave)
@@ -199,9 +199,9 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
     request.addfinalizer(store.close)
     with NetSwarm(network, tmp_path) as swarm:
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
+        cli("launch", "-c", address, *swarm.trust, "--operator-token-file", str(swarm.operator_token_file),
+            "--name", run, "--target-batch-size", "128", "--data-slices", "2", *LAUNCH)
         endpoint = swarm.endpoint  # pins the certificate whose fingerprint the coordinator printed
-        cli("launch", "-c", address, *swarm.trust, "--name", run, "--target-batch-size", "128", "--data-slices", "2",
-            *LAUNCH)
         for index in range(2):
             swarm.start_worker_on(hosts[index], address, run, index,
                                   ["--wait-for-peers", "2", "--drain-timeout", "90", "--max-seconds", "45",
@@ -209,13 +209,14 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
         logs = lambda: "\n=====\n".join(swarm.log(f"worker{i}.log")[-2500:] for i in range(2)) + \
             "\n=====\n" + swarm.log("coordinator.log")[-3000:]  # noqa: E731
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) >= 1 for i in range(2)), 150, logs)
-        first = _publish(endpoint, run)
+        first = _publish(swarm.operator_endpoint(), run)
         assert first.published, first.message + logs()
 
         # 1. SIGKILL the coordinator in the middle of a publish, while the workers train; restart it
         wait_for(lambda: all(_epochs(swarm.log(f"worker{i}.log")) > first.version.epoch for i in range(2)), 60, logs)
         interrupted: list[BaseException | None] = []
-        attempt = threading.Thread(target=lambda: interrupted.append(_publish_error(endpoint, run)), daemon=True)
+        operator = swarm.operator_endpoint()
+        attempt = threading.Thread(target=lambda: interrupted.append(_publish_error(operator, run)), daemon=True)
         attempt.start()
         time.sleep(0.4)  # the publish (state download from 2 peers, merge, eval, store) takes >1 s here
         swarm.kill_coordinator()
@@ -238,13 +239,13 @@ def test_coordinator_killed_during_publish_and_store_full(network, tmp_path, req
                                     (lambda: store.read_only(True), lambda: store.read_only(False))):
             break_store()
             try:
-                refused = _publish(endpoint, run)
+                refused = _publish(swarm.operator_endpoint(), run)
                 assert not refused.published, "a version was published into a broken store"
                 assert _served_versions(endpoint, run) == served
                 _pull_and_load(endpoint, run, served[-1], tmp_path / f"broken-{len(served)}-{time.monotonic()}")
             finally:
                 repair()
-        again = _publish(endpoint, run)
+        again = _publish(swarm.operator_endpoint(), run)
         assert again.published and again.version.version == served[-1] + 1, again.message + logs()
         _pull_and_load(endpoint, run, again.version.version, tmp_path / "repaired")
 

@@ -34,7 +34,8 @@ def test_coordinator_killed_and_restarted_loses_no_receipt(tmp_path):
     coordinator_args = ["--no-publish", "--dht-port", str(dht_port)]
     with LocalSwarm(tmp_path) as local:
         address = local.start_coordinator(coordinator_args, port=port)
-        cli("launch", "-c", address, "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
+        cli("launch", "-c", address, "--operator-token-file", str(local.operator_token_file),
+            "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
             "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
             "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
             "--averaging-progress-refresh-s", "0.5")

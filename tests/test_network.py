@@ -63,8 +63,9 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
         address = swarm.start_coordinator_on(coordinator, ["--no-publish"])
         assert address.startswith(coordinator.address)
         assert swarm.fingerprint, "a coordinator off loopback serves TLS and prints its certificate's fingerprint"
-        cli("launch", "-c", address, *swarm.trust, "--name", RUN, "--base-model", "tiny", "--dataset", "sample",
-            "--shards", "1", "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
+        cli("launch", "-c", address, *swarm.trust, "--operator-token-file", str(swarm.operator_token_file),
+            "--name", RUN, "--base-model", "tiny", "--dataset", "sample", "--shards", "1",
+            "--batch-size-per-step", "8", "--target-batch-size", "128", "--lr", "0.01", "--data-slices", "2",
             "--averaging-matchmaking-time", "2", "--averaging-averaging-timeout", "20",
             "--averaging-progress-refresh-s", "0.5")
         common = ["--max-epochs", "3", "--wait-for-peers", "2", "--drain-timeout", "60", "--linger", "15"]
@@ -73,7 +74,7 @@ def test_swarm_with_a_natted_client_mode_worker_trains_publishes_and_credits_exa
         logs = lambda: swarm.log("worker0.log")[-3000:] + swarm.log("worker1.log")[-3000:]  # noqa: E731
         wait_for(lambda: all("samples per shard" in swarm.log(f"worker{i}.log") for i in range(2))
                  or any(p.poll() not in (None, 0) for p in swarm.workers), 200, logs)
-        with CoordinatorClient(swarm.endpoint) as client:  # the public worker still lingers and serves its state
+        with CoordinatorClient(swarm.operator_endpoint()) as client:  # the public worker still lingers
             published = client.publish_now(RUN)
         assert published.published, published.message
         codes = swarm.wait_workers(timeout=120)

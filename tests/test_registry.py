@@ -264,9 +264,10 @@ def test_a_stacked_run_gives_the_logits_of_base_parent_and_child_applied_by_hand
     parent_v1 = publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1).version
     bad_parent = CHILD.model_copy(update={"name": "orphan", "parent": "parent@9"})
     with pytest.raises(CoordinatorError, match="has not published version 9"):
-        with CoordinatorClient(coordinator.address) as client:
+        with CoordinatorClient(coordinator.operator_endpoint()) as client:
             client.launch_run(bad_parent)
-    launched = cli("launch", "-c", coordinator.address, "--name", CHILD.name, "--parent", "parent@1",
+    launched = cli("launch", "-c", coordinator.address, "--operator-token-file", str(coordinator.operator_token_file),
+                   "--name", CHILD.name, "--parent", "parent@1",
                    "--data-slices", "2", "--seed", "7")
     assert launched.returncode == 0, launched.stderr
     runtime = coordinator.runs.get(CHILD.name)
@@ -309,7 +310,7 @@ def test_retention_keeps_the_newest_releases_and_versions_being_pulled(make_coor
     coordinator = make_coordinator(keep_versions=1, max_eval_regression=1e9)
     coordinator.runs.launch(PARENT)
     publish_tensors(coordinator, PARENT.name, lora_random(1), epoch=1)
-    with CoordinatorClient(coordinator.address) as client:
+    with CoordinatorClient(coordinator.operator_endpoint()) as client:
         assert client.mark_release(PARENT.name, 1).release
         publish_tensors(coordinator, PARENT.name, lora_random(2), epoch=2)
         # a pull of version 2 is under way: the service's stream has sent its header and holds the version

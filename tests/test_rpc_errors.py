@@ -20,7 +20,7 @@ SECRET = "/srv/nomoat/coordinator.db: disk I/O error"
 class FailingService:
     """Stands in for CoordinatorService: each method fails the way a real request or bug would."""
 
-    def status(self, run_name):
+    def status(self, run_name, include_archived=False, credentials=None):
         raise UnknownRunError(f"no run named '{run_name}'")
 
     def leaderboard(self, run_name, include_unverified):
@@ -29,14 +29,14 @@ class FailingService:
     def mark_release(self, run_name, version, release):
         raise RequestError(f"{run_name} has no version {version}", not_found=True)
 
-    def launch(self, spec_json):
+    def launch(self, spec_json, join_policy="open", private=False):
         raise RequestError("invalid run spec: lr: must be positive")
 
     def pull(self, run_name, version, offsets, chunk_bytes):
         raise RequestError(f"negative offset for {sorted(offsets)}")
         yield  # a generator, as the real one is
 
-    def data_slice(self, run_name, data_slice):
+    def data_slice(self, run_name, data_slice, worker_id=""):
         yield ["a text"]
         raise KeyError(SECRET)  # a bug in the middle of a stream
 

@@ -110,7 +110,8 @@ def test_a_launched_dataset_is_kept_by_digest_and_the_source_file_no_longer_matt
     dataset.unlink()
     with Coordinator(config) as coordinator:
         with CoordinatorClient(coordinator.address) as client:
-            assert sorted(client.data_slice(spec.name, 0)) == served_before
+            assignment = client.join(load_or_create_identity(tmp_path / "worker.key"), spec.name, "worker")
+            assert sorted(client.data_slice(spec.name, 0, assignment.worker_id)) == served_before
             assert not client.status(spec.name).runs[0].unavailable
 
 
@@ -130,17 +131,18 @@ def test_one_broken_run_leaves_the_coordinator_and_the_other_runs_serving(tmp_pa
         assert set(coordinator.runs.unavailable()) == {"broken"}
         with pytest.raises(RunUnavailableError, match="altered"):
             coordinator.runs.get("broken")
-        with CoordinatorClient(coordinator.address) as client:
+        with CoordinatorClient(coordinator.operator_endpoint()) as client:
             runs = {run.run_name: run for run in client.status().runs}
             assert runs.keys() == {"healthy", "broken"}
             assert "altered" in runs["broken"].unavailable and not runs["healthy"].unavailable
             identity = load_or_create_identity(tmp_path / "worker.key")
-            assignment = client.join(identity.peer_id, "healthy", "worker")
-            assert assignment.run_name == "healthy" and client.data_slice("healthy", assignment.data_slice)
+            assignment = client.join(identity, "healthy", "worker")
+            assert assignment.run_name == "healthy" and client.data_slice("healthy", assignment.data_slice,
+                                                                          assignment.worker_id)
             with pytest.raises(CoordinatorError, match="run 'broken' is unavailable"):
-                client.join(identity.peer_id, "broken", "worker")
-            with pytest.raises(CoordinatorError, match="run 'broken' is unavailable"):
-                client.data_slice("broken", 0)
+                client.join(identity, "broken", "worker")
+            with pytest.raises(CoordinatorError, match="not a live registration of run 'broken'"):
+                client.data_slice("broken", 0, assignment.worker_id)
             assert client.launch_run(RunSpec(name="later", data_slices=2)).run_name == "later"  # still launches
 
 

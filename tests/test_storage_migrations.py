@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from coordinator.schema import Base
-from coordinator.storage import MIGRATIONS_DIR, ReceiptRecord, Storage
+from coordinator.storage import MIGRATIONS_DIR, ReceiptRecord, RunSettings, Storage
 from tests.storage_contract import (  # noqa: F401 (fixtures)
     T0,
     FakeClock,
@@ -130,12 +130,8 @@ def test_upgrade_carries_contributions_over_as_receipts(db_url: str) -> None:
 
 def test_upgrade_keeps_versions_published_before_manifests(db_url: str) -> None:
     engine = create_engine(db_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0002")
+        _upgrade_to(engine, "0002")
         at = T0 if engine.dialect.name == "postgresql" else T0.strftime("%Y-%m-%d %H:%M:%S.%f")
         with engine.begin() as connection:
             connection.execute(text(
@@ -157,6 +153,38 @@ def test_upgrade_keeps_versions_published_before_manifests(db_url: str) -> None:
             storage.versions.add_rejected_snapshot("demo", "eval loss nan", epoch=4, eval_loss=float("nan"))
             [rejected] = storage.versions.rejected_snapshots("demo")
             assert (rejected.reason, rejected.epoch, rejected.eval_loss) == ("eval loss nan", 4, None)
+        finally:
+            storage.close()
+    finally:
+        engine.dispose()
+
+
+def _upgrade_to(engine, revision: str) -> None:
+    """Migrate the empty database of ``engine`` up to ``revision`` only (as Database._migrate does, but stopping)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def test_upgrade_to_0004_keeps_existing_runs_open_public_and_active(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        _upgrade_to(engine, "0003")
+        at = T0 if engine.dialect.name == "postgresql" else T0.strftime("%Y-%m-%d %H:%M:%S.%f")
+        with engine.begin() as connection:
+            for name in ("older", "newer"):
+                connection.execute(text(
+                    "INSERT INTO runs (name, spec_json, spec_hash, base_model_fingerprint, dataset_digest, "
+                    "created_at) VALUES (:name, '{}', 'hash', 'fingerprint', 'digest', :at)"), {"name": name, "at": at})
+        storage = Storage(db_url, clock=FakeClock(T0 + timedelta(days=1)))  # upgrades to head
+        try:
+            assert [run.name for run in storage.runs.list_runs()] == ["older", "newer"]
+            assert storage.runs.all_settings() == {"older": RunSettings(), "newer": RunSettings()}
+            assert storage.runs.settings("older") == RunSettings("open", False, "active")
+            assert storage.runs.default_run() is None  # the newest run is no longer joined implicitly
+            assert storage.tokens.list_tokens("older") == []
         finally:
             storage.close()
     finally:

@@ -3,11 +3,20 @@ at 127.0.0.1:5432 (database ``test``; see conftest.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from coordinator.storage import RunExistsError, Storage, UnknownRunError, UnknownWorkerError
+from coordinator.storage import (
+    RunExistsError,
+    RunSettings,
+    Storage,
+    StorageError,
+    UnknownRunError,
+    UnknownTokenError,
+    UnknownWorkerError,
+)
 from tests.storage_contract import (  # noqa: F401 (fixtures)
     T0,
     FakeClock,
@@ -88,3 +97,70 @@ def test_unknown_worker_is_reported(storage: Storage) -> None:
     with pytest.raises(UnknownWorkerError):
         storage.runs.mark_worker_left("f" * 32)
 
+
+
+def test_a_run_is_created_with_its_settings_open_public_and_active_by_default(storage: Storage) -> None:
+    create_run(storage, "plain")
+    storage.runs.create_run("guarded", "{}", "hash-guarded", "fingerprint", "digest",
+                            RunSettings(join_policy="token", private=True))
+    assert storage.runs.settings("plain") == RunSettings("open", False, "active")
+    assert storage.runs.settings("guarded") == RunSettings("token", True, "active")
+    assert storage.runs.all_settings() == {"plain": RunSettings(), "guarded": RunSettings("token", True)}
+    with pytest.raises(UnknownRunError):
+        storage.runs.settings("nope")
+    with pytest.raises(ValueError, match="join policy"):
+        RunSettings(join_policy="anyone")
+
+
+def test_run_states_and_the_default_run(storage: Storage) -> None:
+    create_run(storage, "first")
+    create_run(storage, "second")
+    assert storage.runs.default_run() is None
+    storage.runs.set_default("first")
+    assert storage.runs.default_run() == "first"
+    storage.runs.set_default("second")  # one default at a time
+    assert storage.runs.default_run() == "second"
+    assert storage.runs.set_state("second", "stopped").state == "stopped"
+    assert storage.runs.default_run() is None  # a stopped run is no default
+    with pytest.raises(ValueError, match="only an active run"):
+        storage.runs.set_default("second")
+    with pytest.raises(ValueError, match="run state"):
+        storage.runs.set_state("first", "paused")
+    assert storage.runs.settings("second").state == "stopped" and storage.runs.settings("first").state == "active"
+    storage.runs.set_default(None)
+    assert storage.runs.default_run() is None
+    with pytest.raises(UnknownRunError):
+        storage.runs.set_default("nope")
+
+
+def test_get_worker(storage: Storage) -> None:
+    create_run(storage)
+    alice = register(storage, peer="alice")
+    assert storage.runs.get_worker(alice.worker_id) == alice
+    with pytest.raises(UnknownWorkerError):
+        storage.runs.get_worker("f" * 32)
+
+
+def test_join_tokens_are_kept_by_hash_listed_and_revoked(storage: Storage, clock: FakeClock) -> None:
+    create_run(storage, "first")
+    create_run(storage, "second")
+    digest = hashlib.sha256(b"secret").hexdigest()
+    token = storage.tokens.add("first", digest, label="alice")
+    other = storage.tokens.add("second", hashlib.sha256(b"other").hexdigest())
+    assert (token.run_name, token.label, token.created_at, token.revoked_at) == ("first", "alice", T0, None)
+    assert storage.tokens.find(digest) == token
+    assert storage.tokens.find(hashlib.sha256(b"guess").hexdigest()) is None
+    assert storage.tokens.list_tokens("first") == [token] and storage.tokens.list_tokens("second") == [other]
+    clock.advance(5)
+    revoked = storage.tokens.revoke(token.id)
+    assert revoked.revoked_at == T0 + timedelta(seconds=5) and storage.tokens.find(digest) == revoked
+    clock.advance(5)
+    assert storage.tokens.revoke(token.id).revoked_at == revoked.revoked_at  # the first revocation is kept
+    with pytest.raises(UnknownTokenError):
+        storage.tokens.revoke(token.id + 100)
+    with pytest.raises(UnknownRunError):
+        storage.tokens.add("nope", hashlib.sha256(b"x").hexdigest())
+    with pytest.raises(StorageError):  # a hash is unique
+        storage.tokens.add("second", digest)
+    with pytest.raises(ValueError):
+        storage.tokens.add("first", "not-a-digest")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ class DonateConfig:
     """How one worker donates its time."""
 
     coordinator: str | Endpoint  # the coordinator's gRPC API: host:port, or an Endpoint with its TLS trust
-    run: str = ""  # run name; empty: the coordinator's newest run
+    run: str = ""  # run name; empty: the coordinator's default run (refused when the operator set none)
     name: str = ""  # display name on the leaderboard
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_shards: int = 0  # train at most this many shards (0: all)
@@ -54,6 +54,12 @@ class DonateConfig:
     linger_s: float = 0.0  # after training, keep serving the averaged state to peers and the coordinator
     outbox: Path | None = None  # unsent receipts (SQLite); default: outbox-<peer id>.sqlite beside the identity
     drain_timeout_s: float = 30.0  # on exit, keep trying this long to deliver queued receipts
+    join_token: str = ""  # a join token of the run, for a run that needs one (or for a private parent run)
+
+    def endpoint(self) -> Endpoint:
+        """The coordinator's endpoint, presenting ``join_token`` if one is set."""
+        endpoint = Endpoint.of(self.coordinator)
+        return replace(endpoint, join_token=self.join_token) if self.join_token else endpoint
 
 
 def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
@@ -61,9 +67,9 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     dirs = config.user_dirs or UserDirs.from_environment()
     identity = load_or_create_identity(config.identity or dirs.identity_key)
     device = pick_device(config.device)
-    endpoint = Endpoint.of(config.coordinator)
+    endpoint = config.endpoint()
     client = CoordinatorClient(endpoint)
-    assignment = client.join(identity.peer_id, run_name=config.run, display_name=config.name,
+    assignment = client.join(identity, run_name=config.run, display_name=config.name,
                              max_shards=config.max_shards, device=str(device))
     spec = RunSpec.from_json(assignment.spec_json)
     if spec.content_hash != assignment.spec_hash:
@@ -79,7 +85,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
                                 parent_adapters=parent_adapters)
-    texts = client.data_slice(spec.name, assignment.data_slice)
+    texts = client.data_slice(spec.name, assignment.data_slice, assignment.worker_id)
     shards = list(assignment.shards)
     for shard in range(spec.shards):  # shards this worker does not train stay fixed
         if shard not in shards:
@@ -141,7 +147,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         if outbox is not None:
             outbox.close()
         try:
-            client.leave(assignment.worker_id)
+            client.leave(assignment.worker_id, identity)
         except Exception as exc:
             logger.warning("could not tell the coordinator we left: %s", exc)
         for optimizer in optimizers.values():

@@ -3,7 +3,8 @@
 - ``storage.runs`` (``RunStore``): runs and the workers registered in them;
 - ``storage.ledger`` (``LedgerStore``): contribution receipts, DHT progress observations and what is counted
   from them;
-- ``storage.versions`` (``VersionStore``): published adapter versions and rejected snapshots.
+- ``storage.versions`` (``VersionStore``): published adapter versions and rejected snapshots;
+- ``storage.tokens`` (``JoinTokenStore``): the hashed join tokens of runs.
 
 Everything outside this package sees frozen records and the exceptions re-exported here (all subclasses of
 ``StorageError``), never SQLAlchemy objects or errors. The schema lives in ``coordinator.schema`` and is created
@@ -28,13 +29,17 @@ from coordinator.storage.ledger import (
     ReceiptRecord,
 )
 from coordinator.storage.runs import (
+    JOIN_POLICIES,
+    RUN_STATES,
     RunExistsError,
     RunRecord,
+    RunSettings,
     RunStore,
     UnknownRunError,
     UnknownWorkerError,
     WorkerRecord,
 )
+from coordinator.storage.tokens import JoinTokenRecord, JoinTokenStore, UnknownTokenError
 from coordinator.storage.versions import (
     RejectedSnapshotRecord,
     UnknownVersionError,
@@ -44,6 +49,7 @@ from coordinator.storage.versions import (
 )
 
 __all__ = [
+    "JOIN_POLICIES", "RUN_STATES", "JoinTokenRecord", "JoinTokenStore", "RunSettings", "UnknownTokenError",
     "MIGRATIONS_DIR", "RECEIPT_STATUSES", "Database", "LeaderboardRow", "LedgerStore", "ObservationRecord",
     "OverlappingReceiptError", "PeerContext", "ReceiptConflictError", "ReceiptRecord", "RejectedSnapshotRecord",
     "RunExistsError", "RunRecord", "RunStore", "Storage", "StorageError", "UnknownRunError", "UnknownVersionError",
@@ -72,6 +78,7 @@ class Storage:
         self.runs = RunStore(self.database)
         self.ledger = LedgerStore(self.database)
         self.versions = VersionStore(self.database)
+        self.tokens = JoinTokenStore(self.database)
 
     def close(self) -> None:
         self.database.close()
