@@ -4,9 +4,9 @@ watcher.
 
 A run's inputs are taken in at launch: its samples are read from the operator's dataset folders (never from a
 path of the requester's choosing) into the coordinator's dataset vault (by digest), and its base model is pinned
-by fingerprint. A restart rebuilds every run from the vault, each in isolation: a run that cannot
-be rebuilt (its base model changed, its stored data is gone) is marked unavailable with the reason, and every
-other run is served as before.
+by fingerprint (and, for a Hugging Face Hub id, by the commit it resolved to). A restart rebuilds every run from
+the vault, each in isolation: a run that cannot be rebuilt (its base model changed, its stored data is gone) is
+marked unavailable with the reason, and every other run is served as before.
 
 Usage::
 
@@ -35,7 +35,8 @@ from swarm.data import DatasetError, DatasetSplit, dataset_digest, load_texts, s
 from swarm.log import get_logger
 from swarm.manifest import ChainLink, Manifest
 from swarm.merge import MergeError, apply_adapter_chain
-from swarm.model import ModelLoadError, base_model_fingerprint, build_lora_model, load_base_model, lora_parameters
+from swarm.model import (ModelLoadError, base_model_fingerprint, build_lora_model, hub_revision, load_base_model,
+                         lora_parameters)
 from swarm.shards import ShardError, partition_parameters
 from swarm.spec import RunSpec, SpecError, parse_version_ref
 from swarm.tokenizer import TextTokenizer
@@ -93,6 +94,7 @@ class RunRuntime:
 @dataclass(frozen=True)
 class _BuiltModel:
     fingerprint: str  # of the base model before any parent is merged in
+    revision: str | None  # the Hub commit it was loaded at (None: the preset or a local folder)
     model: PeftModel
     tokenizer: TextTokenizer
     shard_names: list[list[str]]
@@ -132,11 +134,12 @@ def resolve_parent_chain(storage: Storage, spec: RunSpec) -> tuple[tuple[ChainLi
     return links, tuple(paths)
 
 
-def _build_model(storage: Storage, spec: RunSpec) -> _BuiltModel:
-    """Load the run's base model (once), merge its parent chain in, add its LoRA, and lay out its shards."""
+def _build_model(storage: Storage, spec: RunSpec, revision: str | None = None) -> _BuiltModel:
+    """Load the run's base model (once; at its pinned Hub ``revision`` after launch), merge its parent chain in,
+    add its LoRA, and lay out its shards."""
     chain, chain_paths = resolve_parent_chain(storage, spec)
-    base, tokenizer = load_base_model(spec.base_model)
-    fingerprint = base_model_fingerprint(base)
+    base, tokenizer = load_base_model(spec.base_model, revision=revision)
+    fingerprint, revision = base_model_fingerprint(base), revision or hub_revision(spec.base_model, base)
     try:
         base = apply_adapter_chain(base, chain_paths)
     except MergeError as exc:
@@ -147,7 +150,7 @@ def _build_model(storage: Storage, spec: RunSpec) -> _BuiltModel:
     names = lora_parameters(model)
     shard_names = partition_parameters(list(names), num_layers, spec.shards)
     shard_shapes = [[tuple(names[name].shape) for name in shard] for shard in shard_names]
-    return _BuiltModel(fingerprint, model, tokenizer, shard_names, shard_shapes, chain, chain_paths)
+    return _BuiltModel(fingerprint, revision, model, tokenizer, shard_names, shard_shapes, chain, chain_paths)
 
 
 def _runtime(record: RunRecord, spec: RunSpec, texts: list[str], built: _BuiltModel) -> RunRuntime:
@@ -197,7 +200,7 @@ class RunRuntimes:
             digest = self.datasets.put(texts)
             try:
                 record = self.storage.runs.create_run(spec.name, spec.to_json(), spec.content_hash, built.fingerprint,
-                                                 digest, settings)
+                                                      digest, settings, base_model_revision=built.revision)
             except RunExistsError as exc:
                 raise LaunchError(str(exc)) from None
             runtime = _runtime(record, spec, texts, built)
@@ -246,7 +249,7 @@ class RunRuntimes:
     def _rebuild(self, record: RunRecord) -> RunRuntime:
         spec = RunSpec.from_json(record.spec_json)
         texts = self._stored_texts(record, spec)
-        built = _build_model(self.storage, spec)
+        built = _build_model(self.storage, spec, revision=record.base_model_revision)
         if built.fingerprint != record.base_model_fingerprint:
             raise LaunchError(f"base model '{spec.base_model}' is not the one the run was launched with "
                               f"(fingerprint {built.fingerprint}, launched with {record.base_model_fingerprint})")

@@ -90,6 +90,7 @@ class Run(Base):
     base_model_fingerprint: Mapped[str] = mapped_column(String(256))
     dataset_digest: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    base_model_revision: Mapped[str | None] = mapped_column(String(64), nullable=True)  # Hub commit, pinned
 
 
 class Worker(Base):

@@ -90,6 +90,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             spec_hash=spec.content_hash, base_model_fingerprint=plan.runtime.record.base_model_fingerprint,
             shards=list(plan.worker.shards), initial_peers=plan.initial_peers, data_slice=plan.worker.data_slice,
             data_slices=spec.data_slices, slice_samples=plan.slice_samples, report_interval_s=5.0,
+            base_model_revision=plan.runtime.record.base_model_revision or "",
         )
 
     def StreamDataSlice(self, request, context):

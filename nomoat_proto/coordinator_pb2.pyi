@@ -53,7 +53,7 @@ class JoinRequest(_message.Message):
     def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., max_shards: _Optional[int] = ..., device: _Optional[str] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("worker_id", "run_name", "spec_json", "spec_hash", "base_model_fingerprint", "shards", "initial_peers", "data_slice", "data_slices", "slice_samples", "report_interval_s")
+    __slots__ = ("worker_id", "run_name", "spec_json", "spec_hash", "base_model_fingerprint", "shards", "initial_peers", "data_slice", "data_slices", "slice_samples", "report_interval_s", "base_model_revision")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Assignment(_message.Message):
     DATA_SLICES_FIELD_NUMBER: _ClassVar[int]
     SLICE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     run_name: str
     spec_json: str
@@ -76,7 +77,8 @@ class Assignment(_message.Message):
     data_slices: int
     slice_samples: int
     report_interval_s: float
-    def __init__(self, worker_id: _Optional[str] = ..., run_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., data_slice: _Optional[int] = ..., data_slices: _Optional[int] = ..., slice_samples: _Optional[int] = ..., report_interval_s: _Optional[float] = ...) -> None: ...
+    base_model_revision: str
+    def __init__(self, worker_id: _Optional[str] = ..., run_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., data_slice: _Optional[int] = ..., data_slices: _Optional[int] = ..., slice_samples: _Optional[int] = ..., report_interval_s: _Optional[float] = ..., base_model_revision: _Optional[str] = ...) -> None: ...
 
 class DataSliceRequest(_message.Message):
     __slots__ = ("run_name", "data_slice", "worker_id")

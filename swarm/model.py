@@ -58,8 +58,9 @@ def build_tiny_model() -> LlamaForCausalLM:
     return model.eval()
 
 
-def load_base_model(name: str) -> tuple[PreTrainedModel, TextTokenizer]:
-    """Load ``name``: the ``tiny`` preset, a local directory, or a Hugging Face Hub id (downloaded by transformers)."""
+def load_base_model(name: str, revision: str | None = None) -> tuple[PreTrainedModel, TextTokenizer]:
+    """Load ``name``: the ``tiny`` preset, a local directory, or a Hugging Face Hub id (downloaded by transformers;
+    at ``revision``, a commit, when given: see ``hub_revision``)."""
     if name == TINY_PRESET:
         return build_tiny_model(), ByteTokenizer()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,14 +70,23 @@ def load_base_model(name: str) -> tuple[PreTrainedModel, TextTokenizer]:
         raise ModelLoadError(f"base model '{name}' is not a preset ('{TINY_PRESET}') and no such directory exists")
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
-        tokenizer = HuggingFaceTokenizer(AutoTokenizer.from_pretrained(source))
+        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32, revision=revision)
+        tokenizer = HuggingFaceTokenizer(AutoTokenizer.from_pretrained(source, revision=revision))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"unknown base model '{name}': not the '{TINY_PRESET}' preset, not a local model directory, "
             f"and transformers could not load it ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
         ) from None
     return model.eval(), tokenizer
+
+
+def hub_revision(name: str, model: torch.nn.Module) -> str | None:
+    """The Hub commit ``model`` (loaded from ``name``) resolved to, to pin a run to it; None for the ``tiny``
+    preset and local folders, which have no revision to pin."""
+    if name == TINY_PRESET or Path(name).expanduser().exists():
+        return None
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return commit if isinstance(commit, str) and commit else None
 
 
 def base_model_fingerprint(model: torch.nn.Module) -> str:

@@ -1,6 +1,7 @@
 """Run runtimes: a run is built once (its dataset taken into the coordinator's vault, its base model loaded once and
 reused by every publish), and a run that cannot be rebuilt leaves the coordinator and every other run serving."""
 
+import sqlite3
 import threading
 
 import pytest
@@ -16,7 +17,7 @@ from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.data import DatasetError, dataset_digest
 from swarm.evaluation import eval_loss
 from swarm.identity import load_or_create_identity
-from swarm.model import build_lora_model, build_tiny_model, lora_parameters
+from swarm.model import build_lora_model, build_tiny_model, hub_revision, lora_parameters
 from swarm.spec import RunSpec
 
 LINES = [f"line {i} of the operator's file" for i in range(40)]
@@ -44,9 +45,9 @@ def count_base_loads(monkeypatch):
     loads = []
     real = runtime_module.load_base_model
 
-    def counting(name):
-        loads.append(name)
-        return real(name)
+    def counting(name, revision=None):
+        loads.append(name if revision is None else f"{name}@{revision}")
+        return real(name, revision=revision)
 
     monkeypatch.setattr(runtime_module, "load_base_model", counting)
     return loads
@@ -157,3 +158,28 @@ def test_the_vault_refuses_a_missing_or_altered_dataset(tmp_path):
     vault.path_of(digest).write_text('{"text": "one"}\n')
     with pytest.raises(DatasetError, match="altered"):
         vault.get(digest)
+
+
+def test_a_runs_pinned_hub_revision_is_what_a_restart_loads(tmp_path, count_base_loads):
+    storage = Storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    vault = DatasetVault(tmp_path / "datasets")
+    record = RunRuntimes(storage, vault).launch(RunSpec(name="pinned", data_slices=2)).record
+    assert record.base_model_revision is None  # the preset has no revision to pin
+    pinned = "0123456789abcdef0123456789abcdef01234567"
+    storage.close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:  # as if launched from a Hub id that resolved to this commit
+        db.execute("update runs set base_model_revision = ? where name = 'pinned'", (pinned,))
+    storage = Storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    restarted = RunRuntimes(storage, vault).get("pinned")
+    assert restarted.record.base_model_revision == pinned
+    assert count_base_loads == ["tiny", f"tiny@{pinned}"]
+    storage.close()
+
+
+def test_hub_revision_pins_hub_ids_only(tmp_path):
+    model = build_tiny_model()
+    model.config._commit_hash = "0123456789abcdef0123456789abcdef01234567"
+    assert hub_revision("someorg/some-model", model) == model.config._commit_hash
+    assert hub_revision("tiny", model) is None
+    model.save_pretrained(tmp_path / "local")
+    assert hub_revision(str(tmp_path / "local"), model) is None

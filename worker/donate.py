@@ -84,7 +84,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
                     len(parent_adapters))
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
-                                parent_adapters=parent_adapters)
+                                parent_adapters=parent_adapters, revision=assignment.base_model_revision or None)
     texts = client.data_slice(spec.name, assignment.data_slice, assignment.worker_id)
     shards = list(assignment.shards)
     for shard in range(spec.shards):  # shards this worker does not train stay fixed

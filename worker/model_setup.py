@@ -36,10 +36,11 @@ class RunModel:
 
 
 def build_run_model(spec: RunSpec, expected_fingerprint: str | None = None,
-                    parent_adapters: Sequence[Path] = ()) -> RunModel:
-    """Load the base model, check its fingerprint (when given), merge in the parent chain of a stacked run
-    (``parent_adapters``, root first, as ``swarm.pull.fetch_stack`` returns them), add the run's LoRA."""
-    base, tokenizer = load_base_model(spec.base_model)
+                    parent_adapters: Sequence[Path] = (), revision: str | None = None) -> RunModel:
+    """Load the base model (at the run's pinned Hub ``revision``, when it has one), check its fingerprint (when
+    given), merge in the parent chain of a stacked run (``parent_adapters``, root first, as
+    ``swarm.pull.fetch_stack`` returns them), add the run's LoRA."""
+    base, tokenizer = load_base_model(spec.base_model, revision=revision)
     if expected_fingerprint:
         actual = base_model_fingerprint(base)
         if actual != expected_fingerprint:

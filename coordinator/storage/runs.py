@@ -37,6 +37,7 @@ class RunRecord:
     base_model_fingerprint: str
     dataset_digest: str
     created_at: datetime
+    base_model_revision: str | None = None  # the Hub commit the base model resolved to at launch (None: not a Hub id)
 
 
 JOIN_POLICIES = ("open", "token")
@@ -123,7 +124,7 @@ class RunStore:
 
     def create_run(
         self, name: str, spec_json: str, spec_hash: str, base_model_fingerprint: str, dataset_digest: str,
-        settings: RunSettings = RunSettings(),
+        settings: RunSettings = RunSettings(), base_model_revision: str | None = None,
     ) -> RunRecord:
         """Store a new run with its settings (in one transaction: a token run is never open, not even briefly);
         ``RunExistsError`` if the name is taken (the stored run is left as it was)."""
@@ -131,7 +132,7 @@ class RunStore:
             raise ValueError("run name must not be empty")
         now = self._db.now()
         row = Run(name=name, spec_json=spec_json, spec_hash=spec_hash, base_model_fingerprint=base_model_fingerprint,
-                  dataset_digest=dataset_digest, created_at=now)
+                  dataset_digest=dataset_digest, created_at=now, base_model_revision=base_model_revision)
         with self._db.transaction() as session:
             if session.scalar(select(Run.id).where(Run.name == name)) is not None:
                 raise RunExistsError(f"run {name!r} already exists")
