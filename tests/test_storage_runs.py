@@ -32,7 +32,6 @@ from tests.storage_contract import (  # noqa: F401 (fixtures)
 
 def test_create_get_and_list_runs(storage: Storage, clock: FakeClock) -> None:
     assert storage.runs.list_runs() == []
-    assert storage.runs.newest_run() is None
     first = create_run(storage, "first")
     clock.advance(1)
     second = create_run(storage, "second")
@@ -41,7 +40,6 @@ def test_create_get_and_list_runs(storage: Storage, clock: FakeClock) -> None:
     assert storage.runs.get_run("first") == first
     assert storage.runs.get_run("second").spec_hash == "hash-second"
     assert storage.runs.list_runs() == [first, second]
-    assert storage.runs.newest_run() == second
 
 
 def test_non_utc_clock_is_stored_as_utc(open_storage) -> None:

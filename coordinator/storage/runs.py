@@ -156,12 +156,6 @@ class RunStore:
             rows = session.scalars(select(Run).order_by(Run.created_at, Run.id))
             return [to_record(RunRecord, row) for row in rows]
 
-    def newest_run(self) -> RunRecord | None:
-        """The most recently created run, or None if there is none."""
-        with self._db.transaction() as session:
-            row = session.scalar(select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(1))
-            return None if row is None else to_record(RunRecord, row)
-
     # Settings
 
     def settings(self, name: str) -> RunSettings:
