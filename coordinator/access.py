@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
+from coordinator.request_checks import check_run_name
 from coordinator.storage import RunSettings, Storage
 from swarm.credentials import OPERATOR_TOKEN_FILE
 from swarm.join_proof import Proof, ProofError, ReplayGuard, verify_proof
@@ -193,6 +194,7 @@ class AccessPolicy:
                 or self.join_token_valid(run_name, credentials.join_token))
 
     def require_reader(self, run_name: str, credentials: Credentials) -> None:
+        check_run_name(run_name)  # before any lookup: a huge or hostile name is refused without being echoed
         settings = self.storage.runs.settings(run_name)  # UnknownRunError: NOT_FOUND
         if settings.private:
             self.require_join_token(run_name, credentials, f"run '{run_name}' is private: reading it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -18,7 +19,8 @@ from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CHANNEL_OPTIONS
 from swarm.credentials import OPERATOR_TOKEN_FILE, read_operator_token
-from swarm.identity import load_or_create_identity
+from swarm.identity import Identity, load_or_create_identity
+from swarm.join_proof import join_statement, leave_statement, sign_statement
 from swarm.receipts import Receipt, SignedReceipt, sign_receipt
 from tests.coordinator_process import CoordinatorProcess, wait_until
 
@@ -28,12 +30,17 @@ IDLE_S = 3.0  # the module's coordinator cancels a stream whose client took noth
 runner = CliRunner()
 
 
+def operator_metadata(process: CoordinatorProcess) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata of an operator call to ``process``: its operator token."""
+    token = read_operator_token(process.data_dir / OPERATOR_TOKEN_FILE)
+    return (("authorization", f"Bearer {token}"),)
+
+
 def launch(process: CoordinatorProcess, spec_json: str, timeout: float = 120.0) -> pb.LaunchRunResponse:
     """Every LaunchRun of this module goes through here: an operator call, with the coordinator's token."""
-    token = read_operator_token(process.data_dir / OPERATOR_TOKEN_FILE)
     with grpc.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
         return pb_grpc.CoordinatorStub(channel).LaunchRun(pb.LaunchRunRequest(spec_json=spec_json), timeout=timeout,
-                                                          metadata=(("authorization", f"Bearer {token}"),))
+                                                          metadata=operator_metadata(process))
 
 
 def spec_json(**fields) -> str:
@@ -77,8 +84,45 @@ def assert_still_up(process: CoordinatorProcess, timeout: float = 5.0) -> pb.Sta
         return pb_grpc.CoordinatorStub(channel).GetStatus(pb.StatusRequest(), timeout=timeout)
 
 
-def join(stub, identity, **fields) -> pb.Assignment:
-    return stub.Join(pb.JoinRequest(**{"run_name": RUN, "peer_id": identity.peer_id, **fields}), timeout=30)
+def coordinator_id(stub) -> str:
+    """The peer ID that signed Joins and Leaves to this coordinator must name (public: anyone may ask)."""
+    return stub.GetCoordinatorInfo(pb.CoordinatorInfoRequest(), timeout=10).coordinator_id
+
+
+def signed_join(stub, identity: Identity, *, run_name: str = RUN, peer_id: str | None = None,
+                display_name: str = "", max_shards: int = 0, device: str = "cpu") -> pb.JoinRequest:
+    """A JoinRequest with any field values (even hostile ones), signed by ``identity`` over a fresh timestamp and
+    this coordinator's id, exactly as ``CoordinatorClient.join`` signs it: a stranger's Join is this, with its own
+    key. The fields are signed as sent; the coordinator checks the signature before it cleans them."""
+    peer_id = identity.peer_id if peer_id is None else peer_id
+    now = time.time()
+    statement = join_statement(coordinator=coordinator_id(stub), run=run_name, peer_id=peer_id,
+                               display_name=display_name, max_shards=max_shards, device=device, timestamp=now)
+    proof = sign_statement(identity, statement, now)
+    return pb.JoinRequest(run_name=run_name, peer_id=peer_id, display_name=display_name, max_shards=max_shards,
+                          device=device, public_key=proof.public_key, signature=proof.signature,
+                          timestamp=proof.timestamp)
+
+
+def signed_leave(stub, identity: Identity, worker_id: str) -> pb.LeaveRequest:
+    """A LeaveRequest for ``worker_id`` (any string), signed by ``identity``."""
+    now = time.time()
+    statement = leave_statement(coordinator=coordinator_id(stub), worker_id=worker_id, peer_id=identity.peer_id,
+                                timestamp=now)
+    proof = sign_statement(identity, statement, now)
+    return pb.LeaveRequest(worker_id=worker_id, public_key=proof.public_key, signature=proof.signature,
+                           timestamp=proof.timestamp)
+
+
+def join(stub, identity: Identity, **fields) -> pb.Assignment:
+    """Join the module's run as ``identity``, with a correctly signed request."""
+    return stub.Join(signed_join(stub, identity, **fields), timeout=30)
+
+
+def slice_request(assignment: pb.Assignment) -> pb.DataSliceRequest:
+    """The StreamDataSlice request of the data slice that ``assignment`` gave its worker."""
+    return pb.DataSliceRequest(run_name=assignment.run_name, data_slice=assignment.data_slice,
+                               worker_id=assignment.worker_id)
 
 
 def signed_raw(identity, **fields) -> SignedReceipt:
@@ -96,8 +140,11 @@ def submit(stub, *receipts: SignedReceipt) -> list[pb.ReceiptResult]:
     return list(stub.SubmitReceipts(batch, timeout=30).results)
 
 
-def test_streams_that_never_read_cannot_take_every_thread(coordinator, stub):
-    streams = [stub.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=0), timeout=60) for _ in range(16)]
+def test_streams_that_never_read_cannot_take_every_thread(coordinator, stub, tmp_path):
+    # the attacker joins with its own key (anyone can), then opens 16 streams of its slice and never reads them
+    assignment = join(stub, load_or_create_identity(tmp_path / "attacker.key"), display_name="hog")
+    request = slice_request(assignment)
+    streams = [stub.StreamDataSlice(request, timeout=60) for _ in range(16)]
     try:
         time.sleep(1.0)  # every stream has reached the server and is blocked on a client that does not read
         started = time.monotonic()
@@ -114,17 +161,17 @@ def test_streams_that_never_read_cannot_take_every_thread(coordinator, stub):
             stream.cancel()
 
 
-def test_an_idle_stream_is_cancelled_and_its_slot_freed(coordinator, stub):
+def test_an_idle_stream_is_cancelled_and_its_slot_freed(coordinator, stub, tmp_path):
+    request = slice_request(join(stub, load_or_create_identity(tmp_path / "attacker.key"), display_name="idler"))
     cancelled = coordinator.log().count("idle (limit")
-    held = [stub.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=0), timeout=60) for _ in range(4)]
+    held = [stub.StreamDataSlice(request, timeout=60) for _ in range(4)]
     try:
         wait_until(lambda: coordinator.log().count("idle (limit") >= cancelled + 4, 4 * IDLE_S + 5,
                    "idle streams were not cancelled")
         assert "cancelling a stream from ipv4:127.0.0.1: idle (limit 3s)" in coordinator.log()
         for stream in held:  # what the client had buffered, then the cancellation
             assert refusal(lambda: stream).code() == grpc.StatusCode.CANCELLED
-        fresh = [stub.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=0), timeout=60)
-                 for _ in range(4)]  # the slots are free again
+        fresh = [stub.StreamDataSlice(request, timeout=60) for _ in range(4)]  # the slots are free again
         assert all(sum(len(chunk.texts) for chunk in stream) == BIG_TEXT_LINES * 9 // 10 for stream in fresh)
     finally:
         for stream in held:
@@ -135,11 +182,12 @@ def test_an_idle_stream_is_cancelled_and_its_slot_freed(coordinator, stub):
 def test_huge_display_names_are_refused_or_cut_and_printed_clean(coordinator, stub, tmp_path):
     identity = load_or_create_identity(tmp_path / "attacker.key")
     before, db_size = coordinator.db_snapshot(), (coordinator.data_dir / "coordinator.db").stat().st_size
-    for _ in range(3):
+    for _ in range(3):  # correctly signed, so what refuses it is the request size limit alone
         error = refusal(lambda: join(stub, identity, display_name="A" * 40_000_000))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in error.details()
     assert coordinator.db_snapshot() == before
     hostile = "\x1b[2J\x1b[31mroot\x1b[0m\n\u202e" + "B" * 3_000_000
+    # signed over the name and device as sent; the coordinator checks that, then stores them cleaned
     assignment = join(stub, identity, display_name=hostile, device="\x1b]0;pwned\x07cpu" + "d" * 100_000)
     [worker] = [w for w in coordinator.db_snapshot()["workers"] if assignment.worker_id in w]
     assert "root BBB" in "".join(str(v) for v in worker)
@@ -210,32 +258,49 @@ def test_each_bad_receipt_is_refused_alone_and_the_batch_answered(coordinator, s
     assert_still_up(coordinator)
 
 
+@pytest.fixture
+def attacker(coordinator, stub, tmp_path):
+    """A stranger with its own identity key and a live registration of the module's run (made before the test
+    takes its snapshot of the database), and the operator's metadata for the operator RPCs."""
+    identity = load_or_create_identity(tmp_path / "peer.key")
+    assignment = join(stub, identity, display_name="attacker")
+    return SimpleNamespace(identity=identity, assignment=assignment,
+                           operator=operator_metadata(coordinator))
+
+
 @pytest.mark.parametrize("call, code, reason", [
-    (lambda s, peer: s.Join(pb.JoinRequest(run_name=RUN, peer_id=peer, max_shards=-5), timeout=10),
+    (lambda s, a: s.Join(signed_join(s, a.identity, max_shards=-5), timeout=10),
      grpc.StatusCode.INVALID_ARGUMENT, "max_shards must be 0 (all shards) or 1..64, got -5"),
-    (lambda s, peer: s.Join(pb.JoinRequest(run_name="demo\n", peer_id=peer), timeout=10),
+    (lambda s, a: s.Join(signed_join(s, a.identity, run_name="demo\n"), timeout=10),
      grpc.StatusCode.NOT_FOUND, "no run named 'demo '"),
-    (lambda s, peer: s.Join(pb.JoinRequest(run_name=RUN, peer_id="not a peer\x1b[2J" * 1000), timeout=10),
+    (lambda s, a: s.Join(signed_join(s, a.identity, peer_id="not a peer\x1b[2J" * 1000), timeout=10),
      grpc.StatusCode.INVALID_ARGUMENT, "is not a base58 libp2p peer ID"),
-    (lambda s, peer: s.GetStatus(pb.StatusRequest(run_name="r" * 1_000_000), timeout=10),
+    (lambda s, a: s.GetStatus(pb.StatusRequest(run_name="r" * 1_000_000), timeout=10),
      grpc.StatusCode.NOT_FOUND, "(1000000 characters)"),
-    (lambda s, peer: s.GetLeaderboard(pb.LeaderboardRequest(run_name=RUN + "\n"), timeout=10),
+    (lambda s, a: s.GetLeaderboard(pb.LeaderboardRequest(run_name=RUN + "\n"), timeout=10),
      grpc.StatusCode.NOT_FOUND, "no run named"),
-    (lambda s, peer: s.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=-1), timeout=10),
-     grpc.StatusCode.INVALID_ARGUMENT, "data slice -1 is outside 0..0"),
-    (lambda s, peer: s.GetVersion(pb.VersionRequest(run_name=RUN, version=-1), timeout=10),
+    # a slice is served only to the live registration it was assigned to, so -1 is refused as not the
+    # attacker's slice before its range is looked at
+    (lambda s, a: s.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=-1,
+                                                        worker_id=a.assignment.worker_id), timeout=10),
+     grpc.StatusCode.PERMISSION_DENIED, f"of run '{RUN}' assigned data slice -1"),
+    (lambda s, a: s.StreamDataSlice(pb.DataSliceRequest(run_name=RUN, data_slice=0,
+                                                        worker_id="w\x1b[2J" * 100_000), timeout=10),
+     grpc.StatusCode.PERMISSION_DENIED, "StreamDataSlice: no worker"),
+    (lambda s, a: s.GetVersion(pb.VersionRequest(run_name=RUN, version=-1), timeout=10),
      grpc.StatusCode.INVALID_ARGUMENT, "version must be 0 (latest)"),
-    (lambda s, peer: s.PullAdapter(pb.PullRequest(run_name=RUN, offsets={"f": -1}), timeout=10),
+    (lambda s, a: s.PullAdapter(pb.PullRequest(run_name=RUN, offsets={"f": -1}), timeout=10),
      grpc.StatusCode.INVALID_ARGUMENT, "has offset -1"),
-    (lambda s, peer: s.MarkRelease(pb.ReleaseRequest(run_name=RUN, version=2**31 - 1), timeout=10),
+    # an operator RPC: even the operator's own out-of-range value is refused
+    (lambda s, a: s.MarkRelease(pb.ReleaseRequest(run_name=RUN, version=2**31 - 1), timeout=10,
+                                metadata=a.operator),
      grpc.StatusCode.INVALID_ARGUMENT, "version must be 0 (latest)"),
-    (lambda s, peer: s.Leave(pb.LeaveRequest(worker_id="w" * 100_000), timeout=10),
+    (lambda s, a: s.Leave(signed_leave(s, a.identity, "w" * 100_000), timeout=10),
      grpc.StatusCode.NOT_FOUND, "no worker with id"),
 ])
-def test_out_of_range_fields_are_refused_without_echoing_them(coordinator, stub, tmp_path, call, code, reason):
-    peer = load_or_create_identity(tmp_path / "peer.key").peer_id
+def test_out_of_range_fields_are_refused_without_echoing_them(coordinator, stub, attacker, call, code, reason):
     before = coordinator.db_snapshot()
-    error = refusal(lambda: call(stub, peer))
+    error = refusal(lambda: call(stub, attacker))
     assert error.code() == code and reason in error.details(), error.details()
     assert len(error.details()) < 300
     assert coordinator.db_snapshot() == before

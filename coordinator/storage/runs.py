@@ -77,7 +77,7 @@ def require_run(session: Session, name: str) -> Run:
     """The run's row; ``UnknownRunError`` if there is none (every store checks the run it is given)."""
     row = session.scalar(select(Run).where(Run.name == name))
     if row is None:
-        raise UnknownRunError(f"no run named {name!r}")
+        raise UnknownRunError(f"no run named {name[:100]!r}")  # a name from a request may be huge
     return row
 
 
