@@ -123,7 +123,7 @@ def test_publish_without_new_epochs_adds_no_version(swarm):
 
 def test_status_reports_workers_samples_and_versions(swarm):
     result = cli("status", "-c", swarm["address"])
-    assert f"run {RUN}:" in result.stdout and "version 1:" in result.stdout
+    assert f"run {RUN} [active, join open]:" in result.stdout and "version 1:" in result.stdout
     with CoordinatorClient(swarm["address"]) as client:
         run = client.status(RUN).runs[0]
     assert run.live_workers == 2
