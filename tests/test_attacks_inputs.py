@@ -237,6 +237,23 @@ def test_bad_spec_values_are_refused(coordinator, fields, reason):
     assert_still_up(coordinator)
 
 
+def test_a_dataset_outside_the_operator_folders_is_never_read_and_its_existence_not_told(coordinator, tmp_path):
+    secret = tmp_path / "secret-notes.txt"
+    secret.write_text("the operator's password\nanother secret line\n")
+    home_secret = Path("~/.config/secret-notes.txt")
+    before = coordinator.db_snapshot()
+    answers = []
+    for dataset in (str(secret), str(home_secret), "../" * 8 + str(secret).lstrip("/"), "/no/such/file.txt"):
+        error = refusal(lambda: launch(coordinator, spec_json(name="steal", dataset=dataset)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "password" not in error.details() and "secret line" not in error.details()
+        answers.append(error.details().replace(dataset, "<name>"))
+    assert len(set(answers)) == 1, answers  # an existing file and a missing one get the same answer
+    assert "not a file in this coordinator's dataset folders" in answers[0]
+    assert coordinator.db_snapshot() == before
+    assert_still_up(coordinator)
+
+
 def test_each_bad_receipt_is_refused_alone_and_the_batch_answered(coordinator, stub, tmp_path):
     identity = load_or_create_identity(tmp_path / "worker.key")
     join(stub, identity, display_name="honest")
