@@ -26,6 +26,7 @@ from worker.model_setup import RunModel
 from worker.shard_optimizers import ShardOptimizer
 
 logger = get_logger(__name__)
+RECOVERY_INTERVAL_S = 5.0  # a worker holding non-finite parameters asks its peers for their state this often
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class TrainingLoop:
         self.show_progress, self.data_seed = show_progress, data_seed
         self.sync_peers, self.sync_timeout_s = sync_peers, sync_timeout_s
         self._pending = {shard: ShardReport(shard) for shard in optimizers}
+        self.skipped_steps = 0  # steps whose loss or gradients were not finite: never averaged, never credited
+        self._last_recovery = -math.inf
 
     def _flush_reports(self) -> None:
         now = time.time()
@@ -104,6 +107,27 @@ class TrainingLoop:
         # the next interval starts where this one ended, so a worker's intervals never overlap
         self._pending = {shard: ShardReport(shard, epoch=opt.local_epoch, started_at=now)
                          for shard, opt in self.optimizers.items()}
+
+    def _skip_non_finite_step(self, what: str) -> None:
+        """Drop this step's gradients (a NaN or inf must never reach the swarm's average) and, when a shard's own
+        parameters are no longer finite, load the shard's state from its peers (at most every few seconds)."""
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad()
+        self.skipped_steps += 1
+        if self.skipped_steps == 1 or self.skipped_steps % 100 == 0:
+            logger.warning("skipped %d step(s) so far: the %s was not finite (not averaged, not credited)",
+                           self.skipped_steps, what)
+        if time.monotonic() - self._last_recovery < RECOVERY_INTERVAL_S:
+            return
+        self._last_recovery = time.monotonic()
+        for shard, optimizer in self.optimizers.items():
+            if not all(torch.isfinite(param).all() for param in self.run_model.shard_parameters(shard)):
+                logger.warning("shard %d holds non-finite parameters: loading its state from peers", shard)
+                optimizer.load_state_from_peers()
+
+    def _gradients_finite(self) -> bool:
+        return all(torch.isfinite(param.grad).all() for shard in self.optimizers
+                   for param in self.run_model.shard_parameters(shard) if param.grad is not None)
 
     def _done(self, limits: TrainingLimits, steps: int, started: float) -> str:
         if limits.max_steps is not None and steps >= limits.max_steps:
@@ -164,11 +188,18 @@ class TrainingLoop:
         progress = tqdm(desc=f"{self.spec.name}", unit="step", disable=not self.show_progress, dynamic_ncols=True)
         epoch_runner = ThreadPoolExecutor(len(self.optimizers), thread_name_prefix="shard-epoch")
         try:
-            while not stop.is_set() and not (stopped_by := self._done(limits, summary.steps, started)):
+            while not stop.is_set() and not (stopped_by := self._done(limits, summary.steps + self.skipped_steps,
+                                                                             started)):
                 data_epoch, input_ids, labels = next(batches)
                 step_started = time.monotonic()
                 loss = model(input_ids=input_ids.to(self.device), labels=labels.to(self.device)).loss
+                if not torch.isfinite(loss):
+                    self._skip_non_finite_step("loss")
+                    continue
                 loss.backward()
+                if not self._gradients_finite():
+                    self._skip_non_finite_step("gradient")
+                    continue
                 trained = self._step_shards(limits, epoch_runner)
                 step_seconds = time.monotonic() - step_started
                 loss_value = float(loss.detach())
