@@ -27,9 +27,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -38,9 +36,10 @@ import grpc
 
 from coordinator.request_checks import check_run_name
 from coordinator.storage import RunSettings, Storage
-from swarm.credentials import OPERATOR_TOKEN_FILE
+from swarm.credentials import OPERATOR_TOKEN_FILE, CredentialError, read_operator_token
 from swarm.join_proof import Proof, ProofError, ReplayGuard, verify_proof
 from swarm.log import get_logger
+from swarm.private_files import require_private, write_private_file
 
 __all__ = ["OPERATOR_TOKEN_FILE", "METHOD_ROLES", "AccessError", "AccessInterceptor", "AccessPolicy", "Credentials",
            "PermissionDenied", "Role", "Unauthenticated", "load_or_create_operator_token", "token_digest"]
@@ -126,33 +125,21 @@ def token_digest(token: str) -> str:
 
 
 def load_or_create_operator_token(path: Path) -> str:
-    """The operator token kept in ``path``; on first use a new random one, written there with mode 0600 (created
-    exclusively under a temporary name, then renamed, so the file is never readable by others nor half-written).
-    A token file that group or others may read is refused."""
+    """The operator token kept in ``path``; on first use a new random one, written there with mode 0600
+    (``swarm.private_files``: never readable by others nor half-written). A token file that group or others may
+    read is refused (``InsecureFileError``, a PermissionError naming the chmod to run)."""
     path = Path(path)
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(f"operator token file {path} is readable by others (mode {mode:o}): "
-                                  f"run chmod 600 {path}")
-        token = path.read_text().strip()
-        if not token:
-            raise ValueError(f"operator token file {path} is empty: delete it to have a new token made")
-        return token
-    token = secrets.token_urlsafe(32)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():
+        try:
+            write_private_file(path, (secrets.token_urlsafe(32) + "\n").encode(), replace=False)
+            logger.info("created the operator token in %s", path)
+        except FileExistsError:
+            pass  # another process created it first: use that one
+    require_private(path)
     try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(token + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    logger.info("created the operator token in %s", path)
-    return token
+        return read_operator_token(path)
+    except CredentialError as exc:
+        raise ValueError(f"{exc}: delete it to have a new token made") from None
 
 
 class AccessPolicy:

@@ -14,20 +14,18 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 from swarm.data import DatasetError, dataset_digest
 from swarm.log import get_logger
+from swarm.private_files import private_folder, write_private_file
 
 logger = get_logger(__name__)
 
 
 class DatasetVault:
     def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = private_folder(Path(root))
 
     def path_of(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
@@ -39,21 +37,13 @@ class DatasetVault:
         return self.path_of(digest).is_file()
 
     def put(self, texts: list[str]) -> str:
-        """Store ``texts`` (atomically: a crash leaves no partial file under the digest) and return the digest."""
+        """Store ``texts`` and return their digest (written atomically: a crash leaves no partial file)."""
         digest = dataset_digest(texts)
         target = self.path_of(digest)
         if target.is_file():
             return digest
-        partial = self.root / f".{target.name}.{uuid.uuid4().hex}.partial"
-        try:
-            with partial.open("w", encoding="utf-8") as handle:
-                for text in texts:
-                    handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            partial.replace(target)
-        finally:
-            partial.unlink(missing_ok=True)
+        lines = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts)
+        write_private_file(target, lines.encode("utf-8"))
         logger.info("stored dataset %s (%d samples)", digest, len(texts))
         return digest
 
