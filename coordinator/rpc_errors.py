@@ -19,7 +19,8 @@ from typing import Any, Callable, NoReturn
 import grpc
 
 from coordinator.access import AccessError
-from coordinator.service import RequestError
+from coordinator.request_checks import RequestError
+from coordinator.rpc_handlers import wrap_behavior
 from coordinator.storage import UnknownRunError
 from swarm.log import get_logger
 
@@ -46,13 +47,8 @@ class RpcErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED itself
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(method, handler.stream_unary))
-        return handler._replace(stream_stream=self._stream(method, handler.stream_stream))
+        return wrap_behavior(handler, lambda behavior: self._unary(method, behavior),
+                             lambda behavior: self._stream(method, behavior))
 
     def _unary(self, method: str, behavior: Callable) -> Callable:
         def call(request: Any, context: grpc.ServicerContext) -> Any:

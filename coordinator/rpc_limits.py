@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, NoReturn
 import grpc
 
 from coordinator.limits import RpcLimits
+from coordinator.rpc_handlers import wrap_behavior
 from swarm.client import MAX_MESSAGE_BYTES
 from swarm.log import get_logger
 
@@ -191,15 +192,7 @@ class RpcLimitsInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream))
-        return handler._replace(stream_stream=self._stream(handler.stream_stream))
+        return None if handler is None else wrap_behavior(handler, self._unary, self._stream)
 
     def _admit(self, context: grpc.ServicerContext) -> str:
         address = client_address(context)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import secrets
 
 from coordinator.access import token_digest
+from coordinator.request_checks import RequestError
 from coordinator.runtime import RunRuntimes
-from coordinator.service import RequestError
 from coordinator.storage import JoinTokenRecord, RunSettings, Storage, UnknownTokenError
 from swarm.log import get_logger
 
