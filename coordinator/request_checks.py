@@ -16,7 +16,7 @@ import re
 from typing import Any, Mapping
 
 from swarm.receipts import PEER_ID_PATTERN
-from swarm.spec import RUN_NAME_PATTERN, RunSpec, SpecError, build_spec
+from swarm.spec import MAX_SHARDS, RUN_NAME_PATTERN, RunSpec, SpecError, build_spec
 from swarm.text import one_line, printable
 
 WORKER_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # uuid4 hex, as the storage mints them
@@ -24,7 +24,6 @@ MAX_DISPLAY_NAME = 64
 MAX_DEVICE = 64
 MAX_JSON_DEPTH = 32  # a RunSpec nests 2 deep; a JSON parser recurses once per level
 MAX_VERSION = 10**9
-MAX_SHARDS = 64  # RunSpec.shards' upper bound
 MAX_OFFSET_FILES = 64
 MAX_FILE_NAME = 255
 MAX_OFFSET = 2**50

@@ -140,6 +140,7 @@ class Coordinator:
         self.lock.describe_holder(self.address)
         self._stopped = threading.Event()
         # every 5 s remember the connected DHT peers, for the next start
+        self._saved_peers: list[str] = []
         self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
 
     def operator_endpoint(self) -> Endpoint:
@@ -170,8 +171,9 @@ class Coordinator:
 
     def _save_peer_book(self) -> None:
         peers = connected_peer_addresses(self.dht)
-        if peers:
+        if peers and peers != self._saved_peers:  # rewritten (and fsynced) only when the peers change
             write_private_file(self.peer_book, json.dumps(peers).encode())
+            self._saved_peers = peers
 
     def start(self) -> "Coordinator":
         self.admin.forget_removed_runs()

@@ -169,8 +169,7 @@ class CoordinatorService:
         shards = sorted(sorted(range(spec.shards), key=lambda shard: (shard_load[shard], shard))[:wanted])
         slice_load = Counter(worker.data_slice for worker in live)
         chosen_slice = min(range(spec.data_slices), key=lambda index: (slice_load[index], index))
-        worker = self.storage.runs.register_worker(run_name, peer_id, display_name, shards,
-                                              chosen_slice, device)
+        worker = self.storage.runs.register_worker(run_name, peer_id, display_name, shards, chosen_slice, device)
         samples = len(data_slice(runtime.split.train, spec.data_slices, chosen_slice))
         return AssignmentPlan(worker, runtime, self.initial_peers, samples)
 
@@ -258,8 +257,9 @@ class CoordinatorService:
                        samples.get(shard, 0))
             for shard in range(spec.shards if spec else 0)
         ]
+        versions = self.storage.versions
         return RunState(record, spec, len(live), sum(samples.values()), unavailable, settings, shards,
-                        self.storage.versions.list_versions(record.name), self.storage.versions.rejected_snapshots(record.name))
+                        versions.list_versions(record.name), versions.rejected_snapshots(record.name))
 
     def publish_now(self, run_name: str) -> PublishOutcome:
         self._runtime(run_name)
@@ -312,8 +312,7 @@ class CoordinatorService:
         """The PullHeader, then (file, offset, bytes) chunks of every file from ``offsets[file]`` on (a resumed
         download). Retention leaves the version alone until the stream ends."""
         offsets = check_offsets(offsets or {})
-        chunk_bytes = min(max(check_chunk_bytes(chunk_bytes, MAX_CHUNK_BYTES) or CHUNK_BYTES, MIN_CHUNK_BYTES),
-                          MAX_CHUNK_BYTES)
+        chunk_bytes = max(check_chunk_bytes(chunk_bytes, MAX_CHUNK_BYTES) or CHUNK_BYTES, MIN_CHUNK_BYTES)
         record = self._served_version(run_name, version)
         with ExitStack() as held:
             try:

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 RUN_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always used with fullmatch: "demo\n" is no name
+MAX_SHARDS = 64  # adapter shards of one run (and what a Join's max_shards may ask for)
 VERSION_REF_PATTERN = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})@([1-9][0-9]{0,8})")
 
 
@@ -77,7 +78,7 @@ class RunSpec(_Frozen):
     base_model: str = Field("tiny", max_length=512, description="'tiny' (built-in preset), a Hugging Face model id or a local path.")
     dataset: str = Field("sample", max_length=512, description="'sample' (built-in) or a local .jsonl ({'text': ...}) or .txt file.")
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    shards: int = Field(1, ge=1, le=64, description="Number of adapter shards (by layer ranges), each averaged apart.")
+    shards: int = Field(1, ge=1, le=MAX_SHARDS, description="Number of adapter shards (by layer ranges), each averaged apart.")
     batch_size_per_step: int = Field(4, ge=1, le=1_048_576, description="Samples one worker processes per local step.")
     target_batch_size: int = Field(32, ge=1, le=1_073_741_824, description="Samples the whole swarm accumulates per optimizer epoch.")
     optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Torch optimizer of every shard.")
