@@ -153,10 +153,10 @@ def _build_model(storage: Storage, spec: RunSpec, revision: str | None = None) -
     return _BuiltModel(fingerprint, revision, model, tokenizer, shard_names, shard_shapes, chain, chain_paths)
 
 
-def _runtime(record: RunRecord, spec: RunSpec, texts: list[str], built: _BuiltModel) -> RunRuntime:
+def _runtime(record: RunRecord, spec: RunSpec, split: DatasetSplit, built: _BuiltModel) -> RunRuntime:
     initial = {name: param.detach().clone() for name, param in lora_parameters(built.model).items()}
-    return RunRuntime(record, spec, split_dataset(texts, spec.eval_fraction, spec.seed), built.shard_names,
-                      built.shard_shapes, built.tokenizer, built.chain, built.chain_paths, built.model, initial)
+    return RunRuntime(record, spec, split, built.shard_names, built.shard_shapes, built.tokenizer, built.chain,
+                      built.chain_paths, built.model, initial)
 
 
 class RunRuntimes:
@@ -203,7 +203,7 @@ class RunRuntimes:
                                                       digest, settings, base_model_revision=built.revision)
             except RunExistsError as exc:
                 raise LaunchError(str(exc)) from None
-            runtime = _runtime(record, spec, texts, built)
+            runtime = _runtime(record, spec, split, built)
             with self._guard:
                 self._runtimes[spec.name] = runtime
             logger.info("launched run %s (%d train / %d eval samples, %d shards)", spec.name, len(split.train),
@@ -254,7 +254,7 @@ class RunRuntimes:
             raise LaunchError(f"base model '{spec.base_model}' is not the one the run was launched with "
                               f"(fingerprint {built.fingerprint}, launched with {record.base_model_fingerprint})")
         logger.info("loaded run %s", spec.name)
-        return _runtime(record, spec, texts, built)
+        return _runtime(record, spec, split_dataset(texts, spec.eval_fraction, spec.seed), built)
 
     def _stored_texts(self, record: RunRecord, spec: RunSpec) -> list[str]:
         """The run's samples from the vault. Runs launched before the vault existed take their file in once

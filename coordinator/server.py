@@ -144,8 +144,10 @@ class Coordinator:
         self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
 
     def operator_endpoint(self) -> Endpoint:
-        """This coordinator's address with the operator token (for tools that run beside it, and tests)."""
-        return Endpoint(self.address, operator_token=read_operator_token(self.operator_token_file))
+        """This coordinator's address with the operator token, pinning its certificate when it serves TLS (for tools
+        that run beside it, and tests)."""
+        return Endpoint(self.address, fingerprint=self.tls_fingerprint,
+                        operator_token=read_operator_token(self.operator_token_file))
 
     def _start_dht(self) -> hivemind.DHT:
         """The bootstrap DHT peer. It keeps its identity, and after a restart it dials the peers it was last
