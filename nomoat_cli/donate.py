@@ -45,7 +45,7 @@ def donate(
     from worker.donate import DonateConfig, donate as run_donate
     from worker.training import TrainingLimits
 
-    reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
+    start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     stop = threading.Event()
     install_stop_signals(stop)
     endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
@@ -61,8 +61,6 @@ def donate(
         summary = run_donate(config, stop)
     except (CoordinatorError, ValueError, RuntimeError) as exc:
         fail(str(exc))
-    finally:
-        reaper.release()
     typer.echo(f"trained {summary.steps} steps ({summary.samples} samples), epochs {summary.epochs}, "
                f"last loss {summary.last_loss:.4f}, stopped by {summary.stopped_by}")
     typer.echo("samples per shard: " + " ".join(f"{shard}={samples}"

@@ -56,7 +56,7 @@ def coordinator(
         limits = RpcLimits.with_overrides(limit)
     except LimitsError as exc:
         fail(f"--limit: {exc}")
-    reaper = start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
+    start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     policy = PublishPolicy(keep_versions=keep_versions, max_eval_regression=max_eval_regression,
                            compare_peers=compare_peers)
     try:
@@ -87,7 +87,6 @@ def coordinator(
             pass
     finally:
         service.stop()
-        reaper.release()
 
 
 def database_url(db: str | None, db_url_file: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:

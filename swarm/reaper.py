@@ -3,16 +3,14 @@
 hivemind runs its DHT, its libp2p daemon and each averager in processes of their own. When a coordinator or a
 worker is killed (SIGKILL, OOM killer, a closed terminal), nothing tells those processes to stop: they keep
 running and holding their ports. The reaper is started by the entry points (``swarm coordinator``, ``swarm
-donate``): it remembers its parent's descendants every half second and, as soon as the parent is gone, terminates
-them (SIGTERM, then SIGKILL after a grace period) and exits. A parent that shuts down cleanly releases it first
-(``Reaper.release``), so the reaper never touches processes of a parent that is still running. (A child started
-in the last half second before the parent dies is not known yet; what the known ones started is.)
+donate``): it remembers its parent's descendants every half second and, as soon as the parent is gone, however
+it ended, terminates whatever of them is still running (SIGTERM, then SIGKILL after a grace period) and exits.
+It never touches anything while its parent runs. (A child started in the last half second before the parent dies
+is not known yet; what the known ones started is.)
 
 Usage::
 
-    reaper = start_reaper()      # in the entry point, before hivemind starts anything
-    ...
-    reaper.release()             # on a clean exit: the reaper ends without touching anything
+    start_reaper()      # in the entry point, before hivemind starts anything
 """
 
 from __future__ import annotations
@@ -29,29 +27,10 @@ POLL_S = 0.5
 GRACE_S = 3.0
 
 
-class Reaper:
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def release(self) -> None:
-        """End the reaper without it ending anything (the parent shut down cleanly and is still alive)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=GRACE_S + 5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def start_reaper() -> Reaper:
+def start_reaper() -> subprocess.Popen:
     """Start the watchdog for this process (see the module docstring)."""
-    process = subprocess.Popen([sys.executable, "-m", "swarm.reaper", str(os.getpid())],
-                               stdin=subprocess.DEVNULL, start_new_session=True)
-    return Reaper(process)
+    return subprocess.Popen([sys.executable, "-m", "swarm.reaper", str(os.getpid())], stdin=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def _descendants(parent: psutil.Process, own_pid: int) -> dict[int, psutil.Process]:
@@ -80,24 +59,15 @@ def end_processes(processes: list[psutil.Process], grace_s: float = GRACE_S) -> 
 
 
 def watch(parent_pid: int) -> None:
-    """Track ``parent_pid``'s descendants until it dies, then end them; SIGTERM releases the reaper instead."""
+    """Track ``parent_pid``'s descendants until it ends, then end those still running."""
     own_pid = os.getpid()
-    released = False
-
-    def release(*_):
-        nonlocal released
-        released = True
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; the reaper outlives it to clean up
-    signal.signal(signal.SIGTERM, release)
     try:
         parent = psutil.Process(parent_pid)
     except psutil.Error:
         return
     known: dict[int, psutil.Process] = {}
     while os.getppid() == parent_pid and parent.is_running():
-        if released:
-            return
         known.update(_descendants(parent, own_pid))
         known = {pid: process for pid, process in known.items() if process.is_running()}
         time.sleep(POLL_S)
