@@ -71,6 +71,52 @@ class AveragingSpec(_Frozen):
     )
 
 
+class RobustnessSpec(_Frozen):
+    """How the swarm defends itself against peers that send poisoned updates or lie about their progress.
+
+    Every peer of a shard's group must share these (they are part of the spec hash): each peer reduces its part
+    of the all-reduce with ``aggregator`` after refusing non-finite parts and parts whose norm is out of bounds.
+    """
+
+    aggregator: Literal["mean", "trimmed_mean", "median", "centered_clip"] = Field(
+        "trimmed_mean", description="How each reducer combines its peers' parts: 'mean' (hivemind's weighted mean, "
+        "exact, trusts every peer), coordinate-wise 'trimmed_mean' or 'median', or 'centered_clip' (BTARD).",
+    )
+    trim_fraction: float = Field(
+        0.25, ge=0.0, lt=0.5, description="trimmed_mean: share of the parts cut from each side of every coordinate "
+        "(at least one from each side once a group has 3 peers).",
+    )
+    clip_iterations: int = Field(3, ge=1, le=100, description="centered_clip: fixed-point iterations.")
+    clip_radius_factor: float = Field(
+        1.0, gt=0, le=100, description="centered_clip: clipping radius as a multiple of the median distance of the "
+        "parts from the coordinate-wise median.",
+    )
+    max_norm_ratio: float = Field(
+        10.0, gt=1, le=1e6, description="A part whose L2 norm exceeds this multiple of the reference norm (the larger "
+        "of the reducer's own part and the lower median of all parts) is refused, as is any non-finite part.",
+    )
+    max_step_lr_multiple: float = Field(
+        10.0, gt=0, le=1e6, description="Adam/AdamW: an optimizer step that moves a shard's parameters by more than "
+        "this many learning rates per element (RMS) is rolled back and the shard reloads its state from peers.",
+    )
+    max_epoch_lead: int = Field(
+        2, ge=0, le=1_000_000, description="Progress records claiming more than this many epochs beyond the median "
+        "epoch of the shard's authorized peers are ignored (by workers and by the publisher).",
+    )
+    ban_after_reports: int = Field(
+        10, ge=1, le=1_000_000, description="A peer whose contributions were refused this many times, as reported by "
+        "at least two other peers of the run, is banned from the run.",
+    )
+    max_state_bytes: int | None = Field(
+        None, ge=1024, le=2**40, description="Cap on one state download in bytes; default: 4x the shard's LoRA "
+        "parameters in fp32 (parameters and Adam statistics) plus 1 MiB.",
+    )
+    max_version_change_ratio: float = Field(
+        20.0, gt=1, le=1e6, description="A version whose parameters moved from the previous version's by more than "
+        "this multiple of the largest per-epoch change the run has shown so far is refused.",
+    )
+
+
 class RunSpec(_Frozen):
     """One community training run. Every field is fixed at launch."""
 
@@ -90,6 +136,7 @@ class RunSpec(_Frozen):
     publish_interval_s: float = Field(30.0, gt=0, le=7 * 86400, description="Seconds between adapter snapshots by the coordinator.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the LoRA initialisation and the data split.")
     averaging: AveragingSpec = Field(default_factory=AveragingSpec)
+    robustness: RobustnessSpec = Field(default_factory=RobustnessSpec)
     parent: str | None = Field(
         None, description="Stack this run on a published version, 'RUN@VERSION': its workers train a new LoRA on "
         "the base model with that version (and the versions it was itself stacked on) merged in.",
@@ -136,6 +183,8 @@ class RunSpec(_Frozen):
         fields = self.model_dump(mode="json")
         if fields["parent"] is None:  # runs that stack on nothing keep the hash they had before stacking existed
             del fields["parent"]
+        if fields["robustness"] == RobustnessSpec().model_dump(mode="json"):
+            del fields["robustness"]  # runs launched before robustness settings existed keep their hash
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod

@@ -95,6 +95,11 @@ EVERY_FIELD = {
     "--seed": ("9", 9), "--averaging-matchmaking-time": ("1.5", 1.5), "--averaging-averaging-timeout": ("8", 8.0),
     "--averaging-average-state-every": ("2", 2), "--averaging-progress-refresh-s": ("0.25", 0.25),
     "--parent": ("base@1", "base@1"),
+    "--robustness-aggregator": ("median", "median"), "--robustness-trim-fraction": ("0.1", 0.1),
+    "--robustness-clip-iterations": ("4", 4), "--robustness-clip-radius-factor": ("2", 2.0),
+    "--robustness-max-norm-ratio": ("20", 20.0), "--robustness-max-step-lr-multiple": ("5", 5.0),
+    "--robustness-max-epoch-lead": ("3", 3), "--robustness-ban-after-reports": ("7", 7),
+    "--robustness-max-state-bytes": ("4096", 4096), "--robustness-max-version-change-ratio": ("30", 30.0),
 }
 
 
