@@ -19,7 +19,7 @@ import hivemind
 
 from coordinator.access import OPERATOR_TOKEN_FILE, AccessInterceptor, AccessPolicy, load_or_create_operator_token
 from coordinator.adapter_store import AdapterStore
-from coordinator.data_dir_lock import DataDirLock
+from swarm.process_lock import data_dir_lock
 from coordinator.dataset_sources import DatasetSources
 from coordinator.dataset_vault import DatasetVault
 from coordinator.ledger import Ledger
@@ -81,7 +81,7 @@ class Coordinator:
         self.config = config
         data_dir = Path(config.data_dir).expanduser()
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.lock = DataDirLock(data_dir).acquire()  # DataDirLocked when another coordinator serves this data dir
+        self.lock = data_dir_lock(data_dir).acquire()  # ProcessLocked when another coordinator serves this data dir
         try:
             self._build(config, data_dir)
         except BaseException:  # nothing half-started may outlive a failed start: no DHT process, no lock

@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import hivemind
@@ -27,6 +28,7 @@ from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.identity import peer_id_of_public_key
+from swarm.process_lock import ProcessLock, identity_lock
 
 
 def shard_progress_key(shard_run_id: str) -> str:
@@ -93,6 +95,19 @@ def shard_state_sharers_key(shard_run_id: str) -> str:
     return f"{shard_state_prefix(shard_run_id)}.all_averagers"
 
 
+class SwarmDHT(hivemind.DHT):
+    """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down."""
+
+    identity_lock: ProcessLock | None = None
+
+    def shutdown(self) -> None:
+        try:
+            super().shutdown()
+        finally:
+            if self.identity_lock is not None:
+                self.identity_lock.release()
+
+
 def start_dht(
     initial_peers: Sequence[str] = (),
     host: str = "127.0.0.1",
@@ -100,18 +115,33 @@ def start_dht(
     client_mode: bool = False,
     announce_host: str | None = None,
     identity_path: str | None = None,
-) -> hivemind.DHT:
+) -> SwarmDHT:
     """Start a hivemind DHT peer listening on ``host:port`` (0: any free port).
 
     ``client_mode`` peers only dial out (volunteers behind NAT); ``announce_host`` is the address other peers
     should dial when ``host`` is a wildcard such as 0.0.0.0; ``identity_path`` fixes the peer ID (swarm.identity).
+
+    A second peer on this machine under the same identity is refused at once (``ProcessLocked``, naming the
+    holder) by a lock beside the key. hivemind's own check, which asks the swarm whether the peer ID is online,
+    is off: it dials the ID through the DHT with no timeout and was seen to hang a start-up indefinitely.
     """
-    kwargs = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    lock = None
     if identity_path:
         kwargs["identity_path"] = str(identity_path)
+        kwargs["check_if_identity_free"] = False
+        lock = identity_lock(Path(identity_path)).acquire()
     if announce_host:
         kwargs["announce_maddrs"] = [f"/ip4/{announce_host}/tcp/{port}"]
-    return hivemind.DHT(initial_peers=list(initial_peers), start=True, **kwargs)
+    try:
+        dht = SwarmDHT(initial_peers=list(initial_peers), start=False, **kwargs)
+        dht.identity_lock = lock
+        dht.run_in_background(await_ready=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return dht
 
 
 async def _connected_peers(dht: hivemind.DHT, node) -> list[str]:

@@ -8,18 +8,18 @@ import time
 
 import pytest
 
-from coordinator.data_dir_lock import DataDirLock, DataDirLocked
+from swarm.process_lock import data_dir_lock, ProcessLocked
 from coordinator.server import Coordinator, CoordinatorConfig
 
-HOLD_LOCK = "import sys, time; from coordinator.data_dir_lock import DataDirLock; " \
-            "DataDirLock(sys.argv[1]).acquire().describe_holder('10.9.8.7:50051'); print('held', flush=True); " \
+HOLD_LOCK = "import sys, time; from swarm.process_lock import data_dir_lock; " \
+            "data_dir_lock(sys.argv[1]).acquire().describe_holder('10.9.8.7:50051'); print('held', flush=True); " \
             "time.sleep(60)"
 
 
 def test_a_second_coordinator_on_the_same_data_dir_is_refused_naming_the_holder(tmp_path):
     config = CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False)
     with Coordinator(config) as first:
-        with pytest.raises(DataDirLocked, match=rf"pid {os.getpid()} on .* serving {first.address}"):
+        with pytest.raises(ProcessLocked, match=rf"pid {os.getpid()} on .* serving {first.address}"):
             Coordinator(config)
         assert first.service.status() == []  # the first one is untouched
     with Coordinator(config):  # released on stop
@@ -42,16 +42,16 @@ def test_a_killed_holder_releases_the_data_dir(tmp_path):
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(DataDirLocked, match=rf"pid {holder.pid} on .* serving 10.9.8.7:50051"):
-            DataDirLock(tmp_path / "coord").acquire()
+        with pytest.raises(ProcessLocked, match=rf"pid {holder.pid} on .* serving 10.9.8.7:50051"):
+            data_dir_lock(tmp_path / "coord").acquire()
     finally:
         holder.kill()
         holder.wait()
     deadline = time.monotonic() + 5
     while True:
         try:
-            DataDirLock(tmp_path / "coord").acquire().release()
+            data_dir_lock(tmp_path / "coord").acquire().release()
             break
-        except DataDirLocked:
+        except ProcessLocked:
             assert time.monotonic() < deadline, "the lock of a SIGKILLed holder was not released"
             time.sleep(0.1)
