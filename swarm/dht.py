@@ -95,6 +95,10 @@ def shard_state_sharers_key(shard_run_id: str) -> str:
     return f"{shard_state_prefix(shard_run_id)}.all_averagers"
 
 
+# a peer restarted right after a stop waits this long for the old one's processes to end and free its identity
+IDENTITY_RELEASE_WAIT_S = 8.0
+
+
 class SwarmDHT(hivemind.DHT):
     """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down."""
 
@@ -121,8 +125,8 @@ def start_dht(
     ``client_mode`` peers only dial out (volunteers behind NAT); ``announce_host`` is the address other peers
     should dial when ``host`` is a wildcard such as 0.0.0.0; ``identity_path`` fixes the peer ID (swarm.identity).
 
-    A second peer on this machine under the same identity is refused at once (``ProcessLocked``, naming the
-    holder) by a lock beside the key. hivemind's own check, which asks the swarm whether the peer ID is online,
+    A second peer on this machine under the same identity is refused (``ProcessLocked``, naming the holder;
+    after ``IDENTITY_RELEASE_WAIT_S``, in case the holder is on its way out) by a lock beside the key. hivemind's own check, which asks the swarm whether the peer ID is online,
     is off: it dials the ID through the DHT with no timeout and was seen to hang a start-up indefinitely.
     """
     kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
@@ -130,7 +134,7 @@ def start_dht(
     if identity_path:
         kwargs["identity_path"] = str(identity_path)
         kwargs["check_if_identity_free"] = False
-        lock = identity_lock(Path(identity_path)).acquire()
+        lock = identity_lock(Path(identity_path)).acquire(wait_s=IDENTITY_RELEASE_WAIT_S)
     if announce_host:
         kwargs["announce_maddrs"] = [f"/ip4/{announce_host}/tcp/{port}"]
     try:

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 DATA_DIR_LOCK_FILE = "coordinator.lock"
@@ -35,15 +36,23 @@ class ProcessLock:
         self.path, self.what, self.holder_kind, self.advice = Path(path), what, holder_kind, advice
         self._fd: int | None = None
 
-    def acquire(self) -> "ProcessLock":
+    def acquire(self, wait_s: float = 0.0) -> "ProcessLock":
+        """Take the lock, waiting up to ``wait_s`` for a holder that is going away (a restart right after a
+        stop); ``ProcessLocked`` naming the holder when it is still held."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            advice = f"; {self.advice}" if self.advice else ""
-            raise ProcessLocked(f"{self.what} is in use by another {self.holder_kind} ({holder}){advice}") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                holder = _read_holder(fd)
+                os.close(fd)
+                advice = f"; {self.advice}" if self.advice else ""
+                raise ProcessLocked(f"{self.what} is in use by another {self.holder_kind} ({holder}){advice}") from None
         self._fd = fd
         self.describe_holder("")
         return self
