@@ -73,6 +73,13 @@ class RobustTensorPartReducer(TensorPartReducer):
     nothing. ``on_refused(sender_index, reason)`` is called for every refused part.
     """
 
+    current_part_index: int
+    current_part_accumulated_from: int
+    num_current_senders: int
+    current_part_future: asyncio.Future
+    accumulator: Optional[torch.Tensor]
+    denominator: float
+
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, *, robustness: RobustnessSpec,
                  own_sender_index: Optional[int], on_refused: RefusalSink):
         self.robustness, self.own_sender_index, self.on_refused = robustness, own_sender_index, on_refused
@@ -142,7 +149,8 @@ class RobustTensorPartReducer(TensorPartReducer):
             raise AllreduceException("no sender sent this part")
         parts = torch.stack([self.current_parts[index][0].reshape(-1).float() for index in senders])
         weights = torch.tensor([self.current_parts[index][1] for index in senders], dtype=torch.float64)
-        own_row = senders.index(self.own_sender_index) if self.own_sender_index in self.current_parts else None
+        own = self.own_sender_index
+        own_row = senders.index(own) if own is not None and own in self.current_parts else None
         screening = screen_parts(parts, own_row, self.robustness.max_norm_ratio)
         usable = screening.accepted.clone()
         for row, reason in screening.refused.items():
@@ -156,7 +164,7 @@ class RobustTensorPartReducer(TensorPartReducer):
         if not bool(usable.any()):
             if own_row is None:
                 raise AllreduceException("no usable part for this part index")
-            return parts[own_row].reshape(shape).to(self.current_parts[self.own_sender_index][0].dtype)
+            return parts[own_row].reshape(shape).to(self.current_parts[senders[own_row]][0].dtype)
         result = aggregate(parts[usable], weights[usable].float(), self.robustness)
         return result.reshape(shape).to(self.current_parts[senders[0]][0].dtype)
 
@@ -169,6 +177,9 @@ class RobustAllReduceRunner(AllReduceRunner):
 
     ``on_refusal(peer_id, reason, parts)`` is called once per peer and reason by ``report_refusals`` when the
     round ends, and the refusals are logged then, in one line per round."""
+
+    tensor_part_reducer: TensorPartReducer
+    group_id: bytes
 
     def __init__(self, *, robustness: RobustnessSpec,
                  on_refusal: Callable[[PeerID, str, int], None] = lambda peer, reason, parts: None, **kwargs: Any):
@@ -304,7 +315,7 @@ class RobustAveragingMixin:
         runner = RobustAllReduceRunner(
             robustness=self.robustness, on_refusal=self._report_refusal, p2p=self._p2p, servicer_type=type(self),
             prefix=self.prefix, tensors=tensors, group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
-        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
+        assert group_id in self._running_groups, f"Group id {group_id!r} was not registered in _register_allreduce_group"
         self._running_groups[group_id].set_result(runner)
         try:
             if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
