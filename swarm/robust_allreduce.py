@@ -180,6 +180,7 @@ class RobustAllReduceRunner(AllReduceRunner):
 
     tensor_part_reducer: TensorPartReducer
     group_id: bytes
+    reducer_class: type[RobustTensorPartReducer] = RobustTensorPartReducer
 
     def __init__(self, *, robustness: RobustnessSpec,
                  on_refusal: Callable[[PeerID, str, int], None] = lambda peer, reason, parts: None, **kwargs: Any):
@@ -189,7 +190,7 @@ class RobustAllReduceRunner(AllReduceRunner):
         own = self.sender_peer_ids.index(self.peer_id) if self.peer_id in self.sender_peer_ids else None
         discarded = self.tensor_part_reducer
         discarded.finished.set()  # it never runs: keep its finalize from warning that it received nothing
-        self.tensor_part_reducer = RobustTensorPartReducer(
+        self.tensor_part_reducer = self.reducer_class(
             discarded.part_shapes, discarded.num_senders, robustness=robustness, own_sender_index=own,
             on_refused=lambda sender, reason: self._count(self.sender_peer_ids[sender], reason))
         container = self.tensor_part_container
@@ -288,6 +289,7 @@ class RobustAveragingMixin:
     prefix: str
     peer_id: PeerID
     last_updated: float
+    runner_class: type[RobustAllReduceRunner] = RobustAllReduceRunner
 
     def __init__(self, *args: Any, robustness: RobustnessSpec, **kwargs: Any):
         self.robustness = robustness
@@ -312,7 +314,7 @@ class RobustAveragingMixin:
         """hivemind's ``_run_allreduce_inplace_`` with the robust runner and equal reducer shares."""
         group_id = group_info.group_id if group_id is None else group_id
         kwargs["peer_fractions"] = equal_peer_fractions(group_info, self.serializer)
-        runner = RobustAllReduceRunner(
+        runner = self.runner_class(
             robustness=self.robustness, on_refusal=self._report_refusal, p2p=self._p2p, servicer_type=type(self),
             prefix=self.prefix, tensors=tensors, group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
         assert group_id in self._running_groups, f"Group id {group_id!r} was not registered in _register_allreduce_group"
