@@ -317,7 +317,7 @@ class RobustAveragingMixin:
         runner = self.runner_class(
             robustness=self.robustness, on_refusal=self._report_refusal, p2p=self._p2p, servicer_type=type(self),
             prefix=self.prefix, tensors=tensors, group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
-        assert group_id in self._running_groups, f"Group id {group_id!r} was not registered in _register_allreduce_group"
+        assert group_id in self._running_groups, f"group {group_id!r} was not registered in _register_allreduce_group"
         self._running_groups[group_id].set_result(runner)
         try:
             if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:

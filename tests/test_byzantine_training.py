@@ -1,7 +1,8 @@
-"""Issue 11's definition of done: three honest peers and one Byzantine peer (NaN, x1000, sign-flipped and random
-gradients, in turn) train the built-in tiny model with real hivemind peers on loopback; the honest peers' parameters stay
-finite, an honest peer's final LoRA scores within 1% of the eval loss of the same run with four honest peers, and
-the refusals are counted against the Byzantine peer. With hivemind's plain ``mean`` the attack visibly hurts."""
+"""Issue 11's definition of done: three honest peers and one Byzantine peer (NaN, x1000, sign-flipped and
+random gradients, in turn) train the built-in tiny model with real hivemind peers on loopback; the honest peers'
+parameters stay finite, an honest peer's final LoRA scores within 1% of the eval loss of the same run with four
+honest peers, and the refusals are counted against the Byzantine peer. With hivemind's plain ``mean`` the attack
+visibly hurts."""
 
 from __future__ import annotations
 
