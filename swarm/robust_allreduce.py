@@ -171,8 +171,9 @@ class RobustTensorPartReducer(TensorPartReducer):
 
 class RobustAllReduceRunner(AllReduceRunner):
     """hivemind's ``AllReduceRunner`` with a ``RobustTensorPartReducer``, which also refuses averaged parts
-    received from other reducers that are non-finite or move its own part by more than ``max_norm_ratio`` x
-    (its norm + epsilon): for the rest of that reducer's span it keeps its local values. A peer with weight 0
+    received from other reducers that are non-finite or move its own part by more than ``max_norm_ratio`` x the
+    scale of its own data there (the part's norm, or its whole vector's RMS over the part's size if larger):
+    for the rest of that reducer's span it keeps its local values. A peer with weight 0
     (tagging along without samples) checks only finiteness, since its own part holds no data to compare with.
 
     ``on_refusal(peer_id, reason, parts)`` is called once per peer and reason by ``report_refusals`` when the
@@ -194,10 +195,13 @@ class RobustAllReduceRunner(AllReduceRunner):
             discarded.part_shapes, discarded.num_senders, robustness=robustness, own_sender_index=own,
             on_refused=lambda sender, reason: self._count(self.sender_peer_ids[sender], reason))
         container = self.tensor_part_container
-        self._own_part_norms = [
-            [float(torch.linalg.vector_norm(part.double())) for part, _ in container._input_parts_by_peer[index]]
-            for index in range(self.group_size)
-        ]
+        own_parts = [[part for part, _ in container._input_parts_by_peer[index]] for index in range(self.group_size)]
+        self._own_part_norms = [[float(torch.linalg.vector_norm(part.double())) for part in parts]
+                                for parts in own_parts]
+        self._own_part_sizes = [[part.numel() for part in parts] for parts in own_parts]
+        squares = sum(norm ** 2 for norms in self._own_part_norms for norm in norms)
+        elements = sum(size for sizes in self._own_part_sizes for size in sizes)
+        self._own_rms = math.sqrt(squares / max(elements, 1))  # per element, over this peer's whole vector
 
     def _count(self, peer_id: PeerID, reason: str) -> None:
         self.refusals[peer_id, reason] += 1
@@ -211,7 +215,10 @@ class RobustAllReduceRunner(AllReduceRunner):
         if not torch.isfinite(delta).all():
             self._count(reducer, REFUSED_RESULT_NON_FINITE)
             raise RefusedResultError(f"{reducer} sent a non-finite averaged part")
-        bound = self.robustness.max_norm_ratio * (norms[part_index] + NORM_EPSILON)
+        # the scale of this peer's own data: its part of this span, or its whole vector's per-element RMS over the
+        # span's size when this span of its own data happens to be small (an honest average then moves it far)
+        scale = max(norms[part_index], self._own_rms * math.sqrt(self._own_part_sizes[peer_index][part_index]))
+        bound = self.robustness.max_norm_ratio * (scale + NORM_EPSILON)
         if self.weight > 0 and float(torch.linalg.vector_norm(delta.double())) > bound:
             self._count(reducer, REFUSED_RESULT_NORM)
             raise RefusedResultError(f"{reducer} sent an averaged part that moves ours too far")

@@ -16,7 +16,7 @@ import torch
 from hivemind.averaging.partition import TensorPartReducer
 
 from swarm.dht import start_dht, visible_addresses
-from swarm.robust_allreduce import RobustAveragingMixin, RobustTensorPartReducer
+from swarm.robust_allreduce import RobustAllReduceRunner, RobustAveragingMixin, RobustTensorPartReducer
 from swarm.spec import RobustnessSpec
 
 SIZES = (1000, 3000)  # 16 KB in parts of 1 KB: every reducer handles several parts
@@ -49,13 +49,14 @@ def honest_inputs(seed: int) -> list[list[torch.Tensor]]:
 
 
 def run_round(dhts, inputs: list[list[torch.Tensor]], robustness: RobustnessSpec, prefix: str,
-              weights=(1.0, 1.0, 1.0, 1.0), bandwidths=(None, None, None, None)) -> RoundResult:
+              weights=(1.0, 1.0, 1.0, 1.0), bandwidths=(None, None, None, None),
+              classes=(RobustAverager,) * 4) -> RoundResult:
     averagers = [
-        RobustAverager([tensor.clone() for tensor in tensors], dht, robustness=robustness, prefix=prefix,
+        averager_class([tensor.clone() for tensor in tensors], dht, robustness=robustness, prefix=prefix,
                        start=True, target_group_size=4, min_group_size=4, min_matchmaking_time=3.0,
                        request_timeout=1.0, part_size_bytes=PART_BYTES, next_chunk_timeout=10.0,
                        allreduce_timeout=30.0, bandwidth=bandwidth)
-        for tensors, dht, bandwidth in zip(inputs, dhts, bandwidths)
+        for tensors, dht, bandwidth, averager_class in zip(inputs, dhts, bandwidths, classes)
     ]
     try:
         with ThreadPoolExecutor(4) as pool:
@@ -166,3 +167,33 @@ def test_a_peer_declaring_a_huge_bandwidth_reduces_only_its_share(dhts):
         assert bool((kept_local | averaged_honestly).all())
         assert (bad_peer, "part_non_finite") in result.rejections[peer]
         assert (bad_peer, "result_non_finite") in result.rejections[peer]
+
+
+class InflatingReducer(RobustTensorPartReducer):
+    """A malicious reducer: it aggregates honestly, then sends back 1000x the result."""
+
+    def _reduce_current_part(self) -> torch.Tensor:
+        return super()._reduce_current_part() * 1000
+
+
+class InflatingRunner(RobustAllReduceRunner):
+    reducer_class = InflatingReducer
+
+
+# hivemind names an averager's RPC handlers after its class ("<prefix>::RobustAverager.rpc_join_group"): the
+# attacker's class must carry the honest peers' class name to be reachable by them
+InflatingAverager = type("RobustAverager", (RobustAverager,), {"runner_class": InflatingRunner})
+
+
+def test_averaged_parts_a_malicious_reducer_inflates_are_refused_and_local_values_kept(dhts):
+    inputs = honest_inputs(4)
+    honest = torch.stack([flat(tensors) for tensors in inputs[:3]])
+    result = run_round(dhts, inputs, RobustnessSpec(aggregator="trimmed_mean"), "inflating",
+                       classes=(RobustAverager,) * 3 + (InflatingAverager,))
+    bad_peer = result.peer_ids[3]
+    for peer in range(3):
+        averaged = flat(result.tensors[peer])
+        kept_local = torch.isclose(averaged, honest[peer], atol=1e-7, rtol=0)
+        assert 0.15 < float(kept_local.float().mean()) < 0.35  # the attacker's span (1/4) kept local values
+        assert float(averaged.abs().max()) < 2 * float(honest.abs().max())  # nothing inflated was applied
+        assert (bad_peer, "result_norm") in result.rejections[peer]
