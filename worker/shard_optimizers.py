@@ -4,24 +4,34 @@
 Gradients are averaged synchronously (``use_local_updates=False``): all peers apply the same averaged gradient
 to the same parameters, which keeps the LoRA A and B matrices identical across peers, the condition under which
 averaging A and B separately is exact.
+
+Both averagers (gradients and state) reduce robustly with the run's ``spec.robustness``
+(``swarm.robust_allreduce``): a peer sending NaN or outsized parts is refused, not averaged in. The refusals are
+drained with ``ShardOptimizer.drain_rejections``; an optimizer step that leaves non-finite parameters or moves
+them too far is rolled back (``finish_epoch``).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import hivemind
 import torch
 from hivemind.averaging.control import StepControl
+from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.dht import read_shard_progress
 from swarm.log import get_logger
-from swarm.spec import RunSpec
+from swarm.robust_allreduce import RobustGradientAverager, RobustTrainingStateAverager
+from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
 
 logger = get_logger(__name__)
+AveragerT = TypeVar("AveragerT", bound=hivemind.DecentralizedAverager)
 
 
 def torch_optimizer_factory(spec: RunSpec) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]:
@@ -45,9 +55,54 @@ class ShardOptimizer(hivemind.Optimizer):
     loop start every shard's round that becomes due while it waits for another (see ``TrainingLoop``).
 
     Both halves do what hivemind's ``Optimizer.step`` does (hivemind 1.1.x), in the same order, without AMP.
+
+    Its averagers are ``gradient_averager_class`` and ``state_averager_class`` (robust by default), both built by
+    ``_build_averager``: a subclass (e.g. one adding an access gate in front) changes them there.
     """
 
     scheduled_grads: StepControl | None  # hivemind's pre-scheduled gradient round, set in Optimizer.__init__
+    gradient_averager_class: type[GradientAverager] = RobustGradientAverager
+    state_averager_class: type[TrainingStateAverager] = RobustTrainingStateAverager
+
+    def __init__(self, *, robustness: RobustnessSpec | None = None, **kwargs: Any):
+        self.robustness = robustness or RobustnessSpec()  # read by the averager factories during __init__
+        super().__init__(grad_averager_factory=self._make_robust_gradient_averager, **kwargs)
+
+    def _build_averager(self, averager_class: type[AveragerT], **kwargs: Any) -> AveragerT:
+        """The one place both averagers are constructed (with the run's robustness settings)."""
+        return averager_class(robustness=self.robustness, **kwargs)
+
+    def _make_robust_gradient_averager(self, **kwargs: Any) -> GradientAverager:
+        return self._build_averager(self.gradient_averager_class, **kwargs)
+
+    def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
+        """hivemind's state averager settings, built as ``state_averager_class``."""
+        return self._build_averager(
+            self.state_averager_class,
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            **kwargs,
+        )
+
+    def drain_rejections(self) -> list[tuple[str, str]]:
+        """Contributions this peer's reducers refused since the last call, as (peer_id base58, reason), from both
+        averagers: one entry per offending peer, reason and all-reduce round. Reasons: ``part_non_finite``,
+        ``part_norm``, ``part_malformed``, ``weight_invalid`` (a part that peer sent), ``result_non_finite``,
+        ``result_norm`` (an averaged part that peer, as a reducer, sent back)."""
+        drained = self.state_averager.drain_rejections()  # type: ignore[attr-defined]
+        if self.grad_averager is not None:
+            drained.extend(self.grad_averager.drain_rejections())  # type: ignore[attr-defined]
+        return drained
 
     def accumulate(self) -> bool:
         """Add the current .grad of this shard's parameters; False if this peer had to catch up instead."""
@@ -67,9 +122,52 @@ class ShardOptimizer(hivemind.Optimizer):
         return self.tracker.ready_to_update_epoch
 
     def finish_epoch(self) -> None:
-        """Average gradients with this shard's group and take the optimizer step (blocking)."""
+        """Average gradients with this shard's group and take the optimizer step (blocking).
+
+        Step guard: when the step leaves a parameter non-finite or (Adam, AdamW) moves the parameters by more than
+        ``max_step_lr_multiple`` learning rates per element (RMS), the parameters before the step are restored and
+        the shard loads its state from its peers: a poisoned average that got past the reducers is never kept."""
         self._forget_spent_gradient_round()
+        self.state_averager.step(apply_delayed_updates=True)  # a finished state-averaging round is not this step
+        before = [param.detach().clone() for param in self.state_averager.main_parameters]
         self._update_global_epoch(grad_scaler=None)
+        problem = self._step_problem(before)
+        if problem:
+            logger.warning("%s: rolled back the step of epoch %d (%s); loading state from peers", self.run_id,
+                           self.local_epoch, problem)
+            self._restore_parameters(before)
+            self.load_state_from_peers()
+
+    def _step_problem(self, before: list[torch.Tensor]) -> str:
+        """Why the step just taken must be rolled back ("" when it may stay)."""
+        after = self.state_averager.main_parameters
+        if not all(bool(torch.isfinite(param).all()) for param in after):
+            return "non-finite parameters"
+        if self.opt_kind not in ("adam", "adamw"):
+            return ""
+        squares = sum(float((param.detach() - old).double().square().sum()) for param, old in zip(after, before))
+        count = sum(old.numel() for old in before)
+        rms = math.sqrt(squares / max(count, 1))
+        lr = max(float(group["lr"]) for group in self.opt.param_groups)
+        limit = self.robustness.max_step_lr_multiple * lr
+        return f"step RMS {rms:.3g} > {limit:.3g}" if rms > limit else ""
+
+    @property
+    def opt_kind(self) -> str:
+        """'adam', 'adamw' or 'sgd' (the torch optimizer this shard steps with)."""
+        if isinstance(self.opt, torch.optim.AdamW):
+            return "adamw"
+        return "adam" if isinstance(self.opt, torch.optim.Adam) else "sgd"
+
+    @torch.no_grad()
+    def _restore_parameters(self, saved: list[torch.Tensor]) -> None:
+        """Put ``saved`` back into the model's parameters and the offloaded optimizer's copies of them."""
+        offloaded = [param for group in self.opt.param_groups for param in group["params"]]
+        with self.state_averager.lock_averaged_tensors:
+            for main, copy, old in zip(self.state_averager.main_parameters, offloaded, saved):
+                main.copy_(old)
+                if copy is not main:
+                    copy.copy_(old)
 
     def _forget_spent_gradient_round(self) -> None:
         """Drop a pre-scheduled gradient round that can no longer be joined, so a fresh one is started.
@@ -93,8 +191,10 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
     ``private_key`` signs this peer's progress records in the DHT: the worker's identity key
     (``Identity.as_hivemind_key()``, the key its DHT was started with), so that the coordinator can tie the
     records to the worker's peer ID and cross-check its receipts. Every shard of one DHT must get the same key.
-    ``verbose`` makes hivemind log each averaging round at INFO (including failed rounds)."""
+    ``verbose`` makes hivemind log each averaging round at INFO (including failed rounds). Both averagers
+    reduce with ``spec.robustness``."""
     return ShardOptimizer(
+        robustness=spec.robustness,
         dht=dht,
         run_id=spec.shard_run_id(shard),
         params=params,
