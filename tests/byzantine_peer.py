@@ -11,7 +11,7 @@ import torch
 from worker.training import TrainingLimits, TrainingLoop
 
 ATTACKS = ("nan", "x1000", "sign_flip", "random")
-SIGN_FLIP_SCALE = 5.0  # -5 x the gradient: inside the reducers' norm bound (10x), so only the aggregator stops it
+SIGN_FLIP_SCALE = 8.0  # -8 x the gradient: inside the reducers' norm bound (10x), so only the aggregator stops it
 
 
 def corrupt_(grad: torch.Tensor, attack: str, generator: torch.Generator) -> None:
