@@ -85,6 +85,19 @@ class ShardOptimizer(hivemind.Optimizer):
             logger.debug("%s: replacing a spent pre-scheduled gradient round", self.run_id)
             self.scheduled_grads = None
 
+    max_epoch_lead: int = 2  # spec.robustness.max_epoch_lead; make_shard_optimizer may pass it in tracker_opts
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs):
+        """hivemind's tracker, believing only progress records signed by the peer they name, with finite numbers
+        and at most ``max_epoch_lead`` epochs beyond the median (swarm.progress_filter): an epoch liar moves
+        nobody's epoch and causes no state downloads."""
+        from swarm.progress_filter import TrustedProgressTracker
+
+        kwargs.setdefault("max_epoch_lead", self.max_epoch_lead)
+        return TrustedProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                                      client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True,
+                                      **kwargs)
+
 
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,
                          private_key: RSAPrivateKey, verbose: bool = True) -> ShardOptimizer:
