@@ -212,7 +212,7 @@ def gate_coordinator(tmp_path):
 
 def test_a_first_version_worse_than_the_base_model_is_refused(gate_coordinator):
     coordinator = gate_coordinator()  # default policy: never worse than the base
-    outcome = publish_tensors(coordinator, SPEC.name, lora_random(1, spec=SPEC), epoch=1)
+    outcome = publish_tensors(coordinator, SPEC.name, lora_random(2, scale=3.0, spec=SPEC), epoch=1)
     assert not outcome.published and "worse than the base model's" in outcome.message
     assert coordinator.storage.versions.get_version(SPEC.name) is None
     [rejected] = coordinator.storage.versions.rejected_snapshots(SPEC.name)
