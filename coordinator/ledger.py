@@ -48,7 +48,11 @@ class LedgerPolicy:
     # factors are generous: a receipt is disputed above 6x the peer's DHT figure and refused above 10x
     throughput_factor: float = 6.0  # cross-check: claimed throughput may exceed the DHT's figure by this factor
     reject_factor: float = 10.0  # on receipt: claimed samples may exceed the measured throughput by this factor
-    reference_receipts: int = 3  # prior receipts needed before their median throughput is the reference
+    reference_receipts: int = 3  # verified receipts a peer needs before its own median throughput is its reference
+    # a peer without that history is held to the run's median verified throughput, or to this ceiling when it is
+    # higher (a new fast worker is not refused for being faster than the run's median)
+    new_peer_samples_per_second: float = 200.0
+    max_rate_over_run: float = 10.0  # a peer's own reference is capped at this multiple of the run's reference
     epoch_slack: int = 1  # a receipt may claim this many epochs beyond the highest the swarm published
     evidence_window_s: float = 30.0  # DHT observations this close to the interval count as evidence of it
     recheck_for_s: float = 900.0  # unverified receipts are cross-checked again for this long
@@ -73,8 +77,11 @@ def _wall_seconds(receipt: ReceiptRecord | Receipt) -> float:
 
 
 def classify(receipt: ReceiptRecord, observations: Sequence[ObservationRecord],
-             policy: LedgerPolicy) -> tuple[str, str]:
-    """(status, reason) of a receipt given the DHT observations of its peer and shard around its interval."""
+             policy: LedgerPolicy, trusted_rate: float | None = None) -> tuple[str, str]:
+    """(status, reason) of a receipt given the DHT observations of its peer and shard around its interval.
+
+    The peer's own DHT records are its own word: they confirm the epochs it reached, but the throughput they
+    state counts only up to ``trusted_rate`` (see ``Ledger.trusted_rate``), so a key cannot vouch for itself."""
     if not observations:
         return "unverified", "no progress record of this peer on this shard in the DHT during the interval"
     epochs = [observation.epoch for observation in observations]
@@ -89,6 +96,8 @@ def classify(receipt: ReceiptRecord, observations: Sequence[ObservationRecord],
                                 f"{max(epochs)}, even after the interval")
         return "unverified", f"claims epoch {receipt.epoch}; the DHT shows epoch {max(epochs)} so far"
     observed_rate = max(observation.samples_per_second for observation in observations)
+    if trusted_rate is not None:
+        observed_rate = min(observed_rate, trusted_rate)
     claimed_rate = receipt.samples / _wall_seconds(receipt)
     if observed_rate > 0 and claimed_rate > observed_rate * policy.throughput_factor:
         return "disputed", (f"claims {claimed_rate:.1f} samples/s; the peer's DHT records show at most "
@@ -140,7 +149,8 @@ class Ledger:
             signature=base64.b64encode(signed.signature).decode(), status="unverified", status_reason="",
             checked_at=None,
         )
-        status, reason = classify(record, context.observations, self.policy)
+        status, reason = classify(record, context.observations, self.policy,
+                                  self.trusted_rate(receipt.run, receipt.shard, receipt.peer_id))
         try:
             stored, created = self.storage.ledger.add_receipt(
                 ReceiptRecord(**{**record.__dict__, "status": status, "status_reason": reason}))
@@ -189,9 +199,9 @@ class Ledger:
         rate = receipt.samples / wall
         if rate > policy.max_samples_per_second:
             raise ReceiptError(f"{rate:.0f} samples/s is beyond any worker (limit {policy.max_samples_per_second:.0f})")
-        reference = self._reference_rate(context)
-        allowed = (reference or 0.0) * policy.reject_factor * wall + 2 * spec.batch_size_per_step
-        if reference is not None and receipt.samples > allowed:
+        reference = self._reference_rate(receipt, context)
+        allowed = reference * policy.reject_factor * wall + 2 * spec.batch_size_per_step
+        if receipt.samples > allowed:
             raise ReceiptError(f"{receipt.samples} samples in {wall:.1f}s is far beyond the peer's measured "
                                f"throughput of {reference:.1f} samples/s")
         highest = self._highest_epoch(receipt, context.highest_epoch)
@@ -200,16 +210,30 @@ class Ledger:
                                f"published epoch {highest} at most)")
         return worker.worker_id
 
-    def _reference_rate(self, context: PeerContext) -> float | None:
-        """The peer's measured throughput on this shard: the DHT's figure around the interval if any, else the
-        median of its latest receipts."""
+    def _reference_rate(self, receipt: Receipt, context: PeerContext) -> float:
+        """The throughput a receipt is held to on arrival: the peer's DHT figure around the interval when there is
+        one, never above what the ledger trusts the peer with (``trusted_rate``)."""
+        trusted = self.trusted_rate(receipt.run, receipt.shard, receipt.peer_id)
         rates = [observation.samples_per_second for observation in context.observations
                  if observation.samples_per_second > 0]
-        if rates:
-            return max(rates)
-        if len(context.recent_rates) < self.policy.reference_receipts:
-            return None
-        return statistics.median(context.recent_rates)
+        return min(max(rates), trusted) if rates else trusted
+
+    def trusted_rate(self, run_name: str, shard: int, peer_id: str) -> float:
+        """Samples per second the ledger credits ``peer_id`` with on ``shard`` at most (before the factors).
+
+        Only verified receipts count as history. A peer with ``reference_receipts`` verified receipts is held to
+        its own median when that is higher than the run's reference, capped at ``max_rate_over_run`` times it; any
+        other peer (a new key) to the run's reference: the median over the other peers of their verified medians, or
+        ``new_peer_samples_per_second`` when that is higher or the run has none. A key's first receipts never
+        set its own reference."""
+        policy = self.policy
+        rates = self.storage.ledger.verified_rates(run_name, shard)
+        others = [statistics.median(values) for peer, values in rates.items() if peer != peer_id and values]
+        run_reference = max(statistics.median(others) if others else 0.0, policy.new_peer_samples_per_second)
+        own = rates.get(peer_id, ())
+        if len(own) >= policy.reference_receipts:
+            return min(max(statistics.median(own), run_reference), run_reference * policy.max_rate_over_run)
+        return run_reference
 
     def _highest_epoch(self, receipt: Receipt, highest: int | None) -> float:
         """The highest epoch the shard's swarm has published; infinite when the coordinator cannot tell (it sees
@@ -238,7 +262,8 @@ class Ledger:
         since = self.clock() - timedelta(seconds=self.policy.recheck_for_s)
         changed = 0
         for receipt in self.storage.ledger.list_receipts(run_name, status="unverified", received_since=since):
-            status, reason = classify(receipt, self._evidence(receipt), self.policy)
+            trusted = self.trusted_rate(run_name, receipt.shard, receipt.peer_id)
+            status, reason = classify(receipt, self._evidence(receipt), self.policy, trusted)
             if status != receipt.status:
                 self.storage.ledger.set_receipt_status(receipt.receipt_id, status, reason)
                 changed += 1

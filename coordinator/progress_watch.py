@@ -1,9 +1,12 @@
 """The coordinator's view of what the swarm itself reports: hivemind's per-peer progress records in the DHT.
 
 Every peer's ProgressTracker publishes, per shard, a signed record (epoch, samples accumulated, samples/s)
-under ``<shard run id>_progress``; the worker signs it with its identity key, so the record's owner key must
-derive to the peer ID inside it ("key bound"). The watcher reads these records periodically, stores them as
-observations, and has the ledger cross-check receipts against them.
+under ``<shard run id>_progress``; the worker signs it with its identity key. A record counts only for the peer
+whose key signed it (``read_shard_progress`` skips records naming someone else, and non-finite ones), only for
+the shard's authorized peers (registered live workers, ``coordinator.authorized``), and only while its epoch is
+within ``max_epoch_lead`` of the median epoch of the authorized peers' records. The watcher reads the records
+periodically, stores the ones that count as observations, and has the ledger cross-check receipts against them.
+A bad record is skipped and logged; it never fails a pass.
 
 Usage::
 
@@ -20,11 +23,13 @@ from typing import Callable
 import hivemind
 from hivemind.utils.crypto import RSAPrivateKey
 
+from coordinator.authorized import authorized_peers
 from coordinator.runtime import RunRuntime, RunRuntimes
-from coordinator.storage import Storage
+from coordinator.storage import Storage, StorageError
 from swarm.background import BackgroundLoop
 from swarm.dht import progress_validators, read_shard_progress
 from swarm.log import get_logger
+from swarm.progress_filter import WarnOnce, epoch_bound
 
 logger = get_logger(__name__)
 
@@ -36,6 +41,7 @@ class ProgressWatcher:
         self.private_key = private_key  # hivemind's signature validator needs one; the coordinator's identity key
         self.ledger_recheck = ledger_recheck
         self._validated: set[str] = set()
+        self._warn = WarnOnce()
         self._lock = threading.Lock()
         self._loop: BackgroundLoop | None = None
 
@@ -48,20 +54,34 @@ class ProgressWatcher:
             self._validated.add(shard_run_id)
 
     def poll_shard(self, run_name: str, shard: int) -> int:
-        """Read the shard's progress records now and store them; returns how many peers were seen."""
+        """Read the shard's progress records now and store those that count; returns how many were stored."""
         return self._poll(self.runs.get(run_name), shard)
 
     def _poll(self, runtime: RunRuntime, shard: int) -> int:
         run_name = runtime.name
         shard_run_id = runtime.spec.shard_run_id(shard)
         self._ensure_validators(shard_run_id)
-        records = read_shard_progress(self.dht, shard_run_id)
-        for record in records:
+        records = read_shard_progress(self.dht, shard_run_id)  # each attributed to its signer
+        authorized = authorized_peers(self.storage, run_name, shard)
+        counted = [record for record in records if record.peer_id in authorized]
+        bound = epoch_bound((record.progress.epoch for record in counted), runtime.spec.robustness.max_epoch_lead)
+        stored = 0
+        for record in counted:
             progress = record.progress
-            self.storage.ledger.record_observation(run_name, shard, record.peer_id, progress.epoch,
-                                            progress.samples_per_second, progress.samples_accumulated,
-                                            record.key_bound)
-        return len(records)
+            if bound is not None and progress.epoch > bound:
+                self._warn((run_name, record.peer_id, "epoch"), "run %s shard %d: not counting the progress of %s "
+                           "at epoch %d, beyond %d (the authorized peers' median epoch plus the lead)", run_name,
+                           shard, record.peer_id, progress.epoch, bound)
+                continue
+            try:
+                self.storage.ledger.record_observation(run_name, shard, record.peer_id, progress.epoch,
+                                                       progress.samples_per_second, progress.samples_accumulated,
+                                                       key_bound=True)
+                stored += 1
+            except (ValueError, StorageError) as exc:  # one bad record must not cost the others
+                self._warn((run_name, record.peer_id, "store"), "run %s shard %d: progress of %s not stored: %s",
+                           run_name, shard, record.peer_id, exc)
+        return stored
 
     def poll_all(self) -> None:
         for runtime in self.runs.available():

@@ -9,11 +9,16 @@ Usage::
     publisher = Publisher(storage, runs, store, dht, identity, PublishPolicy(max_eval_regression=0.05))
     outcome = publisher.publish("demo")          # PublishOutcome(published=True, version=VersionRecord(...))
 
-Before a version is stored, each shard's state is downloaded from several peers and compared (a peer that
-disagrees with the majority, sends non-finite values or wrong shapes is left out and logged), and the merged
-adapter must pass the quality gate (finite eval loss, not worse than the previous version by more than the
-policy's margin). Refused snapshots are recorded with the reason (``swarm status`` shows them). Each version is
-stored with a manifest signed by the coordinator's key.
+Before a version is stored, each shard's state is downloaded from the run's authorized peers (its live
+registered workers) and a strict majority of all authorized peers serving the shard must agree on it; a peer
+that disagrees, sends non-finite values or wrong shapes, claims an epoch beyond the median epoch of the
+authorized peers' signed progress records plus ``max_epoch_lead``, or streams more than the shard's state cap
+is left out and logged (``coordinator.snapshot_choice``). A version never records an epoch beyond that bound.
+The merged adapter must pass the quality gate: finite eval loss, not worse than the base model
+(``max_base_regression``) nor than the previous version by more than the policy's margin, and a parameter change
+from the previous version in line with the run's history (``coordinator.version_change``). Refused snapshots
+are recorded with the reason (``swarm status`` shows them). Each version is stored with a manifest signed by the
+coordinator's key, listing as contributors the peers with verified work since the previous version.
     publisher.start(poll_s=1.0)                  # background loop honouring each run's publish_interval_s
 """
 
@@ -24,51 +29,38 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import hivemind
-import torch
 
 from coordinator.adapter_store import AdapterStore, StoreError
+from coordinator.authorized import authorized_peers
+from coordinator.publish_policy import PublishPolicy
 from coordinator.retention import Retention
 from coordinator.runtime import RunRuntime, RunRuntimes
+from coordinator.snapshot_choice import (  # noqa: F401 (re-exported: the publisher's API)
+    NoMajority,
+    NothingToSnapshot,
+    ShardSnapshot,
+    SnapshotError,
+    StateChoice,
+    choose_agreeing_state,
+    fetch_shard_snapshot,
+    tensors_agree,
+)
 from coordinator.storage import Storage, VersionRecord
+from coordinator.version_change import ChangeHistory
 from swarm.background import BackgroundLoop
+from swarm.dht import progress_validators, read_shard_progress
 from swarm.evaluation import eval_loss
 from swarm.identity import Identity
 from swarm.log import get_logger
 from swarm.manifest import Manifest, SignedManifest, sign_manifest
-from swarm.state_download import DownloadedState, StateDownloadError, download_state, list_state_sharers
+from swarm.progress_filter import epoch_bound
+from swarm.state_download import default_state_cap
 
 logger = get_logger(__name__)
-
-
-class SnapshotError(RuntimeError):
-    """The swarm's state could not be turned into a valid adapter; nothing was published."""
-
-
-class NothingToSnapshot(SnapshotError):
-    """No snapshot was taken: no peer serves the state yet, or nothing changed since the last version."""
-
-
-@dataclass(frozen=True)
-class PublishPolicy:
-    """What the publisher trusts and what it publishes."""
-
-    compare_peers: int = 3  # download each shard's state from up to this many peers and compare them
-    # Two peers agree on a tensor when |a - b| <= rtol * max(|a|, |b|) + (atol + drift_steps * step_size) * sqrt(n)
-    # (L2 norms, n elements). Peers that averaged the same epochs hold the same values; after a failed round a
-    # peer drifts by about one optimizer step (~lr per element with Adam) per epoch it stepped alone, until the
-    # next state averaging repairs it. The drift allowance tolerates that; a poisoned or broken peer is far out.
-    agreement_rtol: float = 0.02
-    agreement_atol: float = 1e-5  # per element
-    drift_steps: float = 5.0  # unaveraged optimizer steps two honest peers may be apart
-    step_size: float = 0.0  # per-element size of one optimizer step: the publisher sets the run's lr
-    max_eval_regression: float = 0.05  # refuse a version whose eval loss is this fraction worse than the previous
-    keep_versions: int = 10  # retention: the newest K versions keep their files (releases and parents always)
-    attempts: int = 3  # downloads are retried when peers straddle an epoch boundary
-    retry_pause_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,121 +68,6 @@ class PublishOutcome:
     published: bool
     message: str
     version: VersionRecord | None = None
-
-
-@dataclass(frozen=True)
-class ShardSnapshot:
-    shard: int
-    epoch: int
-    peer_id: str  # the peer whose tensors are used
-    tensors: dict[str, torch.Tensor]
-    agreeing_peers: tuple[str, ...] = ()  # peers whose state matched (the used one included)
-    excluded: tuple[tuple[str, str], ...] = ()  # (peer, why) for peers whose state was not used
-
-
-def tensors_agree(first: list[torch.Tensor], second: list[torch.Tensor], policy: PublishPolicy) -> bool:
-    """Every tensor within the policy's tolerance of its counterpart."""
-    per_element = policy.agreement_atol + policy.drift_steps * policy.step_size
-    for a, b in zip(first, second):
-        scale = max(a.norm().item(), b.norm().item())
-        if (a - b).norm().item() > policy.agreement_rtol * scale + per_element * math.sqrt(a.numel()):
-            return False
-    return True
-
-
-def _problem_with(state: DownloadedState, shapes: list[tuple[int, ...]]) -> str | None:
-    if len(state.parameters) != len(shapes):
-        return f"sent {len(state.parameters)} tensors, the run's shard has {len(shapes)}"
-    for index, (tensor, shape) in enumerate(zip(state.parameters, shapes)):
-        if tuple(tensor.shape) != tuple(shape):
-            return f"tensor {index} has shape {tuple(tensor.shape)}, the run's spec gives {tuple(shape)}"
-        if not torch.isfinite(tensor).all():
-            return f"tensor {index} holds non-finite values"
-    return None
-
-
-@dataclass(frozen=True)
-class StateChoice:
-    chosen: list[DownloadedState]  # agreeing states, the most trained peer first
-    excluded: list[tuple[str, str]]  # (peer, why) for every other peer
-    valid: int  # how many states were well-formed and finite
-
-    @property
-    def cross_checked(self) -> bool:
-        return len(self.chosen) >= 2
-
-
-def choose_agreeing_state(states: list[DownloadedState], shapes: list[tuple[int, ...]],
-                          policy: PublishPolicy) -> StateChoice:
-    """The peers whose states to trust, and every other peer with the reason it was left out.
-
-    Invalid states (wrong count or shapes, non-finite values) are left out first. Then, at the highest epoch
-    where at least two peers serve a state, the largest group of mutually agreeing peers wins if it is a strict
-    majority of that epoch's peers; the rest are excluded as disagreeing. With no majority, nothing can be
-    trusted (SnapshotError). Only when no epoch has two valid peers is a single peer's state used.
-    """
-    excluded, valid = [], []
-    for state in states:
-        problem = _problem_with(state, shapes)
-        if problem:
-            excluded.append((state.peer_id, problem))
-        else:
-            valid.append(state)
-    if not valid:
-        raise SnapshotError("no peer served a usable state: " + "; ".join(f"{p}: {why}" for p, why in excluded))
-    by_epoch: dict[int, list[DownloadedState]] = {}
-    for state in valid:
-        by_epoch.setdefault(state.epoch, []).append(state)
-    for epoch in sorted(by_epoch, reverse=True):
-        group = by_epoch[epoch]
-        if len(group) < 2:
-            continue
-        clusters = [[other for other in group if tensors_agree(one.parameters, other.parameters, policy)]
-                    for one in group]
-        best = max(clusters, key=len)  # ties: the first, i.e. the most trained peer by sharing priority
-        if 2 * len(best) <= len(group):
-            raise SnapshotError(f"the {len(group)} peers at epoch {epoch} disagree and no majority agrees "
-                                f"({', '.join(state.peer_id for state in group)})")
-        chosen = {state.peer_id for state in best}
-        excluded += [(state.peer_id, f"its state disagrees with the majority of {len(group)} peers at epoch {epoch}")
-                     for state in group if state.peer_id not in chosen]
-        excluded += [(state.peer_id, f"at epoch {state.epoch}, behind the compared epoch {epoch}")
-                     for state in valid if state.epoch != epoch]
-        return StateChoice(best, excluded, len(valid))
-    newest = max(valid, key=lambda state: state.epoch)
-    behind = [(state.peer_id, f"at epoch {state.epoch}, behind {newest.epoch}") for state in valid if state is not newest]
-    return StateChoice([newest], excluded + behind, len(valid))
-
-
-def fetch_shard_snapshot(dht: hivemind.DHT, shard_run_id: str, shard: int, names: list[str],
-                         shapes: list[tuple[int, ...]], timeout: float, policy: PublishPolicy) -> ShardSnapshot:
-    """Download one shard's averaged LoRA tensors from up to ``policy.compare_peers`` peers and keep the state
-    they agree on (see ``choose_agreeing_state``); peers left out are logged."""
-    for attempt in range(policy.attempts):
-        sharers = list_state_sharers(dht, shard_run_id)
-        if not sharers:
-            raise NothingToSnapshot(f"no peer serves the state of shard {shard} ({shard_run_id}) yet")
-        states: list[DownloadedState] = []
-        errors: list[str] = []
-        for peer_id in sharers:
-            if len(states) >= policy.compare_peers:
-                break
-            try:
-                states.append(download_state(dht, shard_run_id, peer_id, num_parameters=len(names), timeout=timeout))
-            except StateDownloadError as exc:
-                errors.append(str(exc))
-        if not states:
-            raise SnapshotError(f"no peer of shard {shard} sent its state: " + "; ".join(errors))
-        choice = choose_agreeing_state(states, shapes, policy)
-        if not choice.cross_checked and choice.valid > 1 and attempt + 1 < policy.attempts:
-            time.sleep(policy.retry_pause_s)  # valid peers straddle an epoch boundary: compare them again shortly
-            continue
-        for peer_id, why in choice.excluded:
-            logger.warning("shard %d: not using the state of peer %s: %s", shard, peer_id, why)
-        used = choice.chosen[0]
-        return ShardSnapshot(shard, used.epoch, used.peer_id, dict(zip(names, used.parameters)),
-                             tuple(state.peer_id for state in choice.chosen), tuple(choice.excluded))
-    raise AssertionError("unreachable")
 
 
 class Publisher:
@@ -205,6 +82,8 @@ class Publisher:
         self._lock = threading.Lock()  # one publish at a time: version numbers stay dense
         self._last_attempt: dict[str, float] = {}
         self._base_eval: dict[str, float] = {}
+        self._changes = ChangeHistory()
+        self._validated: set[str] = set()
         self._loop: BackgroundLoop | None = None
 
     def base_eval_loss(self, runtime: RunRuntime) -> float:
@@ -235,13 +114,46 @@ class Publisher:
         """Every shard's cross-checked state; NothingToSnapshot when no shard moved since the last version."""
         spec = runtime.spec
         policy = replace(self.policy, step_size=spec.lr)
-        snapshots = [fetch_shard_snapshot(self.dht, spec.shard_run_id(shard), shard, runtime.shard_names[shard],
-                                          runtime.shard_shapes[shard], self.download_timeout, policy)
-                     for shard in range(spec.shards)]
+        snapshots, bounds = [], []
+        for shard in range(spec.shards):
+            authorized = authorized_peers(self.storage, spec.name, shard, policy.authorized_window_s)
+            bound = self.epoch_bound(runtime, shard, authorized)
+            shapes = runtime.shard_shapes[shard]
+            cap = default_state_cap(sum(4 * math.prod(shape) for shape in shapes), spec.robustness.max_state_bytes)
+            snapshots.append(fetch_shard_snapshot(self.dht, spec.shard_run_id(shard), shard, runtime.shard_names[shard],
+                                                  shapes, self.download_timeout, policy, authorized=authorized,
+                                                  max_epoch=bound, max_bytes=cap))
+            bounds.append(bound)
         previous = self.storage.versions.get_version(spec.name)
-        if previous is not None and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
+        # a version recorded with an epoch beyond what honest peers are at now (stored before epochs were bounded)
+        # is not compared with: one liar must not stop publishing
+        if previous is not None and previous.epoch <= min(bounds) and all(snapshot.epoch <= previous.epoch for snapshot in snapshots):
             raise NothingToSnapshot(f"no new epoch since version {previous.version} (epoch {previous.epoch})")
         return snapshots
+
+    def epoch_bound(self, runtime: RunRuntime, shard: int, authorized: set[str]) -> int:
+        """The highest epoch a snapshot of the shard may have: the (lower) median epoch of the authorized peers'
+        signed progress records in the DHT (else of the watcher's recent observations of them) plus
+        ``max_epoch_lead``. NothingToSnapshot when no authorized peer's progress is known."""
+        spec = runtime.spec
+        shard_run_id = spec.shard_run_id(shard)
+        if shard_run_id not in self._validated:
+            self.dht.add_validators(progress_validators(shard_run_id, self.identity.as_hivemind_key()))
+            self._validated.add(shard_run_id)
+        epochs = [record.progress.epoch for record in read_shard_progress(self.dht, shard_run_id)
+                  if record.peer_id in authorized]
+        if not epochs:
+            since = datetime.now(timezone.utc) - timedelta(seconds=self.policy.authorized_window_s)
+            latest: dict[str, int] = {}
+            for observation in self.storage.ledger.observations(spec.name, shard, start=since):
+                if observation.peer_id in authorized and observation.key_bound:
+                    latest[observation.peer_id] = max(latest.get(observation.peer_id, 0), observation.epoch)
+            epochs = list(latest.values())
+        bound = epoch_bound(epochs, spec.robustness.max_epoch_lead)
+        if bound is None:
+            raise NothingToSnapshot(f"no authorized peer of shard {shard} has published its progress: the "
+                                    f"snapshot's epoch cannot be checked")
+        return bound
 
     def publish_snapshots(self, runtime: RunRuntime, snapshots: list[ShardSnapshot]) -> PublishOutcome:
         """Merge the shards, evaluate, apply the quality gate, and store and sign version N (caller holds no
@@ -264,15 +176,20 @@ class Publisher:
         """Gate the evaluated adapter in ``adapter_dir``; store, sign and record it as the next version."""
         run_name = runtime.name
         previous = self.storage.versions.get_version(run_name)
-        refusal = self.quality_gate(loss, previous)
+        refusal = self.quality_gate(loss, previous, base_loss)
+        if refusal is None:
+            refusal = self._changes.check(runtime, self.storage.versions.list_versions(run_name), adapter_dir, epoch,
+                                          runtime.spec.robustness.max_version_change_ratio)
         if refusal:
             logger.warning("run %s: snapshot at epoch %d refused: %s", run_name, epoch, refusal)
             self.storage.versions.add_rejected_snapshot(run_name, refusal, epoch=epoch, eval_loss=loss)
             return PublishOutcome(False, refusal, previous)
         version = self.storage.versions.next_version_number(run_name)
         now = datetime.now(timezone.utc)
-        contributors = self.storage.ledger.contributors_between(run_name, previous.created_at if previous else None, now)
-        samples = sum(self.storage.ledger.samples_by_shard(run_name).values())
+        # only work the swarm's signed records confirmed: unverified receipts may be a stranger's invention
+        contributors = self.storage.ledger.contributors_between(run_name, previous.created_at if previous else None,
+                                                                now, verified_only=True)
+        samples = sum(self.storage.ledger.samples_by_shard(run_name, verified_only=True).values())
         peers_compared = min(len(s.agreeing_peers) for s in snapshots)
         signed: SignedManifest | None = None
 
@@ -296,6 +213,7 @@ class Publisher:
             run_name, version, stored.sha256, str(stored.path), epoch, samples, loss, base_loss, contributors,
             manifest=signed.payload.decode(), manifest_signature=signed.signature_json(),
         )
+        self._changes.record(run_name, version, epoch, Path(stored.path))
         logger.info("run %s: published version %d (epoch %d, eval loss %.4f, base %.4f, %d contributors, "
                     "%d peer(s) agreed)", run_name, version, epoch, loss, base_loss, len(contributors),
                     peers_compared)
@@ -306,10 +224,15 @@ class Publisher:
                 logger.exception("run %s: retention failed", run_name)
         return PublishOutcome(True, f"published version {version}", record)
 
-    def quality_gate(self, loss: float, previous: VersionRecord | None) -> str | None:
-        """Why a snapshot with this eval loss must not be published, or None."""
+    def quality_gate(self, loss: float, previous: VersionRecord | None, base_loss: float | None = None) -> str | None:
+        """Why a snapshot with this eval loss must not be published, or None: a non-finite loss, a loss worse
+        than the base model's (``max_base_regression``), or worse than the previous version's beyond the
+        margin."""
         if not math.isfinite(loss):
             return f"eval loss of the merged adapter is {loss}"
+        if base_loss is not None and loss > base_loss * (1.0 + self.policy.max_base_regression):
+            return (f"eval loss {loss:.4f} is worse than the base model's {base_loss:.4f} (allowed: "
+                    f"{self.policy.max_base_regression:.0%})")
         if previous is not None:
             limit = previous.eval_loss * (1.0 + self.policy.max_eval_regression)
             if loss > limit:

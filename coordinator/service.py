@@ -250,8 +250,9 @@ class CoordinatorService:
             except SpecError:
                 spec = None
         live = self.storage.runs.live_workers(record.name, LIVE_WINDOW_S)
-        samples = self.storage.ledger.samples_by_shard(record.name)
-        epochs = self.storage.ledger.latest_epoch_by_shard(record.name)
+        # only work the swarm's signed records confirmed is shown as trained (unverified receipts may be forged)
+        samples = self.storage.ledger.samples_by_shard(record.name, verified_only=True)
+        epochs = self.storage.ledger.latest_epoch_by_shard(record.name, verified_only=True)
         shards = [
             ShardState(shard, sum(shard in worker.shards for worker in live), epochs.get(shard, 0),
                        samples.get(shard, 0))

@@ -8,7 +8,7 @@ Usage::
 
     dht = start_dht(initial_peers=[], host="127.0.0.1")
     dht.add_validators(progress_validators("demo/shard0", identity.as_hivemind_key()))
-    for record in read_shard_progress(dht, "demo/shard0"):   # ProgressRecord(peer_id, progress, key_bound)
+    for record in read_shard_progress(dht, "demo/shard0"):   # ProgressRecord(peer_id, progress): signed by peer_id
         ...
 """
 
@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Sequence
 
 import hivemind
-from cryptography.hazmat.primitives import serialization
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.schema import SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
-from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.identity import peer_id_of_public_key
 from swarm.process_lock import ProcessLock, identity_lock
+from swarm.progress_filter import WarnOnce, implausible, parse_signed_progress
+
+_warn_once = WarnOnce()
 
 
 def shard_progress_key(shard_run_id: str) -> str:
@@ -38,11 +38,11 @@ def shard_progress_key(shard_run_id: str) -> str:
 
 @dataclass(frozen=True)
 class ProgressRecord:
-    """One peer's training progress for a shard, as its hivemind ProgressTracker published it."""
+    """One peer's training progress for a shard, as its hivemind ProgressTracker published it, signed by the key
+    its ``peer_id`` derives from (records that are not are never returned)."""
 
-    peer_id: str  # base58, as the record states it
+    peer_id: str  # base58: the signer, which is also the peer the record names
     progress: LocalTrainingProgress
-    key_bound: bool  # signed by the key ``peer_id`` derives from: the record is that peer's own
 
 
 def progress_validators(shard_run_id: str, private_key: RSAPrivateKey) -> list[RecordValidatorBase]:
@@ -52,36 +52,26 @@ def progress_validators(shard_run_id: str, private_key: RSAPrivateKey) -> list[R
     return [SchemaValidator(TrainingProgressSchema, prefix=shard_run_id), RSASignatureValidator(private_key)]
 
 
-def _owner_peer_id(subkey: object) -> str | None:
-    """The peer ID of the RSA key that owns (signed) a DHT record, from its ``[owner:ssh-rsa ...]`` subkey."""
-    if not isinstance(subkey, bytes):
-        return None
-    found = RSASignatureValidator._PUBLIC_KEY_RE.findall(subkey)
-    if len(found) != 1:
-        return None
-    try:
-        key = serialization.load_ssh_public_key(found[0])
-        der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, TypeError):
-        return None
-    return peer_id_of_public_key(der)
-
-
 def read_shard_progress(dht: hivemind.DHT, shard_run_id: str) -> list[ProgressRecord]:
-    """Every peer's current progress record for the shard; expired and malformed records are skipped.
+    """Every peer's current progress record for the shard, each attributed to the key that signed it.
 
-    Only ``key_bound`` records are the named peer's own word: an unbound one may name any peer ID."""
+    Skipped (and logged): expired and malformed records, records that name another peer than their signer
+    (nobody may speak for a victim), and records with non-finite or out-of-range numbers
+    (``swarm.progress_filter.implausible``). Whether an epoch is believable given the other peers' is for the
+    caller to judge (``swarm.progress_filter.filter_progress``): it knows which peers are authorized."""
     found = dht.get(shard_progress_key(shard_run_id), latest=True)
     if found is None or not isinstance(found.value, dict):
         return []
     records = []
-    for subkey, entry in found.value.items():
-        try:
-            progress = LocalTrainingProgress.parse_obj(getattr(entry, "value", None))
-            peer_id = PeerID(progress.peer_id).to_base58()
-        except Exception:
+    for record, _subkey in parse_signed_progress(found.value):
+        if record is None:
             continue  # an expired (None) or malformed record
-        records.append(ProgressRecord(peer_id, progress, _owner_peer_id(subkey) == peer_id))
+        why = implausible(record)
+        if why:
+            _warn_once((shard_run_id, record.peer_id, why), "%s: skipping a progress record naming %s: %s",
+                       shard_run_id, record.peer_id, why)
+            continue
+        records.append(ProgressRecord(record.peer_id, record.progress))
     return records
 
 

@@ -33,7 +33,7 @@ def served(tmp_path_factory):
     """A coordinator process serving versions 1..3 of SPEC (published in-process on the same data dir first)."""
     data_dir = tmp_path_factory.mktemp("attacked") / "coordinator"
     config = CoordinatorConfig(data_dir=data_dir, port=0, publish=False,
-                               publish_policy=PublishPolicy(max_eval_regression=1e9))
+                               publish_policy=PublishPolicy(max_eval_regression=1e9, max_base_regression=1e9))
     with Coordinator(config) as setup:
         setup.runs.launch(SPEC)
         for version in range(1, VERSIONS + 1):

@@ -1,6 +1,7 @@
 """DHT progress records on real loopback peers: a worker's hivemind.Optimizer signs them with the worker's
 identity key, passed explicitly (hivemind's process-wide key is left alone), so the coordinator's parser sees
-them as the worker's own; a record signed by another key is read but not bound to the peer ID it names."""
+them as the worker's own; a record signed by another key than the one its peer ID derives from is skipped (it
+used to be read as an "unbound" record: anyone could then speak for a victim)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def test_progress_records_are_signed_by_the_worker_identity_key(tmp_path):
     coordinator.add_validators(progress_validators(shard_run_id, coordinator_identity.as_hivemind_key()))
     worker = start_dht(visible_addresses(coordinator), identity_path=str(worker_identity.path))
     mallory = start_dht(visible_addresses(coordinator), identity_path=str(mallory_identity.path))
-    optimizer = tracker = None
+    eve_identity = load_or_create_identity(tmp_path / "eve.key")
+    eve = start_dht(visible_addresses(coordinator), identity_path=str(eve_identity.path))
+    optimizer = tracker = own_tracker = None
     try:
         param = torch.nn.Parameter(torch.zeros(8))
         optimizer = make_shard_optimizer(spec, 0, [param], worker, worker_identity.as_hivemind_key(), verbose=False)
@@ -48,21 +51,25 @@ def test_progress_records_are_signed_by_the_worker_identity_key(tmp_path):
         tracker = ProgressTracker(mallory, shard_run_id, spec.target_batch_size, private_key=RSAPrivateKey(),
                                   start=True)
         tracker.report_local_progress(local_epoch=0, samples_accumulated=3)
+        # a peer signing its records with its own identity key
+        own_tracker = ProgressTracker(eve, shard_run_id, spec.target_batch_size, start=True,
+                                      private_key=eve_identity.as_hivemind_key())
+        own_tracker.report_local_progress(local_epoch=0, samples_accumulated=2)
 
         records = _records_of(coordinator, shard_run_id, peers=2)
-        assert set(records) == {worker_identity.peer_id, mallory_identity.peer_id}
+        assert set(records) == {worker_identity.peer_id, eve_identity.peer_id}  # mallory's is skipped
+        assert records[eve_identity.peer_id].progress.samples_accumulated == 2
         own = records[worker_identity.peer_id]
-        assert own.key_bound and own.progress.samples_accumulated == 4 and own.progress.epoch == 0
-        foreign = records[mallory_identity.peer_id]
-        assert not foreign.key_bound and foreign.progress.samples_accumulated == 3
+        assert own.progress.samples_accumulated == 4 and own.progress.epoch == 0
 
         assert wait_for_peers(worker, spec, [0], peers=2, timeout=30)  # the worker reads the same records
         process_wide = RSAPrivateKey._process_wide_key  # never set to the identity key (no global patching)
         assert process_wide is None or _public(process_wide) != _public(worker_identity.as_hivemind_key())
     finally:
-        if tracker is not None:
-            tracker.shutdown()
+        for one in (tracker, own_tracker):
+            if one is not None:
+                one.shutdown()
         if optimizer is not None:
             optimizer.shutdown()
-        for dht in (mallory, worker, coordinator):
+        for dht in (eve, mallory, worker, coordinator):
             dht.shutdown()

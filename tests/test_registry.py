@@ -53,6 +53,7 @@ def make_coordinator(tmp_path):
     running = []
 
     def start(**policy) -> Coordinator:
+        policy.setdefault("max_base_regression", 1.0)  # these tests publish random adapters, worse than the base
         config = CoordinatorConfig(data_dir=tmp_path / f"coord{len(running)}", port=0, publish=False,
                                    publish_policy=PublishPolicy(**policy))
         running.append(Coordinator(config).start())
@@ -66,7 +67,8 @@ def make_coordinator(tmp_path):
 @pytest.fixture(scope="module")
 def shared_coordinator(tmp_path_factory):
     """One coordinator (default policy) for the tests that each need a run with one published version."""
-    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("shared"), port=0, publish=False)
+    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("shared"), port=0, publish=False,
+                               publish_policy=PublishPolicy(max_base_regression=1.0))  # random adapters
     coordinator = Coordinator(config).start()
     yield coordinator
     coordinator.stop()
@@ -122,7 +124,7 @@ def test_a_diverging_and_a_nan_peer_are_left_out_of_the_snapshot(state_swarm):
     names = [f"t{i}" for i in range(3)]
     # a run with lr 0.01: honest peers may drift 5 steps (0.05 per element) apart; the diverged one is 0.5 off
     snapshot = fetch_shard_snapshot(dht, run_id, 0, names, [tuple(t.shape) for t in honest], timeout=30,
-                                    policy=PublishPolicy(compare_peers=4, step_size=0.01))
+                                    policy=PublishPolicy(compare_peers=4, step_size=0.01), authorized=state_swarm[3])
     assert set(snapshot.agreeing_peers) == {good1, good2}
     reasons = dict(snapshot.excluded)
     assert "disagrees with the majority" in reasons[diverged]
@@ -134,7 +136,8 @@ def test_a_spec_mismatch_aborts_the_snapshot(state_swarm):
     dht, run_id, honest, _ = state_swarm
     names = [f"t{i}" for i in range(3)]
     with pytest.raises(SnapshotError, match="shape"):
-        fetch_shard_snapshot(dht, run_id, 0, names, [(8, 15)] * 3, timeout=30, policy=PublishPolicy(compare_peers=4))
+        fetch_shard_snapshot(dht, run_id, 0, names, [(8, 15)] * 3, timeout=30, policy=PublishPolicy(compare_peers=4),
+                             authorized=state_swarm[3])
 
 
 def test_peers_that_split_evenly_give_no_snapshot_and_stale_peers_are_not_compared():
@@ -148,14 +151,18 @@ def test_peers_that_split_evenly_give_no_snapshot_and_stale_peers_are_not_compar
     close = choose_agreeing_state([state("a", 3, honest), state("b", 3, drifted)], [(4, 4)],
                                   PublishPolicy(step_size=0.01))
     assert close.cross_checked
-    # the newest epoch served by two peers is the one compared; an older peer is left out, not outvoted
-    choice = choose_agreeing_state([state("a", 4, honest), state("b", 4, honest), state("c", 3, other)],
-                                   [(4, 4)], PublishPolicy())
-    assert [s.peer_id for s in choice.chosen] == ["a", "b"] and "behind the compared epoch 4" in dict(
-        choice.excluded)["c"]
-    # one peer alone (nobody to compare with) is used, and says so
+    # every serving peer votes, whatever its epoch: the majority agreeing at epoch 4 wins over an older peer, which
+    # is outvoted; one far behind is left out as behind
+    choice = choose_agreeing_state([state("a", 4, honest), state("b", 4, honest), state("e", 4, honest),
+                                    state("c", 3, other), state("d", 1, honest)], [(4, 4)], PublishPolicy())
+    assert [s.peer_id for s in choice.chosen] == ["a", "b", "e"]
+    assert "disagrees with the majority" in dict(choice.excluded)["c"]
+    assert "behind the compared epoch 4" in dict(choice.excluded)["d"]
+    # one peer alone is used only when it is the only authorized peer serving, and says so
     alone = choose_agreeing_state([state("a", 4, honest)], [(4, 4)], PublishPolicy())
     assert not alone.cross_checked and alone.chosen[0].peer_id == "a"
+    with pytest.raises(SnapshotError, match="no majority"):
+        choose_agreeing_state([state("a", 4, honest)], [(4, 4)], PublishPolicy(), serving=3)
 
 
 # The quality gate

@@ -56,7 +56,7 @@ def count_base_loads(monkeypatch):
 def test_the_publisher_loads_the_base_model_once_per_run_across_publishes(tmp_path, count_base_loads):
     spec = RunSpec(name="once", data_slices=2, shards=2)
     config = CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False,
-                               publish_policy=PublishPolicy(max_eval_regression=1e9))
+                               publish_policy=PublishPolicy(max_eval_regression=1e9, max_base_regression=1e9))
     with Coordinator(config) as coordinator:
         runtime = coordinator.runs.launch(spec)
         base_loss = coordinator.publisher.base_eval_loss(runtime)

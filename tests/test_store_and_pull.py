@@ -37,7 +37,7 @@ def make_adapter_dir(path: Path, fill: float) -> Path:
 @pytest.fixture()
 def coordinator(tmp_path):
     # no quality gate here: these tests publish arbitrary adapters
-    policy = PublishPolicy(max_eval_regression=1e9)
+    policy = PublishPolicy(max_eval_regression=1e9, max_base_regression=1e9)
     with Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", port=0, publish=False,
                                        publish_policy=policy)) as running:
         running.runs.launch(SPEC)

@@ -26,6 +26,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.dht import read_shard_progress
 from swarm.log import get_logger
+from swarm.progress_filter import TrustedProgressTracker
 from swarm.robust_allreduce import RobustGradientAverager, RobustTrainingStateAverager
 from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
@@ -182,6 +183,15 @@ class ShardOptimizer(hivemind.Optimizer):
         if spent is not None and (spent.triggered or spent.done()):
             logger.debug("%s: replacing a spent pre-scheduled gradient round", self.run_id)
             self.scheduled_grads = None
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs: Any) -> TrustedProgressTracker:
+        """hivemind's tracker, believing only progress records signed by the peer they name, with finite numbers
+        and at most ``robustness.max_epoch_lead`` epochs beyond the median (swarm.progress_filter): an epoch liar
+        moves nobody's epoch and causes no state downloads."""
+        kwargs.setdefault("max_epoch_lead", self.robustness.max_epoch_lead)
+        return TrustedProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                                      client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True,
+                                      **kwargs)
 
 
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,

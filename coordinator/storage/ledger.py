@@ -244,38 +244,55 @@ class LedgerStore:
 
     # What is counted
 
-    def _per_shard(self, run_name: str, aggregate) -> dict[int, int]:
-        """``aggregate`` (a SQL aggregate over receipts that are not disputed) per shard; shards without
-        receipts are absent."""
+    def _per_shard(self, run_name: str, aggregate, verified_only: bool = False) -> dict[int, int]:
+        """``aggregate`` (a SQL aggregate over counted receipts: not disputed, or verified only) per shard;
+        shards without receipts are absent."""
+        counted = Receipt.status == "verified" if verified_only else Receipt.status != "disputed"
         with self._db.transaction() as session:
             require_run(session, run_name)
             rows = session.execute(
                 select(Receipt.shard, aggregate)
-                .where(Receipt.run_name == run_name, Receipt.status != "disputed")
+                .where(Receipt.run_name == run_name, counted)
                 .group_by(Receipt.shard)
                 .order_by(Receipt.shard)
             )
             return {int(shard): int(value) for shard, value in rows}
 
-    def samples_by_shard(self, run_name: str) -> dict[int, int]:
-        """Samples of the receipts that are not disputed, per shard."""
-        return self._per_shard(run_name, func.sum(Receipt.samples))
+    def samples_by_shard(self, run_name: str, verified_only: bool = False) -> dict[int, int]:
+        """Samples of the receipts that are not disputed (only the verified ones if asked), per shard."""
+        return self._per_shard(run_name, func.sum(Receipt.samples), verified_only)
 
-    def latest_epoch_by_shard(self, run_name: str) -> dict[int, int]:
-        """The highest hivemind epoch a receipt (not disputed) reported, per shard."""
-        return self._per_shard(run_name, func.max(Receipt.epoch))
+    def latest_epoch_by_shard(self, run_name: str, verified_only: bool = False) -> dict[int, int]:
+        """The highest hivemind epoch a receipt (not disputed; verified if asked) reported, per shard."""
+        return self._per_shard(run_name, func.max(Receipt.epoch), verified_only)
 
-    def contributors_between(self, run_name: str, start: datetime | None, end: datetime) -> list[str]:
-        """Sorted distinct peer ids with receipts (not disputed) received in ``(start, end]``; ``start=None``
-        means from the beginning."""
+    def contributors_between(self, run_name: str, start: datetime | None, end: datetime,
+                             verified_only: bool = False) -> list[str]:
+        """Sorted distinct peer ids with receipts (not disputed; verified if asked) received in ``(start, end]``;
+        ``start=None`` means from the beginning."""
         conditions = [Receipt.run_name == run_name, Receipt.received_at <= require_utc(end, "end"),
-                      Receipt.status != "disputed"]
+                      Receipt.status == "verified" if verified_only else Receipt.status != "disputed"]
         if start is not None:
             conditions.append(Receipt.received_at > require_utc(start, "start"))
         with self._db.transaction() as session:
             require_run(session, run_name)
             peers = session.scalars(select(Receipt.peer_id).where(*conditions).distinct().order_by(Receipt.peer_id))
             return list(peers)
+
+    def verified_rates(self, run_name: str, shard: int, per_peer: int = 50) -> dict[str, tuple[float, ...]]:
+        """Samples per wall second of each peer's latest (at most ``per_peer``) verified receipts on the shard:
+        the throughput the swarm's own records confirmed, which the ledger holds new claims to."""
+        with self._db.transaction() as session:
+            rows = session.execute(
+                select(Receipt.peer_id, Receipt.samples, Receipt.started_at, Receipt.ended_at)
+                .where(Receipt.run_name == run_name, Receipt.shard == shard, Receipt.status == "verified",
+                       Receipt.samples > 0)
+                .order_by(Receipt.ended_at.desc()).limit(per_peer * 100)).all()
+        rates: dict[str, list[float]] = {}
+        for peer, samples, started, ended in rows:
+            if len(rates.setdefault(peer, [])) < per_peer:
+                rates[peer].append(samples / max((ended - started).total_seconds(), 1e-3))
+        return {peer: tuple(values) for peer, values in rates.items()}
 
     def leaderboard(self, run_name: str, include_unverified: bool = False) -> list[LeaderboardRow]:
         """Per contributor: counted samples (verified, plus unverified if asked), compute, receipts, last seen;
