@@ -2,7 +2,8 @@
 
 All key names live here. hivemind.Optimizer's own keys derive from the shard run id
 (``RunSpec.shard_run_id``): ``<run>/shard<k>_progress`` (training progress) and
-``<run>/shard<k>_state_averager.all_averagers`` (peers that serve their averaged state).
+``<run>/shard<k>_state_averager.all_averagers`` (peers that serve their averaged state). ``<run>/peer_access``
+holds the access tokens of the run's workers (``run_access_key``; read by ``swarm.peer_gate``).
 
 Usage::
 
@@ -24,6 +25,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
 from hivemind.p2p import PeerID
+from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.identity import peer_id_of_public_key
@@ -50,7 +52,7 @@ def progress_validators(shard_run_id: str, private_key: RSAPrivateKey) -> list[R
     return [SchemaValidator(TrainingProgressSchema, prefix=shard_run_id), RSASignatureValidator(private_key)]
 
 
-def _owner_peer_id(subkey: object) -> str | None:
+def owner_peer_id(subkey: object) -> str | None:
     """The peer ID of the RSA key that owns (signed) a DHT record, from its ``[owner:ssh-rsa ...]`` subkey."""
     if not isinstance(subkey, bytes):
         return None
@@ -79,7 +81,7 @@ def read_shard_progress(dht: hivemind.DHT, shard_run_id: str) -> list[ProgressRe
             peer_id = PeerID(progress.peer_id).to_base58()
         except Exception:
             continue  # an expired (None) or malformed record
-        records.append(ProgressRecord(peer_id, progress, _owner_peer_id(subkey) == peer_id))
+        records.append(ProgressRecord(peer_id, progress, owner_peer_id(subkey) == peer_id))
     return records
 
 
@@ -93,6 +95,18 @@ def shard_state_sharers_key(shard_run_id: str) -> str:
     return f"{shard_state_prefix(shard_run_id)}.all_averagers"
 
 
+def run_access_key(run: str) -> str:
+    """Where a run's workers publish their access tokens (``swarm.peer_access``): one subkey per worker, owned
+    (signed) by its identity key, value the serialized token. ``swarm.peer_gate.PeerGate`` reads them."""
+    return f"{run}/peer_access"
+
+
+def owner_subkey(name: str, private_key: RSAPrivateKey) -> bytes:
+    """A subkey that only the holder of ``private_key`` may write where peers run an RSASignatureValidator (the
+    record is signed and the subkey carries hivemind's ``[owner:...]`` marker of the key)."""
+    return name.encode() + RSASignatureValidator(private_key).local_public_key
+
+
 def start_dht(
     initial_peers: Sequence[str] = (),
     host: str = "127.0.0.1",
@@ -100,13 +114,18 @@ def start_dht(
     client_mode: bool = False,
     announce_host: str | None = None,
     identity_path: str | None = None,
+    authorizer: TokenAuthorizerBase | None = None,
 ) -> hivemind.DHT:
     """Start a hivemind DHT peer listening on ``host:port`` (0: any free port).
 
     ``client_mode`` peers only dial out (volunteers behind NAT); ``announce_host`` is the address other peers
-    should dial when ``host`` is a wildcard such as 0.0.0.0; ``identity_path`` fixes the peer ID (swarm.identity).
+    should dial when ``host`` is a wildcard such as 0.0.0.0; ``identity_path`` fixes the peer ID (swarm.identity);
+    ``authorizer`` (``swarm.peer_access.SwarmAuthorizer``) admits only peers with an access token of the swarm's
+    coordinator (None: an open swarm, for local tools and tests).
     """
-    kwargs = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    if authorizer is not None:
+        kwargs["authorizer"] = authorizer
     if identity_path:
         kwargs["identity_path"] = str(identity_path)
     if announce_host:
