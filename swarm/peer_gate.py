@@ -7,7 +7,8 @@ not in it makes the gate read the records again, at most once per ``refresh_s`` 
 DHT read per interval). The coordinator's own peer ID is always allowed (its publisher downloads state).
 
 A gate works in any process that holds the DHT handle: the averagers' child processes use it
-(``swarm.gated_averager``).
+(``swarm.gated_averager``). The DHT must have ``access_validators`` (``publish_access_token`` adds them; the
+coordinator adds them at start): hivemind cannot even parse signed records without them.
 
 Usage::
 
