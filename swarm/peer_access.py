@@ -34,7 +34,7 @@ from typing import Iterable
 
 import hivemind
 from cryptography.hazmat.primitives import serialization
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
@@ -127,8 +127,13 @@ def verify_access_token(token: AccessToken, authority_public_key: bytes, run: st
         raise AccessTokenError("the token is malformed") from None
     if not isinstance(claims, dict) or claims.get("format") != TOKEN_FORMAT:
         raise AccessTokenError("the token is not a nomoat peer access token")
-    fields = {name: claims.get(name) for name in ("coordinator", "run", "peer_id")}
-    if not all(isinstance(value, str) for value in fields.values()) or not math.isfinite(expires_at):
+    fields: dict[str, str] = {}
+    for name in ("coordinator", "run", "peer_id"):
+        value = claims.get(name)
+        if not isinstance(value, str):
+            raise AccessTokenError("the token is malformed")
+        fields[name] = value
+    if not math.isfinite(expires_at):
         raise AccessTokenError("the token is malformed")
     if fields["peer_id"] != key_peer:
         raise AccessTokenError("the token's peer ID is not that of the key it names")
