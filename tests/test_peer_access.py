@@ -250,3 +250,122 @@ def _result(future):
         return future.result(timeout=30)
     except Exception:
         return None
+
+
+# through a real coordinator: tokens on Join and renewal, the ban rule, bans by hand, the publisher's download
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    from coordinator.server import Coordinator, CoordinatorConfig
+    from swarm.client import CoordinatorClient
+    from swarm.spec import RobustnessSpec, RunSpec
+
+    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("coord"), port=0, publish=False,
+                               access_token_lifetime_s=60.0)
+    with Coordinator(config) as running:
+        with CoordinatorClient(running.operator_endpoint()) as client:
+            client.launch_run(RunSpec(name=RUN, data_slices=2, robustness=RobustnessSpec(ban_after_reports=3)))
+        yield running
+
+
+def _client(coordinator, operator: bool = False):
+    from swarm.client import CoordinatorClient
+
+    return CoordinatorClient(coordinator.operator_endpoint() if operator else coordinator.address)
+
+
+def test_join_grants_a_token_and_two_reporters_are_needed_to_ban(keys, coordinator, tmp_path):
+    from swarm.client import CoordinatorError
+
+    workers = {name: load_or_create_identity(tmp_path / f"{name}.key") for name in ("ann", "ben", "cat", "max")}
+    with _client(coordinator) as client:
+        joined = {name: client.join(identity, run_name=RUN) for name, identity in workers.items()}
+        grant = joined["ann"].access
+        assert grant.authority_public_key == coordinator.identity.public_key_der
+        assert 19.0 <= grant.renew_after_s <= 21.0  # a third of the 60 s lifetime
+        claims = verify_access_token(token_from_bytes(grant.access_token), grant.authority_public_key, run=RUN)
+        assert claims.peer_id == workers["ann"].peer_id and claims.expires_at == pytest.approx(grant.expires_at)
+
+        # ann's token gets her into the coordinator's DHT
+        ann_dht = start_dht(coordinator.initial_peers, identity_path=str(workers["ann"].path),
+                            authorizer=SwarmAuthorizer(workers["ann"].as_hivemind_key(), grant.authority_public_key,
+                                                       token=token_from_bytes(grant.access_token)))
+        try:
+            _stored(ann_dht, "ann", b"1")
+            assert coordinator.dht.get("ann", latest=True).value == b"1"
+        finally:
+            ann_dht.shutdown()
+
+        bad = workers["max"].peer_id
+        ann, ben, cat = (joined[name].worker_id for name in ("ann", "ben", "cat"))
+        first = client.report_peers(ann, workers["ann"], [(bad, 5, "norm bound"), (workers["ann"].peer_id, 9, "me"),
+                                                          (coordinator.identity.peer_id, 9, "coordinator")])
+        assert (first.accepted, list(first.banned)) == (1, [])  # one reporter is not enough, however many refusals
+        assert client.report_peers(ann, workers["ann"], [(bad, 5, "again")]).banned == []
+        assert client.renew_access(joined["max"].worker_id, workers["max"]).access_token
+        second = client.report_peers(ben, workers["ben"], [(bad, 1, "non-finite")])
+        assert list(second.banned) == [bad]
+
+        with pytest.raises(CoordinatorError, match="banned"):
+            client.renew_access(joined["max"].worker_id, workers["max"])
+        with pytest.raises(CoordinatorError, match="banned"):
+            client.join(workers["max"], run_name=RUN)
+        with pytest.raises(CoordinatorError, match="refused"):  # signed by someone else
+            client.renew_access(cat, workers["ann"])
+        # the coordinator's DHT refuses the banned peer at once, though its token has not expired
+        max_token = token_from_bytes(joined["max"].access.access_token)
+        with pytest.raises(RuntimeError, match="bootstrap failed"):
+            start_dht(coordinator.initial_peers, identity_path=str(workers["max"].path),
+                      authorizer=SwarmAuthorizer(workers["max"].as_hivemind_key(), grant.authority_public_key,
+                                                 token=max_token))
+        (run,) = client.status(RUN).runs
+        assert [(ban.peer_id, ban.banned_by) for ban in run.banned_peers] == [(bad, "reports")]
+
+        client.leave(cat, workers["cat"])
+        with pytest.raises(CoordinatorError, match="left"):
+            client.renew_access(cat, workers["cat"])
+
+
+def test_the_operator_bans_and_unbans_by_hand(coordinator, tmp_path):
+    from swarm.client import CoordinatorError
+
+    dan = load_or_create_identity(tmp_path / "dan.key")
+    with _client(coordinator) as client:
+        joined = client.join(dan, run_name=RUN)
+        with pytest.raises(CoordinatorError, match="operator"):
+            client.ban_peer(RUN, dan.peer_id)
+        with _client(coordinator, operator=True) as operator:
+            assert operator.ban_peer(RUN, dan.peer_id, "spam").banned_by == "operator"
+            with pytest.raises(CoordinatorError, match="banned"):
+                client.renew_access(joined.worker_id, dan)
+            operator.unban_peer(RUN, dan.peer_id)
+        assert client.renew_access(joined.worker_id, dan).access_token
+        assert client.join(dan, run_name=RUN).access.access_token
+
+
+def test_the_coordinator_downloads_state_from_gated_workers(coordinator, tmp_path):
+    from hivemind.optim.state_averager import TrainingStateAverager
+
+    from swarm.dht import shard_state_prefix
+    from swarm.state_download import download_state
+
+    eli = load_or_create_identity(tmp_path / "eli.key")
+    with _client(coordinator) as client:
+        grant = client.join(eli, run_name=RUN).access
+    token = token_from_bytes(grant.access_token)
+    dht = start_dht(coordinator.initial_peers, identity_path=str(eli.path),
+                    authorizer=SwarmAuthorizer(eli.as_hivemind_key(), grant.authority_public_key, token=token))
+    averager = None
+    try:
+        _publish(dht, eli, token)
+        gated = gate_averager_class(TrainingStateAverager, PeerGate(dht, RUN, grant.authority_public_key))
+        params = [torch.nn.Parameter(torch.full((3,), 7.0))]
+        averager = gated(dht=dht, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), params=params,
+                         prefix=shard_state_prefix("demo/shard0"), allow_state_sharing=True, start=True)
+        averager.local_epoch = 2
+        state = download_state(coordinator.dht, "demo/shard0", eli.peer_id, num_parameters=1, timeout=30)
+        assert state.epoch == 2 and torch.equal(state.parameters[0], torch.full((3,), 7.0))
+    finally:
+        if averager is not None:
+            averager.shutdown()
+        dht.shutdown()
