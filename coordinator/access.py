@@ -68,6 +68,8 @@ METHOD_ROLES: dict[str, Role] = {
     "RevokeJoinToken": Role.OPERATOR,
     "SetRunState": Role.OPERATOR,
     "SetDefaultRun": Role.OPERATOR,
+    "BanPeer": Role.OPERATOR,
+    "UnbanPeer": Role.OPERATOR,
     "GetStatus": Role.READER,
     "GetLeaderboard": Role.READER,
     "GetVersion": Role.READER,
@@ -76,6 +78,8 @@ METHOD_ROLES: dict[str, Role] = {
     "Leave": Role.VOLUNTEER,
     "StreamDataSlice": Role.VOLUNTEER,
     "SubmitReceipts": Role.VOLUNTEER,
+    "RenewAccessToken": Role.VOLUNTEER,  # signed by the worker's key, checked by the service
+    "ReportPeers": Role.VOLUNTEER,  # signed by the worker's key, checked by the service
     "GetCoordinatorInfo": Role.PUBLIC,
 }
 

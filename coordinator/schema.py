@@ -218,3 +218,32 @@ class JoinToken(Base):
     label: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PeerReport(Base):
+    """A worker's report that its averager refused parts from a peer of the run (``ReportPeers``)."""
+
+    __tablename__ = "peer_reports"
+    __table_args__ = (Index("ix_peer_reports_run_name_peer_id", "run_name", "peer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
+    peer_id: Mapped[str] = mapped_column(String(256))  # the reported peer
+    reporter: Mapped[str] = mapped_column(String(256))  # peer ID of the (signed) reporter
+    count: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(200))
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PeerBan(Base):
+    """A peer banned from a run: by reports of its peers, or by the operator."""
+
+    __tablename__ = "peer_bans"
+    __table_args__ = (UniqueConstraint("run_name", "peer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(String(200), ForeignKey("runs.name"))
+    peer_id: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    banned_by: Mapped[str] = mapped_column(String(16))  # reports | operator
+    banned_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -34,6 +34,7 @@ from coordinator.runtime import RunRuntimes
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import Storage
+from coordinator.swarm_access import SwarmAccess
 from coordinator.transport import server_tls
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.background import BackgroundLoop
@@ -42,6 +43,8 @@ from swarm.credentials import read_operator_token
 from swarm.dht import connected_peer_addresses, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
 from swarm.log import get_logger
+from swarm.peer_access import DEFAULT_LIFETIME_S, SwarmAuthorizer
+from swarm.peer_gate import access_validators
 from swarm.private_files import write_private_file
 
 logger = get_logger(__name__)
@@ -68,12 +71,15 @@ class CoordinatorConfig:
     tls_on_loopback: bool = False  # TLS on a loopback host too (self-signed without tls_cert): local checks, tests
 
     limits: RpcLimits = field(default_factory=RpcLimits)  # message sizes, concurrency, streams, rates, bounds
+    access_token_lifetime_s: float = DEFAULT_LIFETIME_S  # workers' swarm access tokens; renewed at a third of it
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give the TLS certificate and its key together (--tls-cert and --tls-key)")
         if self.insecure and (self.tls_cert is not None or self.tls_on_loopback):
             raise ValueError("--insecure serves plaintext: it cannot be combined with a TLS certificate")
+        if not 10.0 <= self.access_token_lifetime_s <= 86400.0:
+            raise ValueError("the access token lifetime must be 10 s .. 1 day")
 
 
 class Coordinator:
@@ -105,6 +111,11 @@ class Coordinator:
         # one key is the coordinator's libp2p peer ID and signs the manifests of the versions it publishes
         self.identity = load_or_create_identity(data_dir / "dht_identity.key")
         self.dht = self._start_dht()
+        # hivemind keeps the first RSASignatureValidator: the coordinator's key, as its other records use
+        self.dht.add_validators(access_validators(self.identity.as_hivemind_key()))
+        self.swarm_access = SwarmAccess(self.storage, self.runs, self.identity, config.access_token_lifetime_s,
+                                        dht=self.dht)
+        self.swarm_access.push_revoked()  # bans stored before this start
         self.initial_peers = visible_addresses(self.dht)
         self.retention = Retention(self.storage, self.store, config.publish_policy.keep_versions)
         self.publisher = Publisher(self.storage, self.runs, self.store, self.dht, self.identity,
@@ -119,7 +130,7 @@ class Coordinator:
         self.admin = RunAdministration(self.storage, self.runs)
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
                                           self.initial_peers, retention=self.retention, limits=config.limits,
-                                          access=self.access)
+                                          access=self.access, swarm=self.swarm_access)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
         limits = config.limits
         self.server = grpc.server(thread_pool(limits), options=[*server_options(limits), ("grpc.so_reuseport", 0)],
@@ -154,6 +165,9 @@ class Coordinator:
         connected to: workers forget a peer that stopped answering, so a restarted coordinator must find them."""
         config = self.config
         identity = str(self.identity.path)
+        # only peers with an access token this coordinator signed (and not banned) use its DHT; it signs its own
+        authorizer = SwarmAuthorizer(self.identity.as_hivemind_key(), self.identity.public_key_der,
+                                     issuer=self.identity, lifetime_s=config.access_token_lifetime_s)
         known = []
         if self.peer_book.is_file():
             try:
@@ -163,13 +177,13 @@ class Coordinator:
         if known:
             try:
                 dht = start_dht(known, host=config.host, port=config.dht_port, announce_host=config.announce_host,
-                                identity_path=identity)
+                                identity_path=identity, authorizer=authorizer)
                 logger.info("rejoined the swarm through %d known peer address(es)", len(known))
                 return dht
             except Exception as exc:  # none of them is up any more: start a new swarm
                 logger.info("no known peer answered (%s); starting without them", str(exc).splitlines()[-1])
         return start_dht(host=config.host, port=config.dht_port, announce_host=config.announce_host,
-                         identity_path=identity)
+                         identity_path=identity, authorizer=authorizer)
 
     def _save_peer_book(self) -> None:
         peers = connected_peer_addresses(self.dht)

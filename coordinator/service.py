@@ -35,6 +35,7 @@ from coordinator.storage import (
     LeaderboardRow,
     RejectedSnapshotRecord,
     RunRecord,
+    PeerBanRecord,
     RunSettings,
     Storage,
     UnknownRunError,
@@ -45,7 +46,8 @@ from coordinator.storage import (
 )
 from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
 from swarm.data import data_slice
-from swarm.join_proof import Proof, join_statement, leave_statement
+from coordinator.swarm_access import Grant, SwarmAccess
+from swarm.join_proof import Proof, join_statement, leave_statement, renew_statement, report_statement
 from swarm.manifest import ManifestError, SignedManifest, read_signed_manifest
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
@@ -60,6 +62,7 @@ class AssignmentPlan:
     runtime: RunRuntime
     initial_peers: list[str]
     slice_samples: int
+    grant: Grant | None = None  # the worker's swarm access token; None without SwarmAccess (tests of other parts)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class RunState:
     shards: list[ShardState] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
     rejected: list[RejectedSnapshotRecord] = field(default_factory=list)
+    bans: list[PeerBanRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,13 @@ class PullHeader:
 class CoordinatorService:
     def __init__(self, storage: Storage, runs: RunRuntimes, publisher: Publisher, ledger: Ledger,
                  initial_peers: list[str], retention: Retention | None = None, limits: RpcLimits | None = None,
-                 access: AccessPolicy | None = None):
+                 access: AccessPolicy | None = None, swarm: SwarmAccess | None = None):
         self.storage, self.runs, self.publisher, self.ledger = storage, runs, publisher, ledger
         self.limits = limits or RpcLimits()
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
         self._access = access  # None: only for tests of other parts; Join and Leave are then refused
+        self.swarm = swarm  # None: only for tests of other parts; Joins then carry no access token
 
     @property
     def access(self) -> AccessPolicy:
@@ -161,6 +166,8 @@ class CoordinatorService:
                                    display_name=signed_name, max_shards=max_shards, device=signed_device,
                                    timestamp=proof.timestamp if proof else 0.0)
         self.access.require_proof(proof, peer_id, statement, "Join")
+        if self.swarm is not None:
+            self.swarm.require_not_banned(run_name, peer_id, "Join")
         runtime = self._runtime(run_name)
         spec = runtime.spec
         live = self.storage.runs.live_workers(run_name, LIVE_WINDOW_S)
@@ -171,7 +178,52 @@ class CoordinatorService:
         chosen_slice = min(range(spec.data_slices), key=lambda index: (slice_load[index], index))
         worker = self.storage.runs.register_worker(run_name, peer_id, display_name, shards, chosen_slice, device)
         samples = len(data_slice(runtime.split.train, spec.data_slices, chosen_slice))
-        return AssignmentPlan(worker, runtime, self.initial_peers, samples)
+        assert proof is not None  # require_proof refused an unsigned Join
+        grant = self.swarm.grant(run_name, proof.public_key) if self.swarm is not None else None
+        return AssignmentPlan(worker, runtime, self.initial_peers, samples, grant)
+
+    def _signed_worker(self, worker_id: str, proof: Proof | None, statement_of, what: str) -> WorkerRecord:
+        """The live registration ``worker_id`` whose key signed ``statement_of(worker)``, in an active run."""
+        check_worker_id(worker_id)
+        try:
+            worker = self.storage.runs.get_worker(worker_id)
+        except UnknownWorkerError as exc:
+            raise RequestError(str(exc), not_found=True) from None
+        self.access.require_proof(proof, worker.peer_id, statement_of(worker), what)
+        if worker.left:
+            raise PermissionDenied(f"{what} refused: worker {worker_id} has left the run")
+        state = self.storage.runs.settings(worker.run_name).state
+        if state != "active":
+            raise PermissionDenied(f"{what} refused: run '{worker.run_name}' is {state}")
+        return worker
+
+    def gated_swarm(self) -> SwarmAccess:
+        if self.swarm is None:
+            raise RequestError("this coordinator does not gate its swarm (no SwarmAccess)")
+        return self.swarm
+
+    def renew_access(self, worker_id: str, proof: Proof | None) -> Grant:
+        """A fresh access token for the live registration ``worker_id`` (signed by its key), unless its peer is
+        banned from the run."""
+        timestamp = proof.timestamp if proof else 0.0
+        worker = self._signed_worker(worker_id, proof, lambda w: renew_statement(
+            coordinator=self.access.coordinator_id, worker_id=worker_id, peer_id=w.peer_id, timestamp=timestamp),
+            "RenewAccessToken")
+        swarm = self.gated_swarm()
+        swarm.require_not_banned(worker.run_name, worker.peer_id, "RenewAccessToken")
+        assert proof is not None
+        return swarm.grant(worker.run_name, proof.public_key)
+
+    def report_peers(self, worker_id: str, reports: list[tuple[str, int, str]],
+                     proof: Proof | None) -> tuple[int, list[str]]:
+        """Count the refusals a live, unbanned worker's averagers saw; the peers banned as a result."""
+        timestamp = proof.timestamp if proof else 0.0
+        worker = self._signed_worker(worker_id, proof, lambda w: report_statement(
+            coordinator=self.access.coordinator_id, worker_id=worker_id, peer_id=w.peer_id, reports=reports,
+            timestamp=timestamp), "ReportPeers")
+        swarm = self.gated_swarm()
+        swarm.require_not_banned(worker.run_name, worker.peer_id, "ReportPeers")
+        return swarm.report(worker.run_name, worker.peer_id, reports)
 
     def data_slice(self, run_name: str, index: int, worker_id: str = "", batch: int = 256) -> Iterator[list[str]]:
         """The texts of data slice ``index``, for the live registration ``worker_id`` that was assigned it."""
@@ -260,7 +312,8 @@ class CoordinatorService:
         ]
         versions = self.storage.versions
         return RunState(record, spec, len(live), sum(samples.values()), unavailable, settings, shards,
-                        versions.list_versions(record.name), versions.rejected_snapshots(record.name))
+                        versions.list_versions(record.name), versions.rejected_snapshots(record.name),
+                        self.storage.bans.list_bans(record.name))
 
     def publish_now(self, run_name: str) -> PublishOutcome:
         self._runtime(run_name)

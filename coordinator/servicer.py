@@ -8,11 +8,13 @@ import math
 from coordinator.access import Credentials
 from coordinator.run_admin import RunAdministration
 from coordinator.service import CoordinatorService, PullHeader, RunState
-from coordinator.storage import JoinTokenRecord, RejectedSnapshotRecord, VersionRecord
+from coordinator.storage import JoinTokenRecord, PeerBanRecord, RejectedSnapshotRecord, VersionRecord
+from coordinator.swarm_access import Grant
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.join_proof import Proof
 from swarm.manifest import Manifest
+from swarm.peer_access import token_to_bytes
 from swarm.receipts import SignedReceipt
 
 def version_message(record: VersionRecord) -> pb.VersionInfo:
@@ -53,7 +55,20 @@ def run_message(state: RunState) -> pb.RunStatus:
         rejected_snapshots=[rejected_message(record) for record in state.rejected],
         parent=(spec.parent or "") if spec else "", unavailable=state.unavailable, state=state.settings.state,
         join_policy=state.settings.join_policy, private=state.settings.private,
+        banned_peers=[ban_message(ban) for ban in state.bans],
     )
+
+
+def ban_message(record: PeerBanRecord) -> pb.PeerBanInfo:
+    return pb.PeerBanInfo(run_name=record.run_name, peer_id=record.peer_id, reason=record.reason,
+                          banned_by=record.banned_by, banned_at=record.banned_at.isoformat())
+
+
+def grant_message(grant: Grant | None, authority_public_key: bytes) -> pb.AccessGrant | None:
+    if grant is None:
+        return None
+    return pb.AccessGrant(access_token=token_to_bytes(grant.token), authority_public_key=authority_public_key,
+                          expires_at=grant.expires_at, renew_after_s=grant.renew_after_s)
 
 
 def token_message(record: JoinTokenRecord) -> pb.JoinTokenInfo:
@@ -91,7 +106,28 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             shards=list(plan.worker.shards), initial_peers=plan.initial_peers, data_slice=plan.worker.data_slice,
             data_slices=spec.data_slices, slice_samples=plan.slice_samples, report_interval_s=5.0,
             base_model_revision=plan.runtime.record.base_model_revision or "",
+            access=grant_message(plan.grant, self._authority_key()),
         )
+
+    def _authority_key(self) -> bytes:
+        swarm = self.service.swarm
+        return swarm.identity.public_key_der if swarm is not None else b""
+
+    def RenewAccessToken(self, request, context):
+        grant = self.service.renew_access(request.worker_id, proof_of(request))
+        return grant_message(grant, self._authority_key())
+
+    def ReportPeers(self, request, context):
+        reports = [(r.peer_id, r.count, r.reason) for r in request.reports]
+        accepted, banned = self.service.report_peers(request.worker_id, reports, proof_of(request))
+        return pb.PeerReportResponse(accepted=accepted, banned=banned)
+
+    def BanPeer(self, request, context):
+        return ban_message(self.service.gated_swarm().ban(request.run_name, request.peer_id, request.reason))
+
+    def UnbanPeer(self, request, context):
+        self.service.gated_swarm().unban(request.run_name, request.peer_id)
+        return pb.PeerBanInfo(run_name=request.run_name, peer_id=request.peer_id)
 
     def StreamDataSlice(self, request, context):
         for texts in self.service.data_slice(request.run_name, request.data_slice, request.worker_id):

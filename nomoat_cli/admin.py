@@ -1,5 +1,5 @@
-"""Operator commands: ``swarm token create|list|revoke`` (join tokens) and ``swarm run stop|archive|resume|remove|
-default`` (run administration). Each needs the operator token (``--operator-token-file`` or the environment)."""
+"""Operator commands: ``swarm token create|list|revoke`` (join tokens), ``swarm run stop|archive|resume|remove|
+default`` (run administration) and ``swarm peer ban|unban`` (peers banned from runs). Each needs the operator token (``--operator-token-file`` or the environment)."""
 
 from __future__ import annotations
 
@@ -94,3 +94,39 @@ def run(
         return
     response = ask(endpoint, lambda client: client.set_run_state(name, RUN_ACTIONS[action], force))
     typer.echo(f"run {response.run_name} is {response.state}")
+
+
+peer_app = typer.Typer(help="Peers banned from runs (operator).", no_args_is_help=True)
+
+
+@peer_app.command("ban")
+def peer_ban(
+    peer_id: str = typer.Argument(..., help="The peer's libp2p peer ID (as 'swarm status' and the leaderboard show)."),
+    run: str = typer.Option(..., help="Run name."),
+    reason: str = typer.Option("", help="Why (shown by 'swarm status')."),
+    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
+    operator_token_file: OperatorTokenFile = None,
+) -> None:
+    """Ban a peer from a run: its access token is not renewed, it cannot rejoin, the coordinator's DHT refuses it."""
+    endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
+    info = ask(endpoint, lambda client: client.ban_peer(run, peer_id, reason))
+    typer.echo(f"peer {info.peer_id} is banned from run {info.run_name} ({info.reason})")
+
+
+@peer_app.command("unban")
+def peer_unban(
+    peer_id: str = typer.Argument(..., help="The peer's libp2p peer ID."),
+    run: str = typer.Option(..., help="Run name."),
+    coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
+    ca: CaFile = None,
+    fingerprint: Fingerprint = None,
+    insecure: Insecure = False,
+    operator_token_file: OperatorTokenFile = None,
+) -> None:
+    """Lift a peer's ban from a run (the reports against it are forgotten); it may join again."""
+    endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
+    info = ask(endpoint, lambda client: client.unban_peer(run, peer_id))
+    typer.echo(f"peer {info.peer_id} may join run {info.run_name} again")

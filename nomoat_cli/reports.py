@@ -49,6 +49,8 @@ def status(
             say(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f} "
                 f"(base {version.base_eval_loss:.4f}), {len(version.contributors)} contributor(s), "
                 f"sha256 {version.sha256[:16]}...{marks}")
+        for ban in state.banned_peers:
+            say(f"  banned peer {ban.peer_id} ({ban.banned_by}, {ban.banned_at[:19]}): {ban.reason}")
         for rejected in state.rejected_snapshots:
             at_epoch = f" at epoch {rejected.epoch}" if rejected.epoch >= 0 else ""
             say(f"  rejected snapshot{at_epoch} ({rejected.attempted_at[:19]}): {rejected.reason}")

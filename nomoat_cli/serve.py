@@ -41,6 +41,8 @@ def coordinator(
     tls_key: Optional[Path] = typer.Option(None, help="The private key of --tls-cert (PEM)."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve plaintext gRPC even off loopback: anyone on the "
                                   "network path can read and change requests. Only on a network you trust."),
+    access_token_lifetime: float = typer.Option(600.0, min=10.0, max=86400.0, help="Seconds a worker's swarm "
+                                                "access token lasts (workers renew it after a third of it)."),
     limit: list[str] = typer.Option([], help="Change one of the coordinator's limits, NAME=VALUE (repeatable), "
                                     "e.g. rate_per_s=20; the limits are listed in the README."),
 ) -> None:
@@ -63,7 +65,8 @@ def coordinator(
         config = CoordinatorConfig(data_dir=data_dir, db_url=db_url, host=host, port=port, dht_port=dht_port,
                                    announce_host=announce_host, publish=not no_publish, publish_policy=policy,
                                    dataset_dirs=tuple(dataset_dir), tls_cert=tls_cert, tls_key=tls_key,
-                                   insecure=insecure, limits=limits)
+                                   insecure=insecure, limits=limits,
+                                   access_token_lifetime_s=access_token_lifetime)
         service = Coordinator(config).start()
     except Exception as exc:
         fail(f"coordinator did not start: {exc}")

@@ -53,7 +53,7 @@ class JoinRequest(_message.Message):
     def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., max_shards: _Optional[int] = ..., device: _Optional[str] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("worker_id", "run_name", "spec_json", "spec_hash", "base_model_fingerprint", "shards", "initial_peers", "data_slice", "data_slices", "slice_samples", "report_interval_s", "base_model_revision")
+    __slots__ = ("worker_id", "run_name", "spec_json", "spec_hash", "base_model_fingerprint", "shards", "initial_peers", "data_slice", "data_slices", "slice_samples", "report_interval_s", "base_model_revision", "access")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class Assignment(_message.Message):
     SLICE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     run_name: str
     spec_json: str
@@ -78,7 +79,88 @@ class Assignment(_message.Message):
     slice_samples: int
     report_interval_s: float
     base_model_revision: str
-    def __init__(self, worker_id: _Optional[str] = ..., run_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., data_slice: _Optional[int] = ..., data_slices: _Optional[int] = ..., slice_samples: _Optional[int] = ..., report_interval_s: _Optional[float] = ..., base_model_revision: _Optional[str] = ...) -> None: ...
+    access: AccessGrant
+    def __init__(self, worker_id: _Optional[str] = ..., run_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., data_slice: _Optional[int] = ..., data_slices: _Optional[int] = ..., slice_samples: _Optional[int] = ..., report_interval_s: _Optional[float] = ..., base_model_revision: _Optional[str] = ..., access: _Optional[_Union[AccessGrant, _Mapping]] = ...) -> None: ...
+
+class AccessGrant(_message.Message):
+    __slots__ = ("access_token", "authority_public_key", "expires_at", "renew_after_s")
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    RENEW_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    access_token: bytes
+    authority_public_key: bytes
+    expires_at: float
+    renew_after_s: float
+    def __init__(self, access_token: _Optional[bytes] = ..., authority_public_key: _Optional[bytes] = ..., expires_at: _Optional[float] = ..., renew_after_s: _Optional[float] = ...) -> None: ...
+
+class RenewAccessRequest(_message.Message):
+    __slots__ = ("worker_id", "public_key", "signature", "timestamp")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    public_key: bytes
+    signature: bytes
+    timestamp: float
+    def __init__(self, worker_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
+
+class PeerReport(_message.Message):
+    __slots__ = ("peer_id", "count", "reason")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    count: int
+    reason: str
+    def __init__(self, peer_id: _Optional[str] = ..., count: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PeerReportRequest(_message.Message):
+    __slots__ = ("worker_id", "reports", "public_key", "signature", "timestamp")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    reports: _containers.RepeatedCompositeFieldContainer[PeerReport]
+    public_key: bytes
+    signature: bytes
+    timestamp: float
+    def __init__(self, worker_id: _Optional[str] = ..., reports: _Optional[_Iterable[_Union[PeerReport, _Mapping]]] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
+
+class PeerReportResponse(_message.Message):
+    __slots__ = ("accepted", "banned")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    BANNED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    banned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accepted: _Optional[int] = ..., banned: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BanPeerRequest(_message.Message):
+    __slots__ = ("run_name", "peer_id", "reason")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    peer_id: str
+    reason: str
+    def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PeerBanInfo(_message.Message):
+    __slots__ = ("run_name", "peer_id", "reason", "banned_by", "banned_at")
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BANNED_BY_FIELD_NUMBER: _ClassVar[int]
+    BANNED_AT_FIELD_NUMBER: _ClassVar[int]
+    run_name: str
+    peer_id: str
+    reason: str
+    banned_by: str
+    banned_at: str
+    def __init__(self, run_name: _Optional[str] = ..., peer_id: _Optional[str] = ..., reason: _Optional[str] = ..., banned_by: _Optional[str] = ..., banned_at: _Optional[str] = ...) -> None: ...
 
 class DataSliceRequest(_message.Message):
     __slots__ = ("run_name", "data_slice", "worker_id")
@@ -255,7 +337,7 @@ class RejectedSnapshot(_message.Message):
     def __init__(self, attempted_at: _Optional[str] = ..., epoch: _Optional[int] = ..., eval_loss: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("run_name", "spec_hash", "base_model", "dataset", "shards", "created_at", "samples_trained", "shard_status", "versions", "live_workers", "rejected_snapshots", "parent", "unavailable", "state", "join_policy", "private")
+    __slots__ = ("run_name", "spec_hash", "base_model", "dataset", "shards", "created_at", "samples_trained", "shard_status", "versions", "live_workers", "rejected_snapshots", "parent", "unavailable", "state", "join_policy", "private", "banned_peers")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +354,7 @@ class RunStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     JOIN_POLICY_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    BANNED_PEERS_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     spec_hash: str
     base_model: str
@@ -288,7 +371,8 @@ class RunStatus(_message.Message):
     state: str
     join_policy: str
     private: bool
-    def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., shards: _Optional[int] = ..., created_at: _Optional[str] = ..., samples_trained: _Optional[int] = ..., shard_status: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., live_workers: _Optional[int] = ..., rejected_snapshots: _Optional[_Iterable[_Union[RejectedSnapshot, _Mapping]]] = ..., parent: _Optional[str] = ..., unavailable: _Optional[str] = ..., state: _Optional[str] = ..., join_policy: _Optional[str] = ..., private: _Optional[bool] = ...) -> None: ...
+    banned_peers: _containers.RepeatedCompositeFieldContainer[PeerBanInfo]
+    def __init__(self, run_name: _Optional[str] = ..., spec_hash: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., shards: _Optional[int] = ..., created_at: _Optional[str] = ..., samples_trained: _Optional[int] = ..., shard_status: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., live_workers: _Optional[int] = ..., rejected_snapshots: _Optional[_Iterable[_Union[RejectedSnapshot, _Mapping]]] = ..., parent: _Optional[str] = ..., unavailable: _Optional[str] = ..., state: _Optional[str] = ..., join_policy: _Optional[str] = ..., private: _Optional[bool] = ..., banned_peers: _Optional[_Iterable[_Union[PeerBanInfo, _Mapping]]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("runs",)

@@ -119,6 +119,26 @@ class CoordinatorStub:
                 request_serializer=nomoat__proto_dot_coordinator__pb2.DefaultRunRequest.SerializeToString,
                 response_deserializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.FromString,
                 _registered_method=True)
+        self.RenewAccessToken = channel.unary_unary(
+                '/nomoat.v1.Coordinator/RenewAccessToken',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.RenewAccessRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.AccessGrant.FromString,
+                _registered_method=True)
+        self.ReportPeers = channel.unary_unary(
+                '/nomoat.v1.Coordinator/ReportPeers',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.PeerReportRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.PeerReportResponse.FromString,
+                _registered_method=True)
+        self.BanPeer = channel.unary_unary(
+                '/nomoat.v1.Coordinator/BanPeer',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.BanPeerRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.PeerBanInfo.FromString,
+                _registered_method=True)
+        self.UnbanPeer = channel.unary_unary(
+                '/nomoat.v1.Coordinator/UnbanPeer',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.BanPeerRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.PeerBanInfo.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -245,6 +265,35 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewAccessToken(self, request, context):
+        """A worker renews the swarm access token of its Join (signed like Leave); refused once it left, the run
+        stopped, or the peer is banned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPeers(self, request, context):
+        """A worker reports peers whose contributions its averagers refused; peers reported often enough by at least
+        two reporters are banned from the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BanPeer(self, request, context):
+        """Operator: ban a peer from a run (its token is not renewed, it cannot rejoin, the DHT refuses it) or lift it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbanPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +381,26 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.SetDefaultRun,
                     request_deserializer=nomoat__proto_dot_coordinator__pb2.DefaultRunRequest.FromString,
                     response_serializer=nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.SerializeToString,
+            ),
+            'RenewAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewAccessToken,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.RenewAccessRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.AccessGrant.SerializeToString,
+            ),
+            'ReportPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPeers,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.PeerReportRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.PeerReportResponse.SerializeToString,
+            ),
+            'BanPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanPeer,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.BanPeerRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.PeerBanInfo.SerializeToString,
+            ),
+            'UnbanPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbanPeer,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.BanPeerRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.PeerBanInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -793,6 +862,114 @@ class Coordinator:
             '/nomoat.v1.Coordinator/SetDefaultRun',
             nomoat__proto_dot_coordinator__pb2.DefaultRunRequest.SerializeToString,
             nomoat__proto_dot_coordinator__pb2.CoordinatorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/RenewAccessToken',
+            nomoat__proto_dot_coordinator__pb2.RenewAccessRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.AccessGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/ReportPeers',
+            nomoat__proto_dot_coordinator__pb2.PeerReportRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.PeerReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/BanPeer',
+            nomoat__proto_dot_coordinator__pb2.BanPeerRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.PeerBanInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbanPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/UnbanPeer',
+            nomoat__proto_dot_coordinator__pb2.BanPeerRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.PeerBanInfo.FromString,
             options,
             channel_credentials,
             insecure,

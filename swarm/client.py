@@ -26,7 +26,7 @@ import grpc
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.identity import Identity
-from swarm.join_proof import join_statement, leave_statement, sign_statement
+from swarm.join_proof import join_statement, leave_statement, renew_statement, report_statement, sign_statement
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec
 from swarm.tls import TlsError, channel_credentials, is_loopback, split_address
@@ -217,6 +217,26 @@ class CoordinatorClient:
         return self._call("Leave", pb.LeaveRequest(worker_id=worker_id, public_key=proof.public_key,
                                                    signature=proof.signature, timestamp=proof.timestamp))
 
+    def renew_access(self, worker_id: str, identity: Identity) -> pb.AccessGrant:
+        """A fresh swarm access token for the registration ``worker_id`` of ``identity``, signed with its key."""
+        now = time.time()
+        statement = renew_statement(coordinator=self.coordinator_id(), worker_id=worker_id, peer_id=identity.peer_id,
+                                    timestamp=now)
+        proof = sign_statement(identity, statement, now)
+        return self._call("RenewAccessToken", pb.RenewAccessRequest(
+            worker_id=worker_id, public_key=proof.public_key, signature=proof.signature, timestamp=proof.timestamp))
+
+    def report_peers(self, worker_id: str, identity: Identity,
+                     reports: list[tuple[str, int, str]]) -> pb.PeerReportResponse:
+        """Report ``(peer_id, count, reason)``: peers whose contributions this worker's averagers refused."""
+        now = time.time()
+        statement = report_statement(coordinator=self.coordinator_id(), worker_id=worker_id,
+                                     peer_id=identity.peer_id, reports=reports, timestamp=now)
+        proof = sign_statement(identity, statement, now)
+        return self._call("ReportPeers", pb.PeerReportRequest(
+            worker_id=worker_id, reports=[pb.PeerReport(peer_id=p, count=c, reason=r) for p, c, r in reports],
+            public_key=proof.public_key, signature=proof.signature, timestamp=proof.timestamp))
+
     def status(self, run_name: str = "", include_archived: bool = False) -> pb.StatusResponse:
         return self._call("GetStatus", pb.StatusRequest(run_name=run_name, include_archived=include_archived))
 
@@ -250,3 +270,9 @@ class CoordinatorClient:
 
     def set_default_run(self, run_name: str) -> pb.CoordinatorInfo:
         return self._call("SetDefaultRun", pb.DefaultRunRequest(run_name=run_name))
+
+    def ban_peer(self, run_name: str, peer_id: str, reason: str = "") -> pb.PeerBanInfo:
+        return self._call("BanPeer", pb.BanPeerRequest(run_name=run_name, peer_id=peer_id, reason=reason))
+
+    def unban_peer(self, run_name: str, peer_id: str) -> pb.PeerBanInfo:
+        return self._call("UnbanPeer", pb.BanPeerRequest(run_name=run_name, peer_id=peer_id))

@@ -2,7 +2,8 @@
 
 All key names live here. hivemind.Optimizer's own keys derive from the shard run id
 (``RunSpec.shard_run_id``): ``<run>/shard<k>_progress`` (training progress) and
-``<run>/shard<k>_state_averager.all_averagers`` (peers that serve their averaged state).
+``<run>/shard<k>_state_averager.all_averagers`` (peers that serve their averaged state). ``<run>/peer_access``
+holds the access tokens of the run's workers (``run_access_key``; read by ``swarm.peer_gate``).
 
 Usage::
 
@@ -23,6 +24,8 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.schema import SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgressSchema
+from hivemind.p2p import PeerID
+from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.process_lock import ProcessLock, identity_lock
@@ -85,6 +88,17 @@ def shard_state_sharers_key(shard_run_id: str) -> str:
     return f"{shard_state_prefix(shard_run_id)}.all_averagers"
 
 
+def run_access_key(run: str) -> str:
+    """Where a run's workers publish their access tokens (``swarm.peer_access``): one subkey per worker, owned
+    (signed) by its identity key, value the serialized token. ``swarm.peer_gate.PeerGate`` reads them."""
+    return f"{run}/peer_access"
+
+
+def owner_subkey(name: str, private_key: RSAPrivateKey) -> bytes:
+    """A subkey that only the holder of ``private_key`` may write where peers run an RSASignatureValidator (the
+    record is signed and the subkey carries hivemind's ``[owner:...]`` marker of the key)."""
+    return name.encode() + RSASignatureValidator(private_key).local_public_key
+
 # a peer restarted right after a stop waits this long for the old one's processes to end and free its identity
 IDENTITY_RELEASE_WAIT_S = 8.0
 
@@ -109,17 +123,23 @@ def start_dht(
     client_mode: bool = False,
     announce_host: str | None = None,
     identity_path: str | None = None,
+    authorizer: TokenAuthorizerBase | None = None,
 ) -> SwarmDHT:
     """Start a hivemind DHT peer listening on ``host:port`` (0: any free port).
 
     ``client_mode`` peers only dial out (volunteers behind NAT); ``announce_host`` is the address other peers
-    should dial when ``host`` is a wildcard such as 0.0.0.0; ``identity_path`` fixes the peer ID (swarm.identity).
+    should dial when ``host`` is a wildcard such as 0.0.0.0; ``identity_path`` fixes the peer ID (swarm.identity);
+    ``authorizer`` (``swarm.peer_access.SwarmAuthorizer``) admits only peers with an access token of the swarm's
+    coordinator (None: an open swarm, for local tools and tests).
 
     A second peer on this machine under the same identity is refused (``ProcessLocked``, naming the holder;
-    after ``IDENTITY_RELEASE_WAIT_S``, in case the holder is on its way out) by a lock beside the key. hivemind's own check, which asks the swarm whether the peer ID is online,
-    is off: it dials the ID through the DHT with no timeout and was seen to hang a start-up indefinitely.
+    after ``IDENTITY_RELEASE_WAIT_S``, in case the holder is on its way out) by a lock beside the key.
+    hivemind's own check, which asks the swarm whether the peer ID is online, is off: it dials the ID through
+    the DHT with no timeout and was seen to hang a start-up indefinitely.
     """
     kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    if authorizer is not None:
+        kwargs["authorizer"] = authorizer
     lock = None
     if identity_path:
         kwargs["identity_path"] = str(identity_path)

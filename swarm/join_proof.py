@@ -30,6 +30,8 @@ from swarm.identity import Identity, peer_id_of_public_key, verify_signature
 
 JOIN_FORMAT = "nomoat.join.v1"
 LEAVE_FORMAT = "nomoat.leave.v1"
+RENEW_FORMAT = "nomoat.renew-access.v1"
+REPORT_FORMAT = "nomoat.report-peers.v1"
 MAX_SKEW_S = 120.0  # a statement is accepted this long before and after its timestamp
 
 
@@ -60,6 +62,20 @@ def leave_statement(*, coordinator: str, worker_id: str, peer_id: str, timestamp
     """The bytes a worker signs to end its registration ``worker_id``."""
     return _canonical({"format": LEAVE_FORMAT, "coordinator": coordinator, "worker_id": worker_id,
                        "peer_id": peer_id, "timestamp": float(timestamp)})
+
+
+def renew_statement(*, coordinator: str, worker_id: str, peer_id: str, timestamp: float) -> bytes:
+    """The bytes a worker signs to renew the swarm access token of its registration ``worker_id``."""
+    return _canonical({"format": RENEW_FORMAT, "coordinator": coordinator, "worker_id": worker_id,
+                       "peer_id": peer_id, "timestamp": float(timestamp)})
+
+
+def report_statement(*, coordinator: str, worker_id: str, peer_id: str, reports: list[tuple[str, int, str]],
+                     timestamp: float) -> bytes:
+    """The bytes a worker signs to report ``(peer_id, count, reason)`` refusals of its averagers."""
+    return _canonical({"format": REPORT_FORMAT, "coordinator": coordinator, "worker_id": worker_id,
+                       "peer_id": peer_id, "reports": [[str(p), int(c), str(r)] for p, c, r in reports],
+                       "timestamp": float(timestamp)})
 
 
 def sign_statement(identity: Identity, statement: bytes, timestamp: float) -> Proof:

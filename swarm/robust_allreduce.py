@@ -303,6 +303,15 @@ class RobustAveragingMixin:
         self._rejections: mp.Queue = mp.Queue()
         super().__init__(*args, **kwargs)
 
+    @classmethod
+    def _get_handle_name(cls, namespace: Optional[str], method_name: str) -> str:
+        """hivemind names an averager's RPC handlers after its class (``<prefix>::TrainingStateAverager.rpc_...``):
+        a robust averager answers under the name of the hivemind class it extends, so its peers, the coordinator's
+        state download (``swarm.state_download``) and tools built on hivemind's classes reach it."""
+        hivemind_class = next(base for base in cls.__mro__ if base.__module__.startswith("hivemind."))
+        handle_name = f"{hivemind_class.__name__}.{method_name}"
+        return f"{namespace}::{handle_name}" if namespace else handle_name
+
     def drain_rejections(self) -> list[tuple[str, str]]:
         """Refusals since the last call, as (peer_id base58, reason): one per peer, reason and all-reduce round
         (however many parts of the round were refused)."""

@@ -104,8 +104,8 @@ class RobustnessSpec(_Frozen):
         "epoch of the shard's authorized peers are ignored (by workers and by the publisher).",
     )
     ban_after_reports: int = Field(
-        10, ge=1, le=1_000_000, description="A peer whose contributions were refused this many times, as reported by "
-        "at least two other peers of the run, is banned from the run.",
+        10, ge=1, le=1_000_000, description="A peer whose contributions were refused this many times within an hour, "
+        "as reported by at least two other peers of the run, is banned from the run.",
     )
     max_state_bytes: int | None = Field(
         None, ge=1024, le=2**40, description="Cap on one state download in bytes; default: 4x the shard's LoRA "

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("command", ["coordinator", "launch", "donate", "pull", "status", "demo", "token",
                                      "token create", "token list", "token revoke", "run", "run stop", "run archive",
-                                     "run remove", "run default"])
+                                     "run remove", "run default", "peer", "peer ban", "peer unban"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0

@@ -180,9 +180,8 @@ class InflatingRunner(RobustAllReduceRunner):
     reducer_class = InflatingReducer
 
 
-# hivemind names an averager's RPC handlers after its class ("<prefix>::RobustAverager.rpc_join_group"): the
-# attacker's class must carry the honest peers' class name to be reachable by them
-InflatingAverager = type("RobustAverager", (RobustAverager,), {"runner_class": InflatingRunner})
+class InflatingAverager(RobustAverager):  # it answers under hivemind's class name, as the honest peers do
+    runner_class = InflatingRunner
 
 
 def test_averaged_parts_a_malicious_reducer_inflates_are_refused_and_local_values_kept(dhts):

@@ -27,6 +27,7 @@ from swarm.spec import RunSpec, parse_version_ref
 from worker.model_setup import build_run_model
 from worker.outbox import Outbox, OutboxSender
 from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
+from worker.swarm_membership import SwarmMembership, authorizer_of, gate_of
 from worker.training import ShardReport, TrainingLimits, TrainingLoop, TrainingSummary
 
 logger = get_logger(__name__)
@@ -97,15 +98,25 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     # the DHT runs under the identity key and the optimizers sign their progress records with it: the records
     # are then this peer ID's own, which lets the coordinator cross-check receipts against them
     signing_key = identity.as_hivemind_key()
+    # only peers with an access token of the run's coordinator use this DHT; the Join's token lets this one in
     dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
-                    announce_host=config.announce_host, identity_path=str(identity.path))
+                    announce_host=config.announce_host, identity_path=str(identity.path),
+                    authorizer=authorizer_of(assignment, identity))
     optimizers = {}
     outbox: Outbox | None = None
     sender: OutboxSender | None = None
+    membership: SwarmMembership | None = None
     try:
-        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key)
+        # published before the averagers start, so that peers' gates let this worker in from its first round
+        membership = SwarmMembership(dht, assignment, identity, lambda: CoordinatorClient(endpoint))
+        membership.publish()
+        gate = gate_of(dht, assignment)  # the averagers deal only with the run's authorized peers
+        optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key,
+                                                  peer_gate=gate)
                       for shard in shards}
         client = CoordinatorClient(endpoint)
+        membership.start()  # its loops open their own channels, after hivemind forked its processes
+        membership.watch(optimizers.values())
         if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
                                                             config.wait_timeout_s):
             logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
@@ -142,6 +153,8 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
             stop.wait(config.linger_s)
         return summary
     finally:
+        if membership is not None:
+            membership.stop()
         if sender is not None:
             sender.stop(config.drain_timeout_s)
         if outbox is not None:

@@ -26,6 +26,8 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.dht import read_shard_progress
 from swarm.log import get_logger
+from swarm.gated_averager import gate_averager_class
+from swarm.peer_gate import PeerGate
 from swarm.progress_filter import TrustedProgressTracker
 from swarm.robust_allreduce import RobustGradientAverager, RobustTrainingStateAverager
 from swarm.spec import RobustnessSpec, RunSpec
@@ -58,20 +60,24 @@ class ShardOptimizer(hivemind.Optimizer):
     Both halves do what hivemind's ``Optimizer.step`` does (hivemind 1.1.x), in the same order, without AMP.
 
     Its averagers are ``gradient_averager_class`` and ``state_averager_class`` (robust by default), both built by
-    ``_build_averager``: a subclass (e.g. one adding an access gate in front) changes them there.
+    ``_build_averager``, behind ``peer_gate`` when one is given (only the run's authorized peers are dealt with).
     """
 
     scheduled_grads: StepControl | None  # hivemind's pre-scheduled gradient round, set in Optimizer.__init__
     gradient_averager_class: type[GradientAverager] = RobustGradientAverager
     state_averager_class: type[TrainingStateAverager] = RobustTrainingStateAverager
 
-    def __init__(self, *, robustness: RobustnessSpec | None = None, **kwargs: Any):
-        self.robustness = robustness or RobustnessSpec()  # read by the averager factories during __init__
+    def __init__(self, *, robustness: RobustnessSpec | None = None, peer_gate: PeerGate | None = None,
+                 **kwargs: Any):
+        # both are read by the averager factories during hivemind's __init__
+        self.robustness = robustness or RobustnessSpec()
+        self.peer_gate = peer_gate
         super().__init__(grad_averager_factory=self._make_robust_gradient_averager, **kwargs)
 
     def _build_averager(self, averager_class: type[AveragerT], **kwargs: Any) -> AveragerT:
-        """The one place both averagers are constructed (with the run's robustness settings)."""
-        return averager_class(robustness=self.robustness, **kwargs)
+        """The one place both averagers are constructed: with the run's robustness settings and, when the swarm
+        is gated, behind the run's peer gate (swarm.gated_averager: unauthorized peers are refused both ways)."""
+        return gate_averager_class(averager_class, self.peer_gate)(robustness=self.robustness, **kwargs)
 
     def _make_robust_gradient_averager(self, **kwargs: Any) -> GradientAverager:
         return self._build_averager(self.gradient_averager_class, **kwargs)
@@ -195,16 +201,19 @@ class ShardOptimizer(hivemind.Optimizer):
 
 
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,
-                         private_key: RSAPrivateKey, verbose: bool = True) -> ShardOptimizer:
+                         private_key: RSAPrivateKey, verbose: bool = True,
+                         peer_gate: PeerGate | None = None) -> ShardOptimizer:
     """The optimizer of one shard. Client mode follows the DHT's (a NAT'ed peer passes a client DHT).
 
     ``private_key`` signs this peer's progress records in the DHT: the worker's identity key
     (``Identity.as_hivemind_key()``, the key its DHT was started with), so that the coordinator can tie the
     records to the worker's peer ID and cross-check its receipts. Every shard of one DHT must get the same key.
     ``verbose`` makes hivemind log each averaging round at INFO (including failed rounds). Both averagers
-    reduce with ``spec.robustness``."""
+    reduce with ``spec.robustness`` and, given ``peer_gate`` (swarm.peer_gate), deal only with the run's authorized
+    peers."""
     return ShardOptimizer(
         robustness=spec.robustness,
+        peer_gate=peer_gate,
         dht=dht,
         run_id=spec.shard_run_id(shard),
         params=params,

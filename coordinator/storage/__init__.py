@@ -4,7 +4,8 @@
 - ``storage.ledger`` (``LedgerStore``): contribution receipts, DHT progress observations and what is counted
   from them;
 - ``storage.versions`` (``VersionStore``): published adapter versions and rejected snapshots;
-- ``storage.tokens`` (``JoinTokenStore``): the hashed join tokens of runs.
+- ``storage.tokens`` (``JoinTokenStore``): the hashed join tokens of runs;
+- ``storage.bans`` (``PeerBanStore``): peers reported for refused contributions, and peers banned from runs.
 
 Everything outside this package sees frozen records and the exceptions re-exported here (all subclasses of
 ``StorageError``), never SQLAlchemy objects or errors. The schema lives in ``coordinator.schema`` and is created
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from coordinator.storage.bans import BAN_SOURCES, PeerBanRecord, PeerBanStore, ReportTally
 from coordinator.storage.database import MIGRATIONS_DIR, Database, StorageError, utc_now
 from coordinator.storage.ledger import (
     RECEIPT_STATUSES,
@@ -49,6 +51,7 @@ from coordinator.storage.versions import (
 )
 
 __all__ = [
+    "BAN_SOURCES", "PeerBanRecord", "PeerBanStore", "ReportTally",
     "JOIN_POLICIES", "RUN_STATES", "JoinTokenRecord", "JoinTokenStore", "RunSettings", "UnknownTokenError",
     "MIGRATIONS_DIR", "RECEIPT_STATUSES", "Database", "LeaderboardRow", "LedgerStore", "ObservationRecord",
     "OverlappingReceiptError", "PeerContext", "ReceiptConflictError", "ReceiptRecord", "RejectedSnapshotRecord",
@@ -79,6 +82,7 @@ class Storage:
         self.ledger = LedgerStore(self.database)
         self.versions = VersionStore(self.database)
         self.tokens = JoinTokenStore(self.database)
+        self.bans = PeerBanStore(self.database)
 
     def close(self) -> None:
         self.database.close()
