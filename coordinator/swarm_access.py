@@ -3,8 +3,8 @@
 - A Join (and each renewal) gets a token (``swarm.peer_access``) that binds the run and the worker's identity key,
   valid ``lifetime_s``; workers renew it after a third of that.
 - Workers report peers whose contributions their averagers refused. A peer that at least two distinct workers
-  reported, ``spec.robustness.ban_after_reports`` refusals within the last hour, is banned from the run; so is one the
-  operator bans by hand. A banned peer's token is not renewed, it cannot rejoin, and the coordinator's DHT
+  reported, ``spec.robustness.ban_after_reports`` refusals within the last hour, is banned from the run; so is
+  one the operator bans by hand. A banned peer's token is not renewed, it cannot rejoin, and the coordinator's DHT
   authorizer refuses it at once (``push_revoked``); peers of the run stop averaging with it when its last token
   expires (the gate verifies tokens, not bans).
 
