@@ -5,8 +5,8 @@
 - Workers report peers whose contributions their averagers refused. A peer that at least two distinct workers
   reported, ``spec.robustness.ban_after_reports`` refusals within the last hour, is banned from the run; so is
   one the operator bans by hand. A banned peer's token is not renewed, it cannot rejoin, and the coordinator's DHT
-  authorizer refuses it at once (``push_revoked``); peers of the run stop averaging with it when its last token
-  expires (the gate verifies tokens, not bans).
+  authorizer refuses it at once (``push_revoked``), and the run's workers' peer gates within seconds (the signed
+  revocation list it publishes in the DHT).
 
 Usage::
 
@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -32,6 +33,8 @@ from coordinator.storage import PeerBanRecord, Storage
 from swarm.identity import Identity
 from swarm.log import get_logger
 from swarm.peer_access import DEFAULT_LIFETIME_S, issue_access_token, push_revoked
+from swarm.peer_gate import publish_revocations
+from swarm.revocations import sign_revocations
 
 logger = get_logger(__name__)
 
@@ -39,6 +42,7 @@ MAX_REPORTS = 64  # peers in one ReportPeers
 MAX_REPORT_COUNT = 1_000_000
 MAX_REASON_CHARS = 200
 REPORT_WINDOW_S = 3600.0  # refusals reported within this long count toward a ban
+REVOCATIONS_TTL_S = 86400.0  # a run's published revocation list lives this long (republished at each change and start)
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,21 @@ class SwarmAccess:
         return lifted
 
     def push_revoked(self) -> None:
-        """Make the coordinator's DHT refuse every banned peer (in its run) from now on."""
+        """Make the coordinator's DHT refuse every banned peer (in its run) from now on, and publish each run's
+        signed revocation list, which the workers' peer gates read (they stop dealing with a banned peer within
+        seconds, not when its token expires)."""
         if self.dht is None:
             return
-        push_revoked(self.dht, {(ban.run_name, ban.peer_id) for ban in self.storage.bans.list_bans()})
+        bans = self.storage.bans.list_bans()
+        push_revoked(self.dht, {(ban.run_name, ban.peer_id) for ban in bans})
+        banned: dict[str, set[str]] = {runtime.name: set() for runtime in self.runs.available()}
+        for ban in bans:
+            banned.setdefault(ban.run_name, set()).add(ban.peer_id)
+        expires_at = time.time() + REVOCATIONS_TTL_S
+        for run_name, peer_ids in banned.items():
+            signed = sign_revocations(self.identity, run_name, peer_ids)
+            if not publish_revocations(self.dht, run_name, signed, self.identity.as_hivemind_key(), expires_at):
+                logger.warning("run %s: the revocation list could not be stored in the DHT yet", run_name)
 
     def _ban_threshold(self, run_name: str) -> int:
         try:

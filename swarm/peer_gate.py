@@ -6,6 +6,10 @@ coordinator signed for this run and that has not expired, and answers ``allows(p
 not in it makes the gate read the records again, at most once per ``refresh_s`` (a flood of strangers costs one
 DHT read per interval). The coordinator's own peer ID is always allowed (its publisher downloads state).
 
+The coordinator also publishes there, in a subkey it owns, its signed revocation list (``swarm.revocations``):
+a banned peer is refused although its token has not expired. A known peer's standing is read again every
+``REVOCATION_CHECK_S``, so a ban reaches every gate within seconds.
+
 A gate works in any process that holds the DHT handle: the averagers' child processes use it
 (``swarm.gated_averager``). The DHT must have ``access_validators`` (``publish_access_token`` adds them; the
 coordinator adds them at start): hivemind cannot even parse signed records without them.
@@ -33,11 +37,14 @@ from swarm.dht import owner_subkey, run_access_key
 from swarm.identity import peer_id_of_public_key
 from swarm.log import get_logger
 from swarm.peer_access import AccessTokenError, token_from_bytes, token_to_bytes, verify_access_token
+from swarm.revocations import RevocationError, Revocations, verify_revocations
 
 logger = get_logger(__name__)
 
 DEFAULT_REFRESH_S = 2.0
+REVOCATION_CHECK_S = 10.0  # a known peer's standing is read again this often (a ban reaches the gate this fast)
 MAX_RECORDS = 100_000  # more subkeys than this under one run's key are not read (a flood)
+REVOCATIONS_SUBKEY = "revocations"  # the coordinator's owned subkey under the run's access key
 
 
 def access_validators(private_key: RSAPrivateKey) -> list[RSASignatureValidator]:
@@ -56,6 +63,15 @@ def publish_access_token(dht: hivemind.DHT, run: str, token: AccessToken, privat
     return bool(dht.store(run_access_key(run), token_to_bytes(token), expiration_time=expires_at, subkey=subkey))
 
 
+def publish_revocations(dht: hivemind.DHT, run: str, signed: bytes, private_key: RSAPrivateKey,
+                        expires_at: float) -> bool:
+    """Store the run's signed revocation list (``swarm.revocations``) under its access key, in the subkey owned by
+    ``private_key`` (the coordinator's identity key). True if at least one peer stored it."""
+    dht.add_validators(access_validators(private_key))
+    subkey = owner_subkey(REVOCATIONS_SUBKEY, private_key)
+    return bool(dht.store(run_access_key(run), signed, expiration_time=expires_at, subkey=subkey))
+
+
 class PeerGate:
     """The peers authorized in ``run`` by the coordinator whose identity public key (DER) is
     ``authority_public_key``. Thread-safe; forked into averager processes with the DHT handle."""
@@ -66,6 +82,7 @@ class PeerGate:
         self.coordinator_id = peer_id_of_public_key(self.authority_public_key)
         self.refresh_s, self.clock = refresh_s, clock
         self._authorized: dict[str, float] = {}  # peer ID -> expiry of its token
+        self._revoked: frozenset[str] = frozenset()  # banned by the coordinator (its newest signed list)
         self._refreshed_at = -float("inf")  # monotonic
         self._lock = threading.Lock()
 
@@ -74,11 +91,11 @@ class PeerGate:
         peer = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
         if peer == self.coordinator_id:
             return True
-        if self._known(peer):
-            return True
+        known = self._known(peer)
         with self._lock:
-            if time.monotonic() - self._refreshed_at < self.refresh_s:
-                return False
+            since = time.monotonic() - self._refreshed_at
+            if since < (REVOCATION_CHECK_S if known else self.refresh_s):
+                return known
             self._refreshed_at = time.monotonic()
         self.refresh()
         allowed = self._known(peer)
@@ -89,13 +106,16 @@ class PeerGate:
     def _known(self, peer: str) -> bool:
         with self._lock:
             expires_at = self._authorized.get(peer)
-        return expires_at is not None and expires_at > self.clock()
+            revoked = peer in self._revoked
+        return expires_at is not None and expires_at > self.clock() and not revoked
 
     def authorized_peers(self) -> dict[str, float]:
-        """Peer ID -> token expiry of every peer the last refresh found authorized (the coordinator excluded)."""
+        """Peer ID -> token expiry of every peer the last refresh found authorized and not banned (the coordinator
+        excluded)."""
         with self._lock:
             now = self.clock()
-            return {peer: expiry for peer, expiry in self._authorized.items() if expiry > now}
+            return {peer: expiry for peer, expiry in self._authorized.items()
+                    if expiry > now and peer not in self._revoked}
 
     def refresh(self) -> None:
         """Read and verify the run's access records now."""
@@ -103,14 +123,24 @@ class PeerGate:
         authorized: dict[str, float] = {}
         entries = found.value if found is not None and isinstance(found.value, dict) else {}
         now = self.clock()
+        newest: Revocations | None = None
         for index, entry in enumerate(entries.values()):
             if index >= MAX_RECORDS:
                 break
+            value = getattr(entry, "value", None)
             try:
-                claims = verify_access_token(token_from_bytes(getattr(entry, "value", None)),
-                                             self.authority_public_key, run=self.run, now=now)
+                claims = verify_access_token(token_from_bytes(value), self.authority_public_key, run=self.run,
+                                             now=now)
             except AccessTokenError:
-                continue  # expired, forged, of another run, or not a token at all
+                try:  # not a token: perhaps the coordinator's revocation list
+                    revocations = verify_revocations(value, self.authority_public_key, self.run)
+                except RevocationError:
+                    continue  # expired, forged, of another run, or nothing of ours at all
+                if newest is None or revocations.issued_at > newest.issued_at:
+                    newest = revocations
+                continue
             authorized[claims.peer_id] = max(claims.expires_at, authorized.get(claims.peer_id, 0.0))
         with self._lock:
             self._authorized = authorized
+            if newest is not None:
+                self._revoked = newest.peer_ids

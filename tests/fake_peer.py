@@ -10,6 +10,7 @@ ID once it serves and has stored its records, re-stores them every few seconds, 
 import argparse
 import signal
 import threading
+from pathlib import Path
 from functools import partial
 from typing import AsyncIterator
 
@@ -22,7 +23,8 @@ from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils import get_dht_time
 
 from swarm.dht import progress_validators, shard_progress_key, shard_state_prefix, shard_state_sharers_key
-from swarm.identity import load_or_create_identity
+from swarm.identity import Identity, load_or_create_identity
+from swarm.peer_access import SwarmAuthorizer, issue_access_token, token_from_bytes, token_to_bytes
 
 
 class TrainingStateAverager(hivemind_state_averager.TrainingStateAverager):
@@ -45,6 +47,18 @@ class TrainingStateAverager(hivemind_state_averager.TrainingStateAverager):
             yield averaging_pb2.DownloadData(tensor_part=part, metadata=metadata if index == 0 else b"")
 
 
+def access_options(authority: Identity, identity_path: Path, run: str) -> list[str]:
+    """The options that give the fake peer under ``identity_path`` an access token of ``run`` signed by
+    ``authority`` (the coordinator's identity), as a worker gets from its Join: with it, it passes the DHT
+    authorizer, as an attacker that joined (this run, or any run of the coordinator) does."""
+    identity = load_or_create_identity(identity_path)
+    token = issue_access_token(authority, run, identity.public_key_der, lifetime_s=3600)
+    token_file, key_file = identity_path.with_suffix(".token"), identity_path.with_suffix(".authority")
+    token_file.write_bytes(token_to_bytes(token))
+    key_file.write_bytes(authority.public_key_der)
+    return ["--access-token", str(token_file), "--authority-key", str(key_file)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--initial-peer", required=True)
@@ -58,13 +72,20 @@ def main() -> None:
     parser.add_argument("--samples-per-second", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=0)
     parser.add_argument("--hide", nargs="*", default=[], help="peer IDs whose all_averagers entries to overwrite")
+    parser.add_argument("--access-token", help="a file holding this peer's access token (a coordinator's DHT "
+                        "admits no peer without one)")
+    parser.add_argument("--authority-key", help="a file holding the coordinator's public key (DER)")
     args = parser.parse_args()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     identity = load_or_create_identity(args.identity)
+    access = {}
+    if args.access_token:
+        access["authorizer"] = SwarmAuthorizer(identity.as_hivemind_key(), Path(args.authority_key).read_bytes(),
+                                               token=token_from_bytes(Path(args.access_token).read_bytes()))
     dht = hivemind.DHT(initial_peers=[args.initial_peer], host_maddrs=["/ip4/127.0.0.1/tcp/0"],
-                       identity_path=str(identity.path), start=True)
+                       identity_path=str(identity.path), start=True, **access)
     validators = progress_validators(args.run_id, identity.as_hivemind_key())
     dht.add_validators(validators)
     averager = None

@@ -16,6 +16,7 @@ from swarm.dht import read_shard_progress
 from swarm.receipts import Receipt, sign_receipt
 from swarm.identity import load_or_create_identity
 from swarm.spec import RunSpec
+from tests.fake_peer import access_options
 from tests.test_snapshot_trust import _first_line
 
 SPEC = RunSpec(name="credit", data_slices=2, batch_size_per_step=8, target_batch_size=64)
@@ -25,7 +26,9 @@ RUN_ID = SPEC.shard_run_id(0)
 def _peer(coordinator, folder, name: str, *options: str) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "tests.fake_peer", "--initial-peer",
                                 coordinator.initial_peers[0], "--run-id", RUN_ID, "--identity",
-                                str(folder / f"{name}.key"), *options], stdout=subprocess.PIPE, text=True)
+                                str(folder / f"{name}.key"),
+                                *access_options(coordinator.identity, folder / f"{name}.key", SPEC.name), *options],
+                               stdout=subprocess.PIPE, text=True)
     return process
 
 

@@ -369,3 +369,59 @@ def test_the_coordinator_downloads_state_from_gated_workers(coordinator, tmp_pat
         if averager is not None:
             averager.shutdown()
         dht.shutdown()
+
+
+def test_a_ban_reaches_the_workers_gates_in_seconds_not_at_token_expiry(coordinator, tmp_path):
+    from swarm.peer_gate import REVOCATION_CHECK_S
+
+    eve, fay = (load_or_create_identity(tmp_path / f"{name}.key") for name in ("eve", "fay"))
+    dhts = []
+    try:
+        with _client(coordinator) as client, _client(coordinator, operator=True) as operator:
+            grants = {}
+            for identity in (eve, fay):
+                grant = client.join(identity, run_name=RUN).access
+                token = token_from_bytes(grant.access_token)
+                dht = start_dht(coordinator.initial_peers, identity_path=str(identity.path),
+                                authorizer=SwarmAuthorizer(identity.as_hivemind_key(), grant.authority_public_key,
+                                                           token=token))
+                dhts.append(dht)
+                assert publish_access_token(dht, RUN, token, identity.as_hivemind_key(), expires_at=grant.expires_at)
+                grants[identity.peer_id] = grant
+            gate = PeerGate(dhts[0], RUN, coordinator.identity.public_key_der)
+            assert gate.allows(fay.peer_id)
+
+            operator.ban_peer(RUN, fay.peer_id, "caught poisoning")
+            banned_at = time.monotonic()
+            while gate.allows(fay.peer_id):
+                assert time.monotonic() - banned_at < REVOCATION_CHECK_S + 15, "the ban never reached the gate"
+                time.sleep(0.5)
+            assert grants[fay.peer_id].expires_at > time.time() + 20  # long before fay's token would expire
+            assert gate.allows(eve.peer_id) and fay.peer_id not in gate.authorized_peers()
+
+            operator.unban_peer(RUN, fay.peer_id)  # a newer list without fay: her unexpired token counts again
+            unbanned_at = time.monotonic()
+            while not gate.allows(fay.peer_id):
+                assert time.monotonic() - unbanned_at < REVOCATION_CHECK_S + 15, "the unban never reached the gate"
+                time.sleep(0.5)
+    finally:
+        for dht in dhts:
+            dht.shutdown()
+
+
+def test_revocation_lists_are_checked_like_tokens(keys):
+    from swarm.revocations import RevocationError, sign_revocations, verify_revocations
+
+    coordinator, impostor = keys["coordinator"], keys["impostor"]
+    signed = sign_revocations(coordinator, RUN, {"QmBad", "QmWorse"}, now=5.0)
+    listed = verify_revocations(signed, coordinator.public_key_der, RUN)
+    assert (listed.peer_ids, listed.issued_at) == (frozenset({"QmBad", "QmWorse"}), 5.0)
+    with pytest.raises(RevocationError, match="not signed"):
+        verify_revocations(sign_revocations(impostor, RUN, {"QmAlice"}), coordinator.public_key_der, RUN)
+    with pytest.raises(RevocationError, match="of run"):
+        verify_revocations(signed, coordinator.public_key_der, OTHER)
+    with pytest.raises(RevocationError, match="not signed"):
+        verify_revocations(signed.replace(b"QmBad", b"QmGud"), coordinator.public_key_der, RUN)
+    for junk in (b"", b"{}", b"x" * (2 << 20), "text", None):
+        with pytest.raises(RevocationError):
+            verify_revocations(junk, coordinator.public_key_der, RUN)

@@ -20,6 +20,7 @@ from coordinator.version_change import adapter_tensors, as_file_names
 from swarm.identity import load_or_create_identity
 from swarm.spec import RunSpec
 from swarm.state_download import StateDownloadError, default_state_cap, download_state, list_state_sharers
+from tests.fake_peer import access_options
 from tests.test_registry import lora_random
 from tests.test_store_and_pull import publish_tensors
 
@@ -45,7 +46,8 @@ class Peers:
         for name, options in specs.items():
             peer_id = self.identity(name)
             command = [sys.executable, "-m", "tests.fake_peer", "--initial-peer", self.coordinator.initial_peers[0],
-                       "--run-id", SPEC.shard_run_id(0), "--identity", str(self.folder / f"{name}.key")]
+                       "--run-id", SPEC.shard_run_id(0), "--identity", str(self.folder / f"{name}.key"),
+                       *access_options(self.coordinator.identity, self.folder / f"{name}.key", SPEC.name)]
             if "state" in options:
                 path = self.folder / f"{name}.pt"
                 torch.save([options["state"][n] for n in self.runtime.shard_names[0]], path)
