@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +151,8 @@ class WarnOnce:
 class TrustedProgressTracker(ProgressTracker):
     """hivemind's ProgressTracker that believes only the records ``filter_progress`` keeps (its own local
     progress counts in the median), so a peer claiming a far-ahead epoch, speaking for another peer or sending
-    inf samples/s moves nobody's epoch.
+    inf samples/s moves nobody's epoch. With ``peer_allowed`` (a run's ``PeerGate.allows``), records of peers
+    without the run's access token are ignored too (they would make the swarm step early or late).
 
     Example::
 
@@ -159,8 +160,10 @@ class TrustedProgressTracker(ProgressTracker):
                                          max_epoch_lead=2, private_key=identity.as_hivemind_key())
     """
 
-    def __init__(self, *args: Any, max_epoch_lead: int = 2, **kwargs: Any) -> None:
-        self.max_epoch_lead = max_epoch_lead  # set before hivemind's __init__, which parses the swarm's records
+    def __init__(self, *args: Any, max_epoch_lead: int = 2, peer_allowed: Callable[[str], bool] | None = None,
+                 **kwargs: Any) -> None:
+        # set before hivemind's __init__, which parses the swarm's records
+        self.max_epoch_lead, self.peer_allowed = max_epoch_lead, peer_allowed
         self._warn = WarnOnce()
         super().__init__(*args, **kwargs)
 
@@ -172,6 +175,12 @@ class TrustedProgressTracker(ProgressTracker):
     def _trusted_entries(self, metadata: dict) -> dict:
         parsed = parse_signed_progress(metadata)
         readable = [(record, subkey) for record, subkey in parsed if record is not None]
+        if self.peer_allowed is not None:  # a gated swarm: only the run's authorized peers' records count
+            for record, _ in readable:
+                if not self.peer_allowed(record.peer_id):
+                    self._warn((record.peer_id, "unauthorized"), "%s: ignoring the progress record of %s: it "
+                               "holds no access token of the run", self.prefix, record.peer_id)
+            readable = [(record, subkey) for record, subkey in readable if self.peer_allowed(record.peer_id)]
         own = getattr(self, "local_progress", None)
         kept, dropped = filter_progress([record for record, _ in readable], self.max_epoch_lead,
                                         own.epoch if own is not None else None)

@@ -88,3 +88,37 @@ def test_honest_workers_do_not_jump_to_a_liars_epoch_nor_keep_downloading_state(
         liar.wait(timeout=30)
         second.shutdown()
         first.shutdown()
+
+
+def test_in_a_gated_swarm_a_peer_without_the_runs_token_cannot_make_the_workers_step(tmp_path):
+    """A record at the workers' own epoch claiming a whole epoch's samples would make every worker step at once
+    (hivemind's tracker sums the samples of the current epoch); with the run's gate it counts for nothing."""
+    from swarm.progress_filter import TrustedProgressTracker
+
+    identity = load_or_create_identity(tmp_path / "worker.key")
+    dht = start_dht(identity_path=str(identity.path))
+    stranger = subprocess.Popen([sys.executable, "-m", "tests.fake_peer", "--initial-peer", visible_addresses(dht)[0],
+                                 "--run-id", SPEC.shard_run_id(0), "--identity", str(tmp_path / "stranger.key"),
+                                 "--progress-epoch", "0", "--samples", str(10**9)], stdout=subprocess.PIPE, text=True)
+    trackers = []
+    try:
+        stranger_id = _first_line(stranger, timeout=90)
+        assert stranger_id
+        for peer_allowed in (None, lambda peer: peer != stranger_id):
+            trackers.append(TrustedProgressTracker(dht=dht, prefix=SPEC.shard_run_id(0), target_batch_size=1000,
+                                                   start=True, private_key=identity.as_hivemind_key(),
+                                                   min_refresh_period=0.2, default_refresh_period=0.5,
+                                                   peer_allowed=peer_allowed))
+        ungated, gated = trackers
+        deadline = time.monotonic() + 30
+        while ungated.global_progress.samples_accumulated < 10**9:
+            assert time.monotonic() < deadline, "the stranger's record never reached the tracker"
+            time.sleep(0.3)
+        assert ungated.ready_to_update_epoch  # without the gate the stranger decides when everyone steps
+        assert gated.global_progress.samples_accumulated == 0 and not gated.ready_to_update_epoch
+    finally:
+        for tracker in trackers:
+            tracker.shutdown()
+        stranger.terminate()
+        stranger.wait(timeout=30)
+        dht.shutdown()

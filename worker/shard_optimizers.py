@@ -192,9 +192,10 @@ class ShardOptimizer(hivemind.Optimizer):
 
     def _make_progress_tracker(self, target_batch_size: int, **kwargs: Any) -> TrustedProgressTracker:
         """hivemind's tracker, believing only progress records signed by the peer they name, with finite numbers
-        and at most ``robustness.max_epoch_lead`` epochs beyond the median (swarm.progress_filter): an epoch liar
-        moves nobody's epoch and causes no state downloads."""
+        and at most ``robustness.max_epoch_lead`` epochs beyond the median (swarm.progress_filter), and of peers
+        the run's gate authorizes: an epoch liar moves nobody's epoch and causes no state downloads."""
         kwargs.setdefault("max_epoch_lead", self.robustness.max_epoch_lead)
+        kwargs.setdefault("peer_allowed", self.peer_gate.allows if self.peer_gate is not None else None)
         return TrustedProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
                                       client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True,
                                       **kwargs)
