@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any, AsyncIterator, TypeVar
 
 from hivemind.averaging import DecentralizedAverager
@@ -56,7 +57,7 @@ class GatedAveragerMixin:
         if gate is None:
             return True
         # a cache miss reads the DHT (blocking, through the DHT handle): off this process's event loop
-        return await asyncio.get_running_loop().run_in_executor(None, gate.allows, peer)
+        return await asyncio.get_running_loop().run_in_executor(None, partial(gate.allows, peer, fresh=True))
 
     async def rpc_join_group(self, request: averaging_pb2.JoinRequest,
                              context: P2PContext) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
@@ -87,7 +88,7 @@ class GatedAveragerMixin:
     @classmethod
     def get_stub(cls, p2p: P2P, peer: PeerID, *, namespace: str | None = None) -> StubBase:
         gate = cls.peer_gate
-        if gate is not None and not gate.allows(peer):
+        if gate is not None and not gate.allows(peer, fresh=True):
             logger.info("not contacting unauthorized peer %s", peer)
             raise UnauthorizedPeerError(f"peer {peer} holds no access token of run {gate.run}")
         return super().get_stub(p2p, peer, namespace=namespace)  # type: ignore[misc]

@@ -42,6 +42,7 @@ from swarm.revocations import RevocationError, Revocations, verify_revocations
 logger = get_logger(__name__)
 
 DEFAULT_REFRESH_S = 2.0
+FRESH_REFRESH_S = 0.25  # the least time between two reads for an unknown peer of a group (allows(fresh=True))
 REVOCATION_CHECK_S = 10.0  # a known peer's standing is read again this often (a ban reaches the gate this fast)
 MAX_RECORDS = 100_000  # more subkeys than this under one run's key are not read (a flood)
 REVOCATIONS_SUBKEY = "revocations"  # the coordinator's owned subkey under the run's access key
@@ -83,18 +84,22 @@ class PeerGate:
         self.refresh_s, self.clock = refresh_s, clock
         self._authorized: dict[str, float] = {}  # peer ID -> expiry of its token
         self._revoked: frozenset[str] = frozenset()  # banned by the coordinator (its newest signed list)
+        self._revocations_issued_at = -float("inf")
         self._refreshed_at = -float("inf")  # monotonic
         self._lock = threading.Lock()
 
-    def allows(self, peer_id: str | PeerID) -> bool:
-        """True if ``peer_id`` is the coordinator or holds an unexpired token of the run."""
+    def allows(self, peer_id: str | PeerID, fresh: bool = False) -> bool:
+        """True if ``peer_id`` is the coordinator or holds an unexpired token of the run. ``fresh``: for a peer not
+        known yet, read the records again after only ``FRESH_REFRESH_S`` (for peers of a group being formed or
+        averaged with, whose records may have just been published; a flood still costs a few reads a second)."""
         peer = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
         if peer == self.coordinator_id:
             return True
         known = self._known(peer)
         with self._lock:
             since = time.monotonic() - self._refreshed_at
-            if since < (REVOCATION_CHECK_S if known else self.refresh_s):
+            wait = REVOCATION_CHECK_S if known else (FRESH_REFRESH_S if fresh else self.refresh_s)
+            if since < wait:
                 return known
             self._refreshed_at = time.monotonic()
         self.refresh()
@@ -141,6 +146,11 @@ class PeerGate:
                 continue
             authorized[claims.peer_id] = max(claims.expires_at, authorized.get(claims.peer_id, 0.0))
         with self._lock:
+            # a token is good until it expires, seen again or not: a read that misses records (a peer that just
+            # joined the DHT, a host cut off for a while) must not make known peers strangers and break rounds
+            for peer, expires_at in self._authorized.items():
+                if expires_at > now:
+                    authorized[peer] = max(expires_at, authorized.get(peer, 0.0))
             self._authorized = authorized
-            if newest is not None:
-                self._revoked = newest.peer_ids
+            if newest is not None and newest.issued_at >= self._revocations_issued_at:
+                self._revoked, self._revocations_issued_at = newest.peer_ids, newest.issued_at
