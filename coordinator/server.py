@@ -150,9 +150,9 @@ class Coordinator:
         self.address = f"{public_host}:{bound}"
         self.lock.describe_holder(self.address)
         self._stopped = threading.Event()
-        # every 5 s remember the connected DHT peers, for the next start
+        # every 5 s remember the connected DHT peers, for the next start, and republish revocation lists when due
         self._saved_peers: list[str] = []
-        self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._save_peer_book)
+        self._housekeeping = BackgroundLoop("housekeeping", 5.0, self._housekeep)
 
     def operator_endpoint(self) -> Endpoint:
         """This coordinator's address with the operator token, pinning its certificate when it serves TLS (for tools
@@ -184,6 +184,10 @@ class Coordinator:
                 logger.info("no known peer answered (%s); starting without them", str(exc).splitlines()[-1])
         return start_dht(host=config.host, port=config.dht_port, announce_host=config.announce_host,
                          identity_path=identity, authorizer=authorizer)
+
+    def _housekeep(self) -> None:
+        self._save_peer_book()
+        self.swarm_access.republish_if_due()
 
     def _save_peer_book(self) -> None:
         peers = connected_peer_addresses(self.dht)

@@ -42,7 +42,8 @@ MAX_REPORTS = 64  # peers in one ReportPeers
 MAX_REPORT_COUNT = 1_000_000
 MAX_REASON_CHARS = 200
 REPORT_WINDOW_S = 3600.0  # refusals reported within this long count toward a ban
-REVOCATIONS_TTL_S = 86400.0  # a run's published revocation list lives this long (republished at each change and start)
+REVOCATIONS_TTL_S = 86400.0  # a run's published revocation list lives this long in the DHT
+REVOCATIONS_REPUBLISH_S = 3600.0  # and is published again this often (and at each change and start)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class SwarmAccess:
         self.storage, self.runs, self.identity = storage, runs, identity
         self.lifetime_s, self.dht = lifetime_s, dht
         self._lock = threading.Lock()  # one ban decision at a time
+        self._published_at = -float("inf")  # monotonic time of the last push_revoked
 
     def grant(self, run_name: str, public_key_der: bytes) -> Grant:
         token = issue_access_token(self.identity, run_name, public_key_der, self.lifetime_s)
@@ -93,7 +95,7 @@ class SwarmAccess:
                     logger.warning("run %s: banned peer %s (%d refusals reported by %d peers)", run_name, peer_id,
                                    tally.total, tally.reporters)
         if banned:
-            self.push_revoked()
+            self.push_revoked(run_name)
         return accepted, banned
 
     def _report_window_start(self) -> datetime:
@@ -110,7 +112,7 @@ class SwarmAccess:
         record = self.storage.bans.ban(run_name, peer_id, reason or "banned by the operator",
                                        banned_by="operator")  # UnknownRunError: NOT_FOUND
         logger.warning("run %s: the operator banned peer %s", run_name, peer_id)
-        self.push_revoked()
+        self.push_revoked(run_name)
         return record
 
     def unban(self, run_name: str, peer_id: str) -> bool:
@@ -119,18 +121,19 @@ class SwarmAccess:
         lifted = self.storage.bans.unban(run_name, peer_id)
         if lifted:
             logger.info("run %s: the operator lifted the ban of peer %s", run_name, peer_id)
-            self.push_revoked()
+            self.push_revoked(run_name)  # its list, even if now empty
         return lifted
 
-    def push_revoked(self) -> None:
-        """Make the coordinator's DHT refuse every banned peer (in its run) from now on, and publish each run's
-        signed revocation list, which the workers' peer gates read (they stop dealing with a banned peer within
-        seconds, not when its token expires)."""
+    def push_revoked(self, changed_run: str | None = None) -> None:
+        """Make the coordinator's DHT refuse every banned peer (in its run) from now on, and publish the signed
+        revocation list of every run with bans, and of ``changed_run`` (whose last ban may just have been lifted),
+        which the workers' peer gates read (they stop dealing with a banned peer within seconds, not when its
+        token expires)."""
         if self.dht is None:
             return
         bans = self.storage.bans.list_bans()
         push_revoked(self.dht, {(ban.run_name, ban.peer_id) for ban in bans})
-        banned: dict[str, set[str]] = {runtime.name: set() for runtime in self.runs.available()}
+        banned: dict[str, set[str]] = {changed_run: set()} if changed_run is not None else {}
         for ban in bans:
             banned.setdefault(ban.run_name, set()).add(ban.peer_id)
         expires_at = time.time() + REVOCATIONS_TTL_S
@@ -138,6 +141,12 @@ class SwarmAccess:
             signed = sign_revocations(self.identity, run_name, peer_ids)
             if not publish_revocations(self.dht, run_name, signed, self.identity.as_hivemind_key(), expires_at):
                 logger.warning("run %s: the revocation list could not be stored in the DHT yet", run_name)
+        self._published_at = time.monotonic()
+
+    def republish_if_due(self) -> None:
+        """Publish the revocation lists again before they expire in the DHT (the housekeeping loop calls this)."""
+        if time.monotonic() - self._published_at >= REVOCATIONS_REPUBLISH_S:
+            self.push_revoked()
 
     def _ban_threshold(self, run_name: str) -> int:
         try:

@@ -5,7 +5,6 @@ loopback)."""
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
