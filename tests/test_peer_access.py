@@ -425,3 +425,35 @@ def test_revocation_lists_are_checked_like_tokens(keys):
     for junk in (b"", b"{}", b"x" * (2 << 20), "text", None):
         with pytest.raises(RevocationError):
             verify_revocations(junk, coordinator.public_key_der, RUN)
+
+
+def test_hostile_reports_bans_and_renewals_are_refused_and_count_nothing(coordinator, tmp_path):
+    from swarm.client import CoordinatorError
+
+    gus, hal = (load_or_create_identity(tmp_path / f"{name}.key") for name in ("gus", "hal"))
+    with _client(coordinator) as client, _client(coordinator, operator=True) as operator:
+        worker = client.join(gus, run_name=RUN).worker_id
+        target = hal.peer_id
+        hostile = {
+            "too many peers": [(target, 1, "x")] * 65,
+            "a zero count": [(target, 0, "x")],
+            "a negative count": [(target, -5, "x")],
+            "an absurd count": [(target, 10**7, "x")],
+            "a long reason": [(target, 1, "r" * 201)],
+            "control characters": [(target, 1, "bad\x1b[2Jreason")],
+            "not a peer ID": [("../../etc/passwd", 1, "x")],
+        }
+        for what, reports in hostile.items():
+            with pytest.raises(CoordinatorError, match="INVALID_ARGUMENT|at most|refusals|printable|peer"):
+                client.report_peers(worker, gus, reports)
+            assert coordinator.storage.bans.tally(RUN, target).total == 0, what
+        with pytest.raises(CoordinatorError):  # a report signed by another key than the worker's
+            client.report_peers(worker, hal, [(target, 1, "x")])
+        with pytest.raises(CoordinatorError):  # renewal of a worker that does not exist
+            client.renew_access("w" * 32, gus)
+        for peer, reason in (("not a peer", ""), (target, "r" * 201), (target, "\x00")):
+            with pytest.raises(CoordinatorError):
+                operator.ban_peer(RUN, peer, reason)
+        with pytest.raises(CoordinatorError, match="NOT_FOUND|no run"):
+            operator.ban_peer("no-such-run", target)
+        assert target not in {ban.peer_id for ban in coordinator.storage.bans.list_bans(RUN)}
