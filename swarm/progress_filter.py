@@ -12,7 +12,7 @@ again and again. A record is believed here only if
 
 Usage::
 
-    kept, dropped = filter_progress(records, max_epoch_lead=2, own_epoch=tracker.local_progress.epoch)
+    kept, dropped = filter_progress(records, max_epoch_lead=2, own_epoch=7, own_peer_id=dht.peer_id.to_base58())
     tracker = TrustedProgressTracker(dht=dht, prefix=run_id, target_batch_size=256, start=True, max_epoch_lead=2)
 """
 
@@ -109,11 +109,13 @@ def epoch_bound(epochs: Iterable[int], max_epoch_lead: int) -> int | None:
     return int(statistics.median_low(values)) + max_epoch_lead
 
 
-def filter_progress(records: Sequence[SignedProgress], max_epoch_lead: int,
-                    own_epoch: int | None = None) -> tuple[list[SignedProgress], list[tuple[SignedProgress, str]]]:
+def filter_progress(records: Sequence[SignedProgress], max_epoch_lead: int, own_epoch: int | None = None,
+                    own_peer_id: str | None = None) -> tuple[list[SignedProgress], list[tuple[SignedProgress, str]]]:
     """(kept, [(dropped, why)]): records that are signed by the peer they name, in range, and at most
-    ``max_epoch_lead`` epochs beyond the median epoch of those records (``own_epoch``, this peer's local epoch,
-    counts in the median as one more record)."""
+    ``max_epoch_lead`` epochs beyond the median epoch of those records. ``own_epoch``, this peer's local epoch,
+    counts in the median once: in place of this peer's own record (``own_peer_id``) when that is among
+    ``records``. Counted twice, a worker that rejoined two epochs behind two peers would out-vote them and never
+    follow them again."""
     kept, dropped = [], []
     for record in records:
         why = implausible(record)
@@ -121,7 +123,10 @@ def filter_progress(records: Sequence[SignedProgress], max_epoch_lead: int,
             dropped.append((record, why))
         else:
             kept.append(record)
-    epochs = [record.progress.epoch for record in kept] + ([own_epoch] if own_epoch is not None else [])
+    if own_epoch is None:
+        epochs = [record.progress.epoch for record in kept]
+    else:
+        epochs = [record.progress.epoch for record in kept if record.peer_id != own_peer_id] + [own_epoch]
     bound = epoch_bound(epochs, max_epoch_lead)
     if bound is not None:
         for record in [record for record in kept if record.progress.epoch > bound]:
@@ -183,7 +188,8 @@ class TrustedProgressTracker(ProgressTracker):
             readable = [(record, subkey) for record, subkey in readable if self.peer_allowed(record.peer_id)]
         own = getattr(self, "local_progress", None)
         kept, dropped = filter_progress([record for record, _ in readable], self.max_epoch_lead,
-                                        own.epoch if own is not None else None)
+                                        own.epoch if own is not None else None,
+                                        PeerID(own.peer_id).to_base58() if own is not None else None)
         for record, why in dropped:
             self._warn((record.peer_id, why), "%s: ignoring the progress record of %s: %s", self.prefix,
                        record.peer_id, why)

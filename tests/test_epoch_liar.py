@@ -9,12 +9,17 @@ import subprocess
 import sys
 import threading
 import time
+import tempfile
+from pathlib import Path
 
 import torch
+from hivemind.optim.progress_tracker import LocalTrainingProgress
+from hivemind.p2p import PeerID
 
 from swarm.data import load_texts
 from swarm.dht import progress_validators, read_shard_progress, start_dht, visible_addresses
 from swarm.identity import load_or_create_identity
+from swarm.progress_filter import SignedProgress, TrustedProgressTracker, filter_progress
 from swarm.spec import AveragingSpec, RunSpec
 from tests.test_snapshot_trust import _first_line
 from worker.model_setup import build_run_model
@@ -93,8 +98,6 @@ def test_honest_workers_do_not_jump_to_a_liars_epoch_nor_keep_downloading_state(
 def test_in_a_gated_swarm_a_peer_without_the_runs_token_cannot_make_the_workers_step(tmp_path):
     """A record at the workers' own epoch claiming a whole epoch's samples would make every worker step at once
     (hivemind's tracker sums the samples of the current epoch); with the run's gate it counts for nothing."""
-    from swarm.progress_filter import TrustedProgressTracker
-
     identity = load_or_create_identity(tmp_path / "worker.key")
     dht = start_dht(identity_path=str(identity.path))
     stranger = subprocess.Popen([sys.executable, "-m", "tests.fake_peer", "--initial-peer", visible_addresses(dht)[0],
@@ -122,3 +125,26 @@ def test_in_a_gated_swarm_a_peer_without_the_runs_token_cannot_make_the_workers_
         stranger.terminate()
         stranger.wait(timeout=30)
         dht.shutdown()
+
+
+def _record(epoch: int) -> SignedProgress:
+    """A plausible progress record at ``epoch`` of a fresh peer, signed by that peer's own key."""
+    with tempfile.TemporaryDirectory() as folder:
+        peer = PeerID.from_base58(load_or_create_identity(Path(folder) / "peer.key").peer_id)
+    progress = LocalTrainingProgress(peer_id=peer.to_bytes(), epoch=epoch, samples_accumulated=0,
+                                     samples_per_second=1.0, time=time.time(), client_mode=False)
+    return SignedProgress(peer.to_base58(), progress)
+
+
+def test_a_worker_behind_two_agreeing_peers_follows_them_but_not_a_lone_liar():
+    """Its own epoch counts once in the median, its own DHT record included: counted twice, a worker that rejoined
+    three epochs behind two peers out-voted them and trained alone ever after (seen in test_faults)."""
+    own, ahead = _record(4), [_record(7), _record(7)]
+    kept, dropped = filter_progress([own, *ahead], max_epoch_lead=2, own_epoch=4, own_peer_id=own.peer_id)
+    assert {record.peer_id for record in kept} == {own.peer_id, *(record.peer_id for record in ahead)}, dropped
+    liar, honest = _record(LIAR_EPOCH), _record(4)
+    kept, dropped = filter_progress([own, honest, liar], max_epoch_lead=2, own_epoch=4, own_peer_id=own.peer_id)
+    assert [record.peer_id for record, _ in dropped] == [liar.peer_id]
+    # at start-up, with no record of its own yet and only the liar's in the DHT, its own epoch still out-votes it
+    kept, dropped = filter_progress([liar], max_epoch_lead=2, own_epoch=0, own_peer_id=own.peer_id)
+    assert not kept and "beyond 2" in dropped[0][1]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import hivemind
 import pytest
 import torch
-from hivemind.averaging.partition import TensorPartReducer
+from hivemind.averaging.partition import AllreduceException, TensorPartReducer
 
 from swarm.dht import start_dht, visible_addresses
 from swarm.robust_allreduce import RobustAllReduceRunner, RobustAveragingMixin, RobustTensorPartReducer
@@ -49,18 +49,32 @@ def honest_inputs(seed: int) -> list[list[torch.Tensor]]:
 
 
 def run_round(dhts, inputs: list[list[torch.Tensor]], robustness: RobustnessSpec, prefix: str,
-              weights=(1.0, 1.0, 1.0, 1.0), bandwidths=(None, None, None, None),
-              classes=(RobustAverager,) * 4) -> RoundResult:
+              **options) -> RoundResult:
+    """One averaging round of four averagers, tried a second time (fresh averagers, a fresh prefix) when
+    matchmaking never gathered all four: on a loaded 2-core machine hivemind's matchmaking sometimes misses a
+    group of exactly four within the step's deadline. What the tests check is the aggregation, which either try
+    does in full."""
+    try:
+        return _run_round_once(dhts, inputs, robustness, prefix, **options)
+    except AllreduceException as error:
+        if "could not find a group" not in str(error):
+            raise
+        return _run_round_once(dhts, inputs, robustness, f"{prefix}_retry", **options)
+
+
+def _run_round_once(dhts, inputs: list[list[torch.Tensor]], robustness: RobustnessSpec, prefix: str,
+                    weights=(1.0, 1.0, 1.0, 1.0), bandwidths=(None, None, None, None),
+                    classes=(RobustAverager,) * 4) -> RoundResult:
     averagers = [
         averager_class([tensor.clone() for tensor in tensors], dht, robustness=robustness, prefix=prefix,
-                       start=True, target_group_size=4, min_group_size=4, min_matchmaking_time=3.0,
-                       request_timeout=1.0, part_size_bytes=PART_BYTES, next_chunk_timeout=10.0,
+                       start=True, target_group_size=4, min_group_size=4, min_matchmaking_time=4.0,
+                       request_timeout=3.0, part_size_bytes=PART_BYTES, next_chunk_timeout=10.0,
                        allreduce_timeout=30.0, bandwidth=bandwidth)
         for tensors, dht, bandwidth, averager_class in zip(inputs, dhts, bandwidths, classes)
     ]
     try:
         with ThreadPoolExecutor(4) as pool:
-            controls = list(pool.map(lambda pair: pair[0].step(weight=pair[1], wait=False, timeout=60),
+            controls = list(pool.map(lambda pair: pair[0].step(weight=pair[1], wait=False, timeout=40),
                                      zip(averagers, weights)))
         for control in controls:
             control.result(timeout=60)
