@@ -69,6 +69,42 @@ class AveragingSpec(_Frozen):
     progress_refresh_s: float = Field(
         3.0, gt=0, le=60, description="How often a peer re-reads the swarm's progress when it knows of no peers."
     )
+    mode: Literal["sync", "local"] = Field(
+        "sync", description="'sync': every epoch the group averages gradients and all peers take the same optimizer "
+        "step (exact; for small swarms on fast links). 'local': every worker steps its own optimizer on each "
+        "microbatch and once per epoch the group averages the change of the parameters since the last round and "
+        "applies one outer Nesterov step (DiLoCo; about target_batch_size / (peers x batch_size_per_step) local "
+        "steps per round, for home links).",
+    )
+    outer_lr: float = Field(0.7, gt=0, le=10, description="local mode: learning rate of the outer Nesterov step.")
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="local mode: momentum of the outer Nesterov step.")
+    lora_factors: Literal["alternate", "freeze_a", "both"] = Field(
+        "alternate", description="local mode: which LoRA factor trains in a round. Averaging A and B after local "
+        "steps is not the average of the products BA; 'alternate' trains only B in even rounds and only A in odd "
+        "ones (exact, RoLoRA), 'freeze_a' keeps A at its seeded initialisation (exact, FFA-LoRA), 'both' trains "
+        "and averages both (inexact).",
+    )
+    compression: Literal["none", "fp16", "8bit"] = Field(
+        "none", description="How what is averaged travels: 'none' (fp32), 'fp16', or '8bit' (hivemind's uniform "
+        "8-bit quantisation; local mode only, where the averaged change tolerates it).",
+    )
+    overlap: bool = Field(
+        True, description="local mode: run a round's all-reduce in the background while the next local steps "
+        "compute; its outer step is applied one round late, with the local progress made meanwhile kept.",
+    )
+    link_mbit: float = Field(
+        10.0, gt=0, le=100_000, description="The slowest uplink (Mbit/s) the run is sized for: the averaging and "
+        "chunk timeouts are raised to fit one round's payload at this rate.",
+    )
+
+    @model_validator(mode="after")
+    def _check_compression(self) -> "AveragingSpec":
+        if self.compression == "8bit" and self.mode != "local":
+            raise ValueError("compression '8bit' is for mode 'local' (sync mode averages gradients: use 'fp16')")
+        return self
+
+
+LOCAL_MODE_FIELDS = ("mode", "outer_lr", "outer_momentum", "lora_factors", "compression", "overlap", "link_mbit")
 
 
 class RobustnessSpec(_Frozen):
@@ -185,6 +221,10 @@ class RunSpec(_Frozen):
             del fields["parent"]
         if fields["robustness"] == RobustnessSpec().model_dump(mode="json"):
             del fields["robustness"]  # runs launched before robustness settings existed keep their hash
+        defaults = AveragingSpec().model_dump(mode="json")
+        for name in LOCAL_MODE_FIELDS:  # runs launched before local mode existed keep their hash
+            if fields["averaging"][name] == defaults[name]:
+                del fields["averaging"][name]
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
