@@ -120,6 +120,15 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
         logger.log(self.status_loglevel, "%s: transitioning to epoch %d (round %s)", self.run_id, self.local_epoch,
                    averager.round_outcome or "started")
 
+    def settle(self) -> None:
+        """Land the round in flight and put the outer parameters into the model: what the swarm agreed on, not
+        this peer's unaveraged steps since (they were credited, but nobody else has them)."""
+        super().settle()
+        averager = self.state_averager
+        with torch.no_grad(), averager.lock_optimizer:
+            for param, outer in zip(averager.main_parameters, self.outer_parameters()):
+                param.copy_(outer)
+
     def load_state_from_peers(self, **kwargs: Any) -> None:
         """hivemind's catch-up; one try per resync request (a swarm without peers is not asked again and again)."""
         self.state_averager.step(wait_for_delayed_updates=True)

@@ -126,6 +126,10 @@ class ShardOptimizer(hivemind.Optimizer):
         self._maybe_schedule_state_averaging()
         return True
 
+    def settle(self) -> None:
+        """After the last step: let a background round finish and be applied (nothing is left in flight)."""
+        self.state_averager.step(wait_for_delayed_updates=True)
+
     @property
     def epoch_is_due(self) -> bool:
         """The swarm has accumulated the target batch for this epoch (or its deadline passed)."""
