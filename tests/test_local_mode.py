@@ -159,3 +159,70 @@ def test_a_late_joiner_downloads_the_outer_parameters_and_momentum(local_swarm):
         assert torch.equal(param.detach(), mine)  # it trains on from the swarm's outer parameters
     momentum = [late.state_averager._momentum_buffer(outer) for outer in late.outer_parameters()]
     assert sum(float(buffer.abs().sum()) for buffer in momentum) > 0
+
+
+class SignFlippingOuterAverager(OuterStepStateAverager):
+    """A Byzantine peer's averager: it sends -8x its pseudo-gradient, or NaN every other round."""
+
+    def _load_local_tensors_into_averager_(self) -> None:
+        super()._load_local_tensors_into_averager_()
+        if self.outer_parameters is None:
+            return
+        with torch.no_grad(), self.get_tensors() as averaged:
+            for buffer in averaged:
+                buffer.mul_(-8.0) if self.local_epoch % 2 else buffer.fill_(float("nan"))
+
+
+class ByzantineLocalOptimizer(LocalUpdateShardOptimizer):
+    state_averager_class = SignFlippingOuterAverager
+
+
+def test_a_byzantine_peers_pseudo_gradients_are_not_averaged_in(tmp_path, monkeypatch):
+    """Three local-mode peers, one sending NaN and sign-flipped (x8) pseudo-gradients: the two honest peers keep
+    finite outer parameters that agree with each other, refuse the attacker's parts, and still learn."""
+    import worker.local_updates
+
+    spec = local_spec()
+    peers = 3
+    split = split_dataset(load_texts(spec.dataset), spec.eval_fraction, spec.seed)
+    identities = [load_or_create_identity(tmp_path / f"peer{i}.key") for i in range(peers)]
+    dhts = [start_dht(identity_path=str(identities[0].path))]
+    dhts += [start_dht(visible_addresses(dhts[0]), identity_path=str(identity.path)) for identity in identities[1:]]
+    models = [build_run_model(spec) for _ in range(peers)]
+    base_loss = eval_loss(models[0].model, split.eval, models[0].tokenizer, spec.seq_len)
+    optimizers = []
+    try:
+        for index, (model, dht, identity) in enumerate(zip(models, dhts, identities)):
+            if index == peers - 1:
+                monkeypatch.setattr(worker.local_updates, "LocalUpdateShardOptimizer", ByzantineLocalOptimizer)
+            optimizers.append(make_shard_optimizer(spec, 0, model.shard_parameters(0), dht,
+                                                   identity.as_hivemind_key(), verbose=False,
+                                                   param_names=model.shard_names[0]))
+        loops = [TrainingLoop(spec, models[i], {0: optimizers[i]}, data_slice(split.train, peers, i),
+                              torch.device("cpu"), show_progress=False, data_seed=i, sync_peers=peers,
+                              sync_timeout_s=30.0) for i in range(peers)]
+        threads = [threading.Thread(target=loop.run, args=(TrainingLimits(max_epochs=EPOCHS, max_seconds=120),))
+                   for loop in loops]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        honest: list[LocalUpdateShardOptimizer] = optimizers[:2]  # type: ignore[assignment]
+        for optimizer in honest:
+            optimizer.settle()
+        attacker = dhts[-1].peer_id.to_base58()
+        rejections = [rejection for optimizer in honest for rejection in optimizer.drain_rejections()]
+        first, second = (optimizer.outer_parameters() for optimizer in honest)
+        assert all(bool(torch.isfinite(tensor).all()) for tensor in [*first, *second])
+        for a, b in zip(first, second):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), float((a - b).abs().max())
+        assert (attacker, "part_non_finite") in rejections, rejections
+        loss = eval_loss(models[0].model, split.eval, models[0].tokenizer, spec.seq_len)
+        print(f"local mode with a Byzantine peer: base {base_loss:.4f} -> {loss:.4f}, refusals "
+              f"{sorted(set(rejections))}, rounds {[o.state_averager.round_counts for o in honest]}")
+        assert loss < base_loss - 0.05
+    finally:
+        for optimizer in optimizers:
+            optimizer.shutdown()
+        for dht in dhts:
+            dht.shutdown()

@@ -43,6 +43,7 @@ class OuterStepStateAverager(RobustTrainingStateAverager):
     load the swarm's state before the next round, ``needs_resync``)."""
 
     local_epoch: int
+    zero_refused_spans = True  # a refused span moves no honest peer's outer parameters: they stay identical
 
     def __init__(self, *args: Any, outer_lr: float, outer_momentum: float, **kwargs: Any):
         self.outer_lr, self.outer_momentum = outer_lr, outer_momentum
