@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 
+from coordinator.publish_policy import PublishPolicy
+from coordinator.snapshot_choice import tensors_agree
 from swarm.data import data_slice, load_texts, split_dataset
 from swarm.dht import start_dht, visible_addresses
 from swarm.evaluation import eval_loss
@@ -179,7 +182,8 @@ class ByzantineLocalOptimizer(LocalUpdateShardOptimizer):
 
 def test_a_byzantine_peers_pseudo_gradients_are_not_averaged_in(tmp_path, monkeypatch):
     """Three local-mode peers, one sending NaN and sign-flipped (x8) pseudo-gradients: the two honest peers keep
-    finite outer parameters that agree with each other, refuse the attacker's parts, and still learn."""
+    finite outer parameters that agree with each other (within the publisher's tolerance), refuse the
+    attacker's parts, and still learn."""
     import worker.local_updates
 
     spec = local_spec()
@@ -214,8 +218,11 @@ def test_a_byzantine_peers_pseudo_gradients_are_not_averaged_in(tmp_path, monkey
         rejections = [rejection for optimizer in honest for rejection in optimizer.drain_rejections()]
         first, second = (optimizer.outer_parameters() for optimizer in honest)
         assert all(bool(torch.isfinite(tensor).all()) for tensor in [*first, *second])
-        for a, b in zip(first, second):
-            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), float((a - b).abs().max())
+        # they agree as the publisher requires of the peers it snapshots. Not to the last bit: a catching-up peer
+        # may download the attacker's state, and an averaged part one honest peer refuses for its norm another
+        # may accept (each checks against its own part)
+        policy = replace(PublishPolicy(), step_size=spec.lr)
+        assert tensors_agree(first, second, policy), [float((a - b).abs().max()) for a, b in zip(first, second)]
         assert (attacker, "part_non_finite") in rejections, rejections
         loss = eval_loss(models[0].model, split.eval, models[0].tokenizer, spec.seq_len)
         print(f"local mode with a Byzantine peer: base {base_loss:.4f} -> {loss:.4f}, refusals "

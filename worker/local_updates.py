@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from hivemind.averaging.control import StepControl
+from hivemind.utils import get_dht_time
 
 from swarm.log import get_logger
 from worker.outer_step import OuterStepStateAverager
@@ -100,19 +102,40 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
             averager.optimizer.step()
         samples = self.tracker.local_progress.samples_accumulated + self.batch_size_per_step
         self.tracker.report_local_progress(self.local_epoch, samples)
+        self._maybe_schedule_round()
         return True
+
+    def _maybe_schedule_round(self) -> None:
+        """Start matchmaking for this epoch's round ``matchmaking_time`` before the swarm is expected to reach
+        the epoch's samples, so that the group is formed when the epoch ends (hivemind's pre-scheduling)."""
+        averager, scheduled = self.state_averager, self.scheduled_state
+        if scheduled is not None and not (scheduled.triggered or scheduled.done()):
+            return
+        if averager.averaging_in_progress or self.tracker.global_progress.num_peers <= 1:
+            return
+        if self.tracker.estimated_next_update_time - get_dht_time() <= self.matchmaking_time:
+            self.scheduled_state = averager.schedule_step(gather=self.local_epoch + 1, timeout=self.averaging_timeout)
+
+    def _take_scheduled_round(self) -> StepControl | None:
+        scheduled, self.scheduled_state = self.scheduled_state, None
+        if scheduled is None or scheduled.triggered or scheduled.done():
+            return None
+        return scheduled
 
     def finish_epoch(self) -> None:
         """Land the round in flight (if any), then start this epoch's round (in the background with overlap)."""
         averager = self.state_averager
         averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
         with self.tracker.pause_updates():
+            scheduled = self._take_scheduled_round()
             if self.tracker.global_progress.num_peers <= 1:
+                if scheduled is not None:
+                    scheduled.cancel()
                 averager.outer_step_alone()
                 averager.step(increment_epoch=True)
             else:
                 averager.step(increment_epoch=True, averaging_round=True, delay_averaging=self.delay_state_averaging,
-                              averaging_opts=dict(timeout=self.averaging_timeout))
+                              averaging_control=scheduled, averaging_opts=dict(timeout=self.averaging_timeout))
             self.tracker.update_epoch(new_epoch=averager.local_epoch)
             self._should_check_synchronization_on_update = True
             if not self.client_mode:

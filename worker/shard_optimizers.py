@@ -65,6 +65,7 @@ class ShardOptimizer(hivemind.Optimizer):
     """
 
     scheduled_grads: StepControl | None  # hivemind's pre-scheduled gradient round, set in Optimizer.__init__
+    scheduled_state: StepControl | None  # and its pre-scheduled state round
     gradient_averager_class: type[GradientAverager] = RobustGradientAverager
     state_averager_class: type[TrainingStateAverager] = RobustTrainingStateAverager
 
