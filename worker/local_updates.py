@@ -134,6 +134,7 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
                 averager.outer_step_alone()
                 averager.step(increment_epoch=True)
             else:
+                averager.begin_round()
                 averager.step(increment_epoch=True, averaging_round=True, delay_averaging=self.delay_state_averaging,
                               averaging_control=scheduled, averaging_opts=dict(timeout=self.averaging_timeout))
             self.tracker.update_epoch(new_epoch=averager.local_epoch)
