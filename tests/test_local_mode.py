@@ -233,3 +233,18 @@ def test_a_byzantine_peers_pseudo_gradients_are_not_averaged_in(tmp_path, monkey
             optimizer.shutdown()
         for dht in dhts:
             dht.shutdown()
+
+
+def test_8bit_parts_decode_under_numpy_2():
+    """hivemind 1.1's 8-bit decoder raises TypeError under NumPy 2 (every part would be refused while the round
+    looks averaged); the compression nomoat hands hivemind comes with a decoder that works."""
+    from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+    from hivemind.proto.runtime_pb2 import CompressionType
+
+    from swarm.compression import averaging_compression
+
+    averaging_compression("8bit")
+    tensor = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    decoded = deserialize_torch_tensor(serialize_torch_tensor(tensor, CompressionType.UNIFORM_8BIT))
+    assert decoded.shape == tensor.shape
+    assert float((decoded - tensor).abs().max()) < 0.1 * float(tensor.abs().max())  # 256 levels

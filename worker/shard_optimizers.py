@@ -29,7 +29,8 @@ from swarm.log import get_logger
 from swarm.gated_averager import gate_averager_class
 from swarm.peer_gate import PeerGate
 from swarm.progress_filter import TrustedProgressTracker
-from swarm.round_timeouts import averaging_compression, round_timeouts
+from swarm.compression import averaging_compression
+from swarm.round_timeouts import round_timeouts
 from swarm.robust_allreduce import RobustGradientAverager, RobustTrainingStateAverager
 from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
