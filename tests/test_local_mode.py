@@ -247,4 +247,4 @@ def test_8bit_parts_decode_under_numpy_2():
     tensor = torch.randn(4096, generator=torch.Generator().manual_seed(0))
     decoded = deserialize_torch_tensor(serialize_torch_tensor(tensor, CompressionType.UNIFORM_8BIT))
     assert decoded.shape == tensor.shape
-    assert float((decoded - tensor).abs().max()) < 0.1 * float(tensor.abs().max())  # 256 levels
+    assert float((decoded - tensor).norm() / tensor.norm()) < 0.05  # 256 levels (measured: 2.4%)
