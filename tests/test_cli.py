@@ -100,6 +100,10 @@ EVERY_FIELD = {
     "--robustness-max-norm-ratio": ("20", 20.0), "--robustness-max-step-lr-multiple": ("5", 5.0),
     "--robustness-max-epoch-lead": ("3", 3), "--robustness-ban-after-reports": ("7", 7),
     "--robustness-max-state-bytes": ("4096", 4096), "--robustness-max-version-change-ratio": ("30", 30.0),
+    "--averaging-mode": ("local", "local"), "--averaging-outer-lr": ("0.5", 0.5),
+    "--averaging-outer-momentum": ("0.8", 0.8), "--averaging-lora-factors": ("freeze_a", "freeze_a"),
+    "--averaging-compression": ("8bit", "8bit"), "--averaging-overlap": (None, False),  # None: given as --no-...
+    "--averaging-link-mbit": ("100", 100.0),
 }
 
 
@@ -133,7 +137,8 @@ def test_every_runspec_field_has_a_flag_named_after_it(launched_specs):
     flags = {flag.flag: ".".join(flag.path) for flag in SPEC_FLAGS}
     assert set(flags) == set(EVERY_FIELD)
     assert all(flag == "--" + path.replace(".", "-").replace("_", "-") for flag, path in flags.items())
-    args = [part for flag, (text, _) in EVERY_FIELD.items() for part in (flag, text)]
+    args = [part for flag, (text, _) in EVERY_FIELD.items()
+            for part in ((flag, text) if text is not None else ("--no-" + flag[2:],))]
     result = runner.invoke(app, ["launch", *args])
     assert result.exit_code == 0, result.output
     spec = launched_specs[0].model_dump()
@@ -158,3 +163,4 @@ def test_launch_from_a_toml_spec_with_only_top_level_fields(coordinator, tmp_pat
     assert result.exit_code == 0, result.output
     stored = RunSpec.from_json(coordinator.storage.runs.get_run("toml-plain").spec_json)
     assert stored == RunSpec(name="toml-plain", shards=2, data_slices=2)
+
