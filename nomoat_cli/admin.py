@@ -8,6 +8,7 @@ import typer
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure, ask,
                                coordinator_endpoint, fail)
 from nomoat_cli.credentials import OperatorTokenFile, with_credentials
+from nomoat_cli.units import utc_time
 
 token_app = typer.Typer(help="Join tokens of runs with join policy 'token' (operator).", no_args_is_help=True)
 
@@ -44,8 +45,8 @@ def token_list(
     if not tokens:
         typer.echo(f"run {run} has no join tokens")
     for token in tokens:
-        revoked = f"revoked {token.revoked_at[:19]}" if token.revoked_at else "valid"
-        typer.echo(f"{token.token_id:>5}  {token.label[:40]!r:<42} created {token.created_at[:19]}  {revoked}")
+        revoked = f"revoked {utc_time(token.revoked_at)}" if token.revoked_at else "valid"
+        typer.echo(f"{token.token_id:>5}  {token.label[:40]!r:<42} created {utc_time(token.created_at)}  {revoked}")
 
 
 @token_app.command("revoke")

@@ -164,3 +164,40 @@ def test_launch_from_a_toml_spec_with_only_top_level_fields(coordinator, tmp_pat
     stored = RunSpec.from_json(coordinator.storage.runs.get_run("toml-plain").spec_json)
     assert stored == RunSpec(name="toml-plain", shards=2, data_slices=2)
 
+
+def test_status_and_leaderboard_count_each_sample_once_with_compute_in_hours_minutes_and_utc_times(coordinator):
+    """A donor training both shards of a run printed 192 samples: it sent a receipt per shard for each interval,
+    and status and the leaderboard show 192 samples (384 sample-shards), compute as H:MM and times in UTC."""
+    from datetime import datetime, timedelta, timezone
+
+    from tests.storage_contract import receipt_of
+
+    assert launch(coordinator, "--name", "units", "--shards", "2", "--data-slices", "2").exit_code == 0
+    worker = coordinator.storage.runs.register_worker("units", "alice", "Alice", [0, 1], data_slice=0, device="cpu")
+    start = datetime(2026, 12, 1, 14, 3, 0, tzinfo=timezone.utc)
+    for interval in range(2):
+        began = start + timedelta(seconds=60 * interval)
+        for shard in (0, 1):
+            coordinator.storage.ledger.add_receipt(receipt_of(
+                worker, shard=shard, samples=96, compute_seconds=1800.0 / 4, status="verified", started_at=began,
+                ended_at=began + timedelta(seconds=60), received_at=began + timedelta(seconds=61)))
+    status = runner.invoke(app, ["status", "-c", coordinator.address, "--run", "units"])
+    assert status.exit_code == 0, status.output
+    assert "2 shard(s), 1 live worker(s), 192 samples trained (384 sample-shards)" in status.output
+    assert "  shard 0: 1 worker(s), epoch 0, 192 samples" in status.output
+    board = runner.invoke(app, ["leaderboard", "-c", coordinator.address, "--run", "units"])
+    assert board.exit_code == 0, board.output
+    assert "run units: 192 verified samples" in board.output
+    [row] = [line for line in board.output.splitlines() if "Alice" in line]
+    assert row.split()[3:] == ["192", "192", "0:30", "100.0%", "2026-12-01", "14:05", "UTC"], row
+    assert "compute" in board.output and "compute h " not in board.output
+
+
+def test_units_of_the_cli():
+    from nomoat_cli.units import hours_minutes, utc_time
+
+    assert [hours_minutes(h) for h in (0.0, 0.0168, 0.5, 1.0, 25.999, float("nan"))] == \
+        ["0:00", "0:01", "0:30", "1:00", "26:00", "0:00"]
+    assert utc_time("2026-12-01T14:05:09.51+01:00") == "2026-12-01 13:05 UTC"
+    assert utc_time("2026-12-01T13:05:09") == "2026-12-01 13:05 UTC"
+    assert (utc_time(""), utc_time("soon")) == ("", "soon")
