@@ -38,7 +38,12 @@ def donate(
     outbox: Optional[Path] = typer.Option(None, help="Unsent-receipt file (default: beside the identity key)."),
     drain_timeout: float = typer.Option(30.0, help="On exit, keep trying this long to deliver queued receipts."),
 ) -> None:
-    """Donate compute: join a run and train its LoRA shards with the swarm."""
+    """Donate compute: join a run and train its LoRA shards with the swarm.
+
+    \b
+    Example:
+      swarm donate -c coord.example.org --run myrun --name alice --max-seconds 3600
+    """
     from swarm.client import CoordinatorError
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals

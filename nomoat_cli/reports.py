@@ -30,7 +30,12 @@ def status(
     runs are listed for the operator and for holders of one of their join tokens.
 
     A run's samples count each sample once; a shard's, the samples that trained that shard (with several shards,
-    their sum is in sample-shards). Only verified work counts. Times are UTC."""
+    their sum is in sample-shards). Only verified work counts. Times are UTC.
+
+    \b
+    Example:
+      swarm status -c coord.example.org --run myrun
+    """
     endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file,
                                 join_token)
     response = ask(endpoint, lambda client: client.status(run, include_archived=all_runs))
@@ -74,7 +79,12 @@ def leaderboard(
 ) -> None:
     """Contributors of a run: samples, verified samples, compute (hours:minutes), share of the run, last seen (UTC).
 
-    A sample counts once however many shards it trained."""
+    A sample counts once however many shards it trained.
+
+    \b
+    Example:
+      swarm leaderboard -c coord.example.org --run myrun --all
+    """
     board = ask(with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file,
                                  join_token),
                 lambda client: client.leaderboard(run, include_unverified=all_receipts))

@@ -1,5 +1,8 @@
 """The CLI's help and its error messages on bad input, against a real coordinator (nothing stored on error)."""
 
+import os
+import re
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -7,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from coordinator.publisher import PublishPolicy, ShardSnapshot
 from coordinator.server import Coordinator, CoordinatorConfig
 from nomoat_cli.app import app
 from nomoat_cli.launch import SPEC_FLAGS
@@ -37,7 +41,10 @@ def test_help_imports_no_heavy_library():
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
-    with Coordinator(CoordinatorConfig(data_dir=tmp_path_factory.mktemp("coord"), port=0, publish=False)) as running:
+    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("coord"), port=0, publish=False,
+                               # test_release_latest publishes made-up adapters, worse than the base model
+                               publish_policy=PublishPolicy(max_eval_regression=1e9, max_base_regression=1e9))
+    with Coordinator(config) as running:
         yield running
 
 
@@ -201,3 +208,118 @@ def test_units_of_the_cli():
     assert utc_time("2026-12-01T14:05:09.51+01:00") == "2026-12-01 13:05 UTC"
     assert utc_time("2026-12-01T13:05:09") == "2026-12-01 13:05 UTC"
     assert (utc_time(""), utc_time("soon")) == ("", "soon")
+
+
+LEAF_COMMANDS = ["coordinator", "launch", "donate", "pull", "release", "export", "status", "leaderboard", "demo",
+                 "token create", "token list", "token revoke", "run", "peer ban", "peer unban"]
+
+
+@pytest.mark.parametrize("command", LEAF_COMMANDS)
+def test_every_command_help_shows_an_example_and_defaults(command):
+    result = runner.invoke(app, [*command.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    example = result.output.split("Example:", 1)[1].strip().splitlines()[0]
+    assert example.startswith(f"swarm {command} "), example
+    assert "default: 127.0.0.1:50051" in " ".join(result.output.split()) or command in ("demo", "coordinator")
+    if command in ("coordinator", "donate", "demo", "pull", "launch"):
+        assert len(re.findall(r"default: \S", result.output)) >= 3
+
+
+def test_every_command_has_an_example():
+    """A new command fails here until it is listed above (and so has an example)."""
+    import typer.main
+
+    def leaves(group, prefix: str = "") -> set[str]:
+        return {name for command_name, command in group.commands.items()
+                for name in (leaves(command, f"{prefix}{command_name} ") if hasattr(command, "commands")
+                             else {prefix + command_name})}
+
+    assert leaves(typer.main.get_command(app)) == set(LEAF_COMMANDS)
+
+
+def test_version_and_shell_completion():
+    from importlib.metadata import version
+
+    shown = subprocess.run([sys.executable, "-m", "nomoat_cli", "--version"], capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and shown.stdout == f"swarm (nomoat) {version('nomoat')}\n", shown.stderr
+    env = {**os.environ, "_SWARM_COMPLETE": "complete_bash", "COMP_WORDS": "swarm leader", "COMP_CWORD": "1"}
+    completed = subprocess.run([sys.executable, "-m", "nomoat_cli"], capture_output=True, text=True, env=env,
+                               timeout=60)
+    assert completed.returncode == 0 and completed.stdout.split() == ["leaderboard"], completed.stderr
+    script = subprocess.run([sys.executable, "-m", "nomoat_cli", "--show-completion", "bash"], capture_output=True,
+                            text=True, timeout=60)
+    assert script.returncode == 0 and "complete -o default -F _swarm_completion swarm" in script.stdout
+
+
+def test_the_coordinator_address_comes_from_the_environment(coordinator):
+    assert launch(coordinator, "--name", "envvar", "--data-slices", "2").exit_code == 0
+    result = runner.invoke(app, ["status", "--run", "envvar"], env={"NOMOAT_COORDINATOR": coordinator.address})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("run envvar [active, join open]")
+    assert "[env var: NOMOAT_COORDINATOR;" in " ".join(runner.invoke(app, ["status", "--help"]).output.split())
+
+
+def test_an_address_without_a_port_dials_the_coordinators_default_port(coordinator, monkeypatch):
+    import nomoat_cli.common
+    from nomoat_cli.common import with_default_port
+
+    assert with_default_port("coord.example.org") == "coord.example.org:50051"
+    assert with_default_port("coord.example.org:443") == "coord.example.org:443"
+    assert [with_default_port(a) for a in ("::1", "[::1]", "[::1]:7")] == ["[::1]:50051", "[::1]:50051", "[::1]:7"]
+    assert launch(coordinator, "--name", "noport", "--data-slices", "2").exit_code == 0
+    host, port = coordinator.address.rsplit(":", 1)
+    monkeypatch.setattr(nomoat_cli.common, "COORDINATOR_PORT", int(port))  # this test's coordinator's port
+    result = runner.invoke(app, ["status", "-c", host, "--run", "noport"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("run noport [active, join open]")
+
+
+def _publish(coordinator, run: str, offset: float) -> None:
+    """A version of ``run`` (LoRA values ``offset`` off the initial ones), as the publisher stores a swarm's."""
+    runtime = coordinator.runs.get(run)
+    tensors = {name: tensor + offset for name, tensor in runtime.initial_lora.items()}
+    snapshots = [ShardSnapshot(shard, 1, "peer", {name: tensors[name] for name in names}, ("peer",))
+                 for shard, names in enumerate(runtime.shard_names)]
+    assert coordinator.publisher.publish_snapshots(runtime, snapshots).published
+
+
+def test_release_latest_marks_the_newest_version(coordinator):
+    def release(*args):
+        return runner.invoke(app, ["release", "-c", coordinator.address, "--operator-token-file",
+                                   str(coordinator.operator_token_file), "--run", "releasing", *args])
+
+    assert launch(coordinator, "--name", "releasing", "--data-slices", "2").exit_code == 0
+    none_yet = release("--version", "latest")
+    assert none_yet.exit_code == 2 and "run 'releasing' has not published any version" in none_yet.output
+    _publish(coordinator, "releasing", 0.01)
+    _publish(coordinator, "releasing", 0.02)
+    result = release("--version", "latest")
+    assert result.exit_code == 0, result.output
+    assert result.output == "releasing version 2 is a release\n"
+    assert [v.release for v in coordinator.storage.versions.list_versions("releasing")] in ([False, True],
+                                                                                           [True, False])
+    assert coordinator.storage.versions.get_version("releasing", 2).release
+    assert not coordinator.storage.versions.get_version("releasing", 1).release
+    assert release("--version", "1").exit_code == 0 and coordinator.storage.versions.get_version("releasing", 1).release
+    bad = release("--version", "newest")
+    assert bad.exit_code == 2 and "--version is a version number or 'latest', not 'newest'" in bad.output
+
+
+def test_a_busy_port_is_one_clear_line_and_leaves_no_data_dir(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data_dir = tmp_path / "coordinator"
+        result = subprocess.run([sys.executable, "-m", "nomoat_cli", "coordinator", "--data-dir", str(data_dir),
+                                 "--port", str(port)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr == (f"error: --port {port} on 127.0.0.1 is in use (another coordinator?): stop what "
+                                 f"listens there or pass another --port\n")
+        assert not data_dir.exists()
+        dht = subprocess.run([sys.executable, "-m", "nomoat_cli", "coordinator", "--data-dir", str(data_dir),
+                              "--port", "0", "--dht-port", str(port)], capture_output=True, text=True, timeout=120)
+        assert dht.returncode == 2 and f"--dht-port {port} on 127.0.0.1 is in use" in dht.stderr
+        assert len(dht.stderr.splitlines()) == 1 and not data_dir.exists()
