@@ -61,6 +61,8 @@ from worker.shard_optimizers import make_shard_optimizer, torch_optimizer_factor
 from worker.training import TrainingLimits, TrainingLoop  # noqa: E402
 
 SEQ_LEN = 64
+# plain averaging of both factors at two H, and the run's defaults (DiLoCo's outer step, alternating factors)
+DEFAULT_LOCAL = "4:1:0:both,16:1:0:both,16:0.7:0.9:alternate"
 _HEADING = re.compile(r"[*=\-^~]{3,}")
 
 
@@ -169,9 +171,9 @@ def train_swarm(spec: RunSpec, split: DatasetSplit, samples: int, seed: int, wor
     optimizers = []
     try:
         for model, dht, identity in zip(models, dhts, identities):
-            extra = {"param_names": model.shard_names[0]} if spec.averaging.mode == "local" else {}
             optimizers.append(make_shard_optimizer(spec, 0, model.shard_parameters(0), dht,
-                                                   identity.as_hivemind_key(), verbose=False, **extra))
+                                                   identity.as_hivemind_key(), verbose=False,
+                                                   param_names=model.shard_names[0]))
         loops = [TrainingLoop(spec, model, {0: optimizer}, data_slice(split.train, workers, i), torch.device("cpu"),
                               show_progress=False, data_seed=seed * 1000 + i, sync_peers=workers,
                               sync_timeout_s=60.0)
@@ -213,11 +215,9 @@ def train_swarm(spec: RunSpec, split: DatasetSplit, samples: int, seed: int, wor
 
 def swarm_setups(args: argparse.Namespace) -> list[Setup]:
     rows = [Setup(f"sync, {args.sync_target} samples/step", "sync", args.sync_target)] if args.sync_target else []
-    for h in args.local_h:
-        for outer_lr, momentum in args.outer:
-            for factors in args.factors:
-                rows.append(Setup(f"local, H={h}, outer {outer_lr:g}/{momentum:g}, {factors}", "local",
-                                  args.workers * args.batch * h, outer_lr, momentum, factors))
+    for h, outer_lr, momentum, factors in args.local:
+        rows.append(Setup(f"local, H={h}, outer {outer_lr:g}/{momentum:g}, {factors}", "local",
+                          args.workers * args.batch * h, outer_lr, momentum, factors))
     return rows
 
 
@@ -259,8 +259,13 @@ def run_seed(args: argparse.Namespace, corpus: str, split: DatasetSplit, seed: i
     return matched, along
 
 
-def parse_outer(text: str) -> list[tuple[float, float]]:
-    return [(float(lr), float(momentum)) for lr, momentum in (item.split(":") for item in text.split(","))]
+def parse_local(text: str) -> list[tuple[int, float, float, str]]:
+    """'H:OUTER_LR:MOMENTUM:FACTORS,...' -> [(H, outer_lr, outer_momentum, lora_factors), ...]"""
+    rows = []
+    for item in filter(None, text.split(",")):
+        h, outer_lr, momentum, factors = item.split(":")
+        rows.append((int(h), float(outer_lr), float(momentum), factors))
+    return rows
 
 
 def main() -> None:
@@ -270,11 +275,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8, help="samples per local step (batch_size_per_step)")
-    parser.add_argument("--samples", type=int, default=4096, help="training samples of every row (planned)")
+    parser.add_argument("--samples", type=int, default=3072, help="training samples of every row (planned)")
     parser.add_argument("--sync-target", type=int, default=128, help="sync row's samples per step (0: no sync row)")
-    parser.add_argument("--local-h", default="4,16", help="local steps per round of the local rows ('' for none)")
-    parser.add_argument("--outer", default="0.7:0.9", help="outer LR:MOMENTUM of the local rows, comma-separated")
-    parser.add_argument("--factors", default="alternate", help="lora_factors of the local rows, comma-separated")
+    parser.add_argument("--local", default=DEFAULT_LOCAL, help="local rows, comma-separated H:OUTER_LR:MOMENTUM:"
+                        "FACTORS (H local steps per round, outer Nesterov lr and momentum, lora_factors)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--matchmaking-time", type=float, default=0.5)
     parser.add_argument("--progress-refresh", type=float, default=0.1)
@@ -282,9 +286,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.samples = 1, 2048
-    args.local_h = [int(h) for h in args.local_h.split(",") if h]
-    args.outer = parse_outer(args.outer)
-    args.factors = args.factors.split(",")
+    args.local = parse_local(args.local)
     torch.set_num_threads(1)
     for setup in swarm_setups(args):
         if args.samples % setup.target:
@@ -332,5 +334,5 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, list[Row]
 if __name__ == "__main__":
     from swarm.log import configure_logging
 
-    configure_logging("WARNING")
+    configure_logging(os.environ.get("NOMOAT_LOGLEVEL", "WARNING"))
     main()
