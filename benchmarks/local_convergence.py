@@ -2,33 +2,43 @@
 after the same number of training samples, for several seeds, on two corpora, with the ``tiny`` preset.
 
 Every row trains the run's LoRA (rank 8 on all 7 Llama projections) on the built-in ``tiny`` model with the same
-optimizer, learning rate and number of training samples; within one seed every row starts from the same LoRA
-initialisation (``RunSpec.seed`` = the seed). The train/eval split is fixed (seed 0), so every row of every seed
-is scored on the same held-out texts. Rows, with N workers (``--workers``) and b samples per local step
-(``--batch``):
+optimizer (adamw) and learning rate (``--lr``); within one seed every row starts from the same LoRA
+initialisation (``RunSpec.seed`` = the seed). The train/eval split is fixed (seed 0, 10% held out), so every
+row of every seed is scored on the same held-out texts (``swarm.evaluation.eval_loss``). With N workers
+(``--workers``), b samples per local step (``--batch``) and S planned samples per row (``--samples``):
 
 - ``single, batch b``: one process, plain PEFT + torch, one optimizer step per batch of b samples drawn from the
-  whole train split. The reference of the local rows: the same number of optimizer (inner) steps per sample.
-- ``single, batch T``: the same with batches of T samples (``--sync-target``): the reference of the sync row,
-  which takes one optimizer step per T samples.
-- ``sync, N workers, T per step``: real ShardOptimizers (hivemind, averaging gradients every epoch of T samples,
-  ``mode="sync"``), N workers in threads of this process, each with its own DHT on loopback and its own slice of
-  the train split. Scored: worker 0's LoRA (all workers hold the same parameters; the spread is printed).
-- ``local H=h``: the same swarm with ``mode="local"``: every worker steps its own optimizer every b samples and
-  every epoch of T = N x b x h samples the group averages the change of the parameters and applies one outer
-  Nesterov step (``--outer LR:MOMENTUM``; ``1:0`` is plain parameter averaging). Scored: the outer parameters
-  the workers agree on after the last round.
+  whole train split, S / b steps.
+- ``sync, T samples/step``: real ShardOptimizers (``mode="sync"``: hivemind averages the gradients of every
+  epoch of T = ``--sync-target`` samples and all workers take the same step), N workers in threads of this
+  process, each with its own DHT on loopback and its own slice of the train split, until S / T epochs. Scored:
+  worker 0's LoRA (all workers hold the same; "spread" in the log is the largest difference between them).
+  Reference: the single process with as many optimizer steps as the swarm took epochs, on batches of the
+  swarm's mean samples per epoch (the same samples, the same steps, the same mean batch).
+- ``local, H=h, outer LR/MOMENTUM, FACTORS``: the same swarm with ``mode="local"``: every worker takes an
+  optimizer step every b samples and every epoch of T = N x b x h samples the group averages the change of the
+  parameters and applies one outer Nesterov step (outer lr and momentum as given: ``1/0`` is plain parameter
+  averaging; ``lora_factors`` as given; rounds overlapped with the next local steps unless "blocking"), until
+  S / T rounds. Scored: the outer parameters the workers agree on after the last round has landed. Reference:
+  the single process at batch b with as many steps as the swarm took local steps in all (the same samples, the
+  same steps per sample). "one worker's steps alone": the same single process after only as many steps as one
+  worker took: what a worker would reach without its peers.
 
-A seed also fixes the data order: the single process draws with that seed, worker i of the swarm with
-``seed x 1000 + i`` from its own slice, so the swarm and the single process see the same data distribution
-but not the very same batches. "vs single" is the relative difference of the 3-seed means to the row's
-reference. Corpora: ``sample`` (the built-in generated stories) and ``langref``: the prose of the Python
-Language Reference that CPython ships in its standard library (``pydoc_data.topics``, what ``help("if")``
-prints), cut into word-aligned pieces that fit ``seq_len`` (deterministic for a Python version, no network).
+hivemind's epochs overshoot the target on this tiny model (a local step takes ~20 ms, far less than the progress
+tracker's refresh), so the swarm rows train some 10-25% more samples than planned, with more local steps per
+round than h (column H): every reference is trained with the samples its row really trained ("samples" column),
+seed by seed. A seed also fixes the data order: the single process draws with that seed, worker i of the swarm
+with ``seed x 1000 + i`` from its own slice, so the swarm and the single process see the same data distribution
+but not the very same batches. "vs reference" is the relative difference of the seed means.
 
-    .venv/bin/python benchmarks/local_convergence.py --quick     # 1 seed, both corpora (~4 min here)
-    .venv/bin/python benchmarks/local_convergence.py             # 3 seeds, both corpora (~15 min here)
-    .venv/bin/python benchmarks/local_convergence.py --corpora sample --local-h 4,16 --outer 0.7:0.9,1:0
+Corpora: ``sample`` (the built-in generated stories) and ``langref``: the prose of the Python Language Reference
+that CPython ships in its standard library (``pydoc_data.topics``, what ``help("if")`` prints), cut at word
+boundaries into pieces that fit ``seq_len`` (deterministic for a Python version, no network).
+
+    .venv/bin/python benchmarks/local_convergence.py --quick     # 1 seed, 2048 samples, both corpora (~4.5 min)
+    .venv/bin/python benchmarks/local_convergence.py             # 3 seeds, 3072 samples, both corpora (~16 min)
+    .venv/bin/python benchmarks/local_convergence.py --corpora sample --seeds 1 --sync-target 0 \
+        --local 16:0.7:0.9:both,16:0.7:0.9:both:blocking,16:1.5:0:both     # other local rows
 """
 
 from __future__ import annotations
@@ -110,13 +120,14 @@ class Setup:
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     lora_factors: str = "alternate"
+    overlap: bool = True
 
     def spec(self, args: argparse.Namespace, seed: int) -> RunSpec:
         averaging = AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=20.0,
                                   progress_refresh_s=args.progress_refresh,
                                   mode="local" if self.kind == "local" else "sync",
                                   outer_lr=self.outer_lr, outer_momentum=self.outer_momentum,
-                                  lora_factors=self.lora_factors)
+                                  lora_factors=self.lora_factors, overlap=self.overlap)
         return RunSpec(name="local-convergence", batch_size_per_step=args.batch if self.kind != "single" else
                        self.target, target_batch_size=self.target, lr=args.lr, seq_len=SEQ_LEN, seed=seed,
                        data_slices=args.workers, averaging=averaging)
@@ -215,19 +226,21 @@ def train_swarm(spec: RunSpec, split: DatasetSplit, samples: int, seed: int, wor
 
 def swarm_setups(args: argparse.Namespace) -> list[Setup]:
     rows = [Setup(f"sync, {args.sync_target} samples/step", "sync", args.sync_target)] if args.sync_target else []
-    for h, outer_lr, momentum, factors in args.local:
-        rows.append(Setup(f"local, H={h}, outer {outer_lr:g}/{momentum:g}, {factors}", "local",
-                          args.workers * args.batch * h, outer_lr, momentum, factors))
+    for h, outer_lr, momentum, factors, overlap in args.local:
+        rows.append(Setup(f"local, H={h}, outer {outer_lr:g}/{momentum:g}, {factors}{'' if overlap else ', blocking'}",
+                          "local", args.workers * args.batch * h, outer_lr, momentum, factors, overlap))
     return rows
 
 
 @dataclass
 class Row:
-    """One swarm row of one seed with its single-process reference at the same number of samples."""
+    """One swarm row of one seed with its single-process reference at the same number of samples; for a local
+    row also the single process after only as many steps as one worker took (what training alone would give)."""
 
     outcome: Outcome
     reference: float
     reference_label: str
+    one_worker: float | None = None
 
 
 def run_seed(args: argparse.Namespace, corpus: str, split: DatasetSplit, seed: int, folder: Path,
@@ -242,13 +255,15 @@ def run_seed(args: argparse.Namespace, corpus: str, split: DatasetSplit, seed: i
               f"{outcome.samples} samples, {outcome.epochs} rounds, spread {outcome.spread:.1e}, "
               f"{outcome.seconds:.0f}s {'; '.join(outcome.notes)}", flush=True)
     single = Setup("single", "single", args.batch).spec(args, seed)
-    needed = {args.samples // args.batch} | {outcome.samples // args.batch for label, outcome in rows.items()
-                                             if label.startswith("local")}
+    local = [outcome for label, outcome in rows.items() if label.startswith("local")]
+    needed = {args.samples // args.batch} | {steps for outcome in local for steps in (
+        outcome.samples // args.batch, outcome.samples // (args.batch * args.workers))}
     along = train_single(single, split, seed, sorted(needed))
     matched = {}
     for label, outcome in rows.items():
         if label.startswith("local"):
-            matched[label] = Row(outcome, along[outcome.samples // args.batch], f"single, batch {args.batch}")
+            matched[label] = Row(outcome, along[outcome.samples // args.batch], f"single, batch {args.batch}",
+                                 along[outcome.samples // (args.batch * args.workers)])
         else:  # the same number of optimizer steps on the batch the swarm averaged per step, on average
             batch = max(1, round(outcome.samples / max(outcome.epochs, 1)))
             spec = Setup("single", "single", batch).spec(args, seed)
@@ -259,12 +274,14 @@ def run_seed(args: argparse.Namespace, corpus: str, split: DatasetSplit, seed: i
     return matched, along
 
 
-def parse_local(text: str) -> list[tuple[int, float, float, str]]:
-    """'H:OUTER_LR:MOMENTUM:FACTORS,...' -> [(H, outer_lr, outer_momentum, lora_factors), ...]"""
+def parse_local(text: str) -> list[tuple[int, float, float, str, bool]]:
+    """'H:OUTER_LR:MOMENTUM:FACTORS[:blocking],...' -> [(H, outer_lr, outer_momentum, lora_factors, overlap)]"""
     rows = []
     for item in filter(None, text.split(",")):
-        h, outer_lr, momentum, factors = item.split(":")
-        rows.append((int(h), float(outer_lr), float(momentum), factors))
+        h, outer_lr, momentum, factors, *rest = item.split(":")
+        if rest not in ([], ["overlap"], ["blocking"]):
+            raise ValueError(f"{item!r}: the fifth field, when given, is 'overlap' or 'blocking'")
+        rows.append((int(h), float(outer_lr), float(momentum), factors, rest != ["blocking"]))
     return rows
 
 
@@ -278,7 +295,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3072, help="training samples of every row (planned)")
     parser.add_argument("--sync-target", type=int, default=128, help="sync row's samples per step (0: no sync row)")
     parser.add_argument("--local", default=DEFAULT_LOCAL, help="local rows, comma-separated H:OUTER_LR:MOMENTUM:"
-                        "FACTORS (H local steps per round, outer Nesterov lr and momentum, lora_factors)")
+                        "FACTORS[:blocking] (H local steps per round, outer Nesterov lr and momentum, "
+                        "lora_factors; 'blocking': overlap=False, each round waits for its all-reduce)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--matchmaking-time", type=float, default=0.5)
     parser.add_argument("--progress-refresh", type=float, default=0.1)
@@ -313,22 +331,25 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, list[Row]
     print(f"\ntiny preset, LoRA rank 8 (7 projections), adamw lr {args.lr:g}, {args.samples} samples per row "
           f"(planned), {args.workers} workers x {args.batch} samples per local step, {args.seeds} seed(s), "
           f"{seconds / 60:.1f} min\n")
-    print("| corpus | row | samples | rounds | H | eval loss | reference | vs reference | per seed (row / reference) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| corpus | row | samples | rounds | H | eval loss | reference | vs reference | one worker's steps alone | "
+          "per seed (row / reference) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for corpus, rows in results.items():
-        print(f"| {corpus} | base model (LoRA untrained) | 0 | | | {base[corpus]:.4f} | | | |")
+        print(f"| {corpus} | base model (LoRA untrained) | 0 | | | {base[corpus]:.4f} | | | | |")
         print(f"| {corpus} | single, batch {args.batch} | {args.samples} | | | {statistics.mean(nominal[corpus]):.4f} "
-              f"| | | {', '.join(f'{loss:.4f}' for loss in nominal[corpus])} |")
+              f"| | | | {', '.join(f'{loss:.4f}' for loss in nominal[corpus])} |")
         for label, seeds in rows.items():
             mean = statistics.mean(row.outcome.eval_loss for row in seeds)
             reference = statistics.mean(row.reference for row in seeds)
             samples = statistics.mean(row.outcome.samples for row in seeds)
             rounds = statistics.mean(row.outcome.epochs for row in seeds)
             local_steps = samples / (args.workers * args.batch * rounds) if label.startswith("local") else None
+            alone = [row.one_worker for row in seeds if row.one_worker is not None]
             per_seed = ", ".join(f"{row.outcome.eval_loss:.4f} / {row.reference:.4f}" for row in seeds)
             print(f"| {corpus} | {label} | {samples:.0f} | {rounds:.0f} | "
                   f"{f'{local_steps:.1f}' if local_steps else ''} | {mean:.4f} | {reference:.4f} "
-                  f"({seeds[0].reference_label}) | {100 * (mean - reference) / reference:+.2f}% | {per_seed} |")
+                  f"({seeds[0].reference_label}) | {100 * (mean - reference) / reference:+.2f}% | "
+                  f"{f'{statistics.mean(alone):.4f}' if alone else ''} | {per_seed} |")
 
 
 if __name__ == "__main__":
