@@ -25,7 +25,7 @@ row of every seed is scored on the same held-out texts (``swarm.evaluation.eval_
   worker took: what a worker would reach without its peers.
 
 hivemind's epochs overshoot the target on this tiny model (a local step takes ~20 ms, far less than the progress
-tracker's refresh), so the swarm rows train some 10-25% more samples than planned, with more local steps per
+tracker's refresh), so the swarm rows train some 5-25% more samples than planned, with more local steps per
 round than h (column H): every reference is trained with the samples its row really trained ("samples" column),
 seed by seed. A seed also fixes the data order: the single process draws with that seed, worker i of the swarm
 with ``seed x 1000 + i`` from its own slice, so the swarm and the single process see the same data distribution
@@ -175,7 +175,8 @@ def train_swarm(spec: RunSpec, split: DatasetSplit, samples: int, seed: int, wor
     ``samples / target_batch_size`` epochs; scored on worker 0's shared parameters."""
     started = time.monotonic()
     epochs = samples // spec.target_batch_size
-    identities = [load_or_create_identity(folder / f"{spec.averaging.mode}-{seed}-{i}.key") for i in range(workers)]
+    keys = Path(tempfile.mkdtemp(dir=folder))  # fresh peer IDs for every row
+    identities = [load_or_create_identity(keys / f"worker{i}.key") for i in range(workers)]
     dhts = [start_dht(identity_path=str(identities[0].path))]
     dhts += [start_dht(visible_addresses(dhts[0]), identity_path=str(identity.path)) for identity in identities[1:]]
     models = [build_run_model(spec) for _ in range(workers)]
