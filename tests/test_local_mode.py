@@ -94,10 +94,10 @@ def test_the_outer_step_is_torchs_nesterov_sgd_on_the_pseudo_gradient_and_keeps_
 
 @pytest.fixture(scope="module")
 def local_swarm(tmp_path_factory):
-    """Two local-mode peers (overlapped rounds, alternating factors, fp16) trained to epoch EPOCHS; yields them
-    still running so that a late joiner can download their state."""
+    """Two local-mode peers (overlapped rounds, DiLoCo's Nesterov outer step, alternating factors, fp16) trained
+    to epoch EPOCHS; yields them still running so that a late joiner can download their state (and momentum)."""
     tmp_path = tmp_path_factory.mktemp("local")
-    spec = local_spec(compression="fp16")
+    spec = local_spec(compression="fp16", outer_lr=0.7, outer_momentum=0.9, lora_factors="alternate")
     split = split_dataset(load_texts(spec.dataset), spec.eval_fraction, spec.seed)
     identities = [load_or_create_identity(tmp_path / f"peer{i}.key") for i in range(PEERS + 1)]
     dhts = [start_dht(identity_path=str(identities[0].path))]

@@ -7,14 +7,15 @@ next local steps compute and lands at the latest when the next epoch ends (at mo
 worker waits on the network only when a round takes longer than an epoch of its own compute.
 
 LoRA's two factors: after local steps the average of the factors is not the factor of the average product.
-``lora_factors="alternate"`` trains only the B matrices in even rounds and only the A matrices in odd rounds
-(RoLoRA): with one factor frozen and identical on every peer, averaging the other is exact. ``"freeze_a"`` keeps
-A at its seeded initialisation (FFA-LoRA); ``"both"`` trains both (inexact). Tensors whose names say neither
-(a bare tensor, as in the benchmarks) always train.
+``lora_factors="both"`` (the default) trains and averages both anyway: it converged best in
+benchmarks/local_convergence.py. ``"alternate"`` trains only the B matrices in even rounds and only the A
+matrices in odd rounds (RoLoRA): with one factor frozen and identical on every peer, averaging the other is
+exact. ``"freeze_a"`` keeps A at its seeded initialisation (FFA-LoRA). Tensors whose names say neither (a bare
+tensor, as in the benchmarks) always train.
 
 Usage (``worker.shard_optimizers.make_shard_optimizer`` builds it when ``spec.averaging.mode == "local"``)::
 
-    optimizer = LocalUpdateShardOptimizer(outer_lr=0.7, outer_momentum=0.9, lora_factors="alternate",
+    optimizer = LocalUpdateShardOptimizer(outer_lr=1.0, outer_momentum=0.0, lora_factors="both",
                                           param_names=names, dht=dht, run_id="demo_shard0", params=params, ...)
     if optimizer.accumulate() and optimizer.epoch_is_due:
         optimizer.finish_epoch()
@@ -61,7 +62,7 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
     state_averager: OuterStepStateAverager
     state_averager_class = OuterStepStateAverager
 
-    def __init__(self, *, outer_lr: float, outer_momentum: float, lora_factors: str = "alternate",
+    def __init__(self, *, outer_lr: float, outer_momentum: float, lora_factors: str = "both",
                  param_names: Sequence[str] | None = None, overlap: bool = True, **kwargs: Any):
         self.outer_lr, self.outer_momentum, self.lora_factors = outer_lr, outer_momentum, lora_factors
         params = list(kwargs["params"])
