@@ -39,7 +39,7 @@ import torch
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
-from hivemind.compression import deserialize_torch_tensor
+from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.p2p import PeerID
@@ -185,10 +185,10 @@ class RobustAllReduceRunner(AllReduceRunner):
 
     def __init__(self, *, robustness: RobustnessSpec,
                  on_refusal: Callable[[PeerID, str, int], None] = lambda peer, reason, parts: None,
-                 zero_refused_spans: bool = False, **kwargs: Any):
+                 zero_refused_spans: bool = False, identical_results: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.robustness, self.on_refusal = robustness, on_refusal
-        self.zero_refused_spans = zero_refused_spans
+        self.zero_refused_spans, self.identical_results = zero_refused_spans, identical_results
         self.refusals: Counter[tuple[PeerID, str]] = Counter()
         own = self.sender_peer_ids.index(self.peer_id) if self.peer_id in self.sender_peer_ids else None
         discarded = self.tensor_part_reducer
@@ -226,9 +226,25 @@ class RobustAllReduceRunner(AllReduceRunner):
             raise RefusedResultError(f"{reducer} sent an averaged part that moves ours too far")
 
     async def _communicate_with_peer(self, peer_id: PeerID) -> None:
-        """hivemind's, with every averaged part received from another reducer checked before it is registered."""
+        """hivemind's, with every averaged part received from another reducer checked before it is registered.
+
+        With ``identical_results`` a reducer sends the (compressed) average itself instead of each peer's delta
+        to it, and uses the same compressed average for its own span: every peer ends with the same values. With
+        deltas, each peer adds its own rounding of its own delta to its own part, and with 8-bit compression the
+        peers' results were measured up to 0.1 apart after one round."""
         if peer_id == self.peer_id:
-            await super()._communicate_with_peer(peer_id)
+            if not self.identical_results:
+                await super()._communicate_with_peer(peer_id)
+                return
+            peer_index = self.ordered_peer_ids.index(peer_id)
+            sender_index = self.sender_peer_ids.index(peer_id)
+            container = self.tensor_part_container
+            for part_index, tensor_part in enumerate(self.parts_for_local_averaging):
+                averaged_part = await self.tensor_part_reducer.accumulate_part(
+                    sender_index, part_index, tensor_part, weight=self.weight)
+                info = container._input_parts_by_peer[peer_index][part_index][1]
+                sent = deserialize_torch_tensor(container.compression.compress(averaged_part, info))
+                container.register_processed_part(peer_index, part_index, sent - tensor_part)
             return
         peer_index = self.ordered_peer_ids.index(peer_id)
         try:
@@ -244,8 +260,15 @@ class RobustAllReduceRunner(AllReduceRunner):
                     raise AllreduceException(f"{peer_id} sent {averaging_pb2.MessageCode.Name(msg.code)}")
                 return deserialize_torch_tensor(msg.tensor_part)
 
-            async for delta in amap_in_executor(_try_deserialize, aiter_with_timeout(stream, self.reducer_timeout),
-                                                max_prefetch=self.tensor_part_container.prefetch):
+            own_parts = self.tensor_part_container._input_parts_by_peer[peer_index]
+            async for received in amap_in_executor(_try_deserialize, aiter_with_timeout(stream, self.reducer_timeout),
+                                                   max_prefetch=self.tensor_part_container.prefetch):
+                if self.identical_results:  # the reducer sent the average: our delta to it
+                    if part_index >= len(own_parts) or received.shape != own_parts[part_index][0].shape:
+                        raise AllreduceException(f"{peer_id} sent a part of another shape or too many parts")
+                    delta = received - own_parts[part_index][0]
+                else:
+                    delta = received
                 self._check_result(peer_index, part_index, delta)
                 self.tensor_part_container.register_processed_part(peer_index, part_index, delta)
                 part_index += 1
@@ -257,6 +280,31 @@ class RobustAllReduceRunner(AllReduceRunner):
                 logger.debug("caught %r when communicating to %s", exc, peer_id, exc_info=True)
             self._register_refused_span(peer_index)
             raise
+
+    async def _accumulate_parts_streaming(self, stream: Any, sender_index: int) -> Any:
+        """hivemind's reducer loop; with ``identical_results`` it answers with the average, not the delta."""
+        if not self.identical_results:
+            async for message in super()._accumulate_parts_streaming(stream, sender_index):
+                yield message
+            return
+        part_index = 0
+        try:
+            loop = asyncio.get_event_loop()
+            async for tensor_part, weight, part_compression in amap_in_executor(
+                    lambda msg: (deserialize_torch_tensor(msg.tensor_part), msg.weight, msg.tensor_part.compression),
+                    stream, max_prefetch=self.tensor_part_container.prefetch):
+                try:
+                    averaged_part = await self.tensor_part_reducer.accumulate_part(
+                        sender_index, part_index, tensor_part, weight=weight)
+                    part_index += 1
+                except BannedException:
+                    break  # the sender was banned: its parts are no longer needed
+                serialized = await loop.run_in_executor(
+                    None, lambda: serialize_torch_tensor(averaged_part, part_compression))
+                yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=serialized)
+        finally:
+            if part_index != self.tensor_part_reducer.num_parts:
+                await self._ban_sender(self.sender_peer_ids[sender_index])
 
     def _register_refused_span(self, peer_index: int) -> None:
         """The rest of a failed or refused reducer's span: this peer's own values (hivemind's choice), or, with
@@ -315,6 +363,7 @@ class RobustAveragingMixin:
     last_updated: float
     runner_class: type[RobustAllReduceRunner] = RobustAllReduceRunner
     zero_refused_spans = False  # see RobustAllReduceRunner._register_refused_span
+    identical_results = False  # see RobustAllReduceRunner._communicate_with_peer
 
     def __init__(self, *args: Any, robustness: RobustnessSpec, **kwargs: Any):
         self.robustness = robustness
@@ -350,6 +399,7 @@ class RobustAveragingMixin:
         kwargs["peer_fractions"] = equal_peer_fractions(group_info, self.serializer)
         runner = self.runner_class(
             robustness=self.robustness, on_refusal=self._report_refusal, zero_refused_spans=self.zero_refused_spans,
+            identical_results=self.identical_results,
             p2p=self._p2p, servicer_type=type(self),
             prefix=self.prefix, tensors=tensors, group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
         assert group_id in self._running_groups, f"group {group_id!r} was not registered in _register_allreduce_group"

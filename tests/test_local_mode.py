@@ -248,3 +248,46 @@ def test_8bit_parts_decode_under_numpy_2():
     decoded = deserialize_torch_tensor(serialize_torch_tensor(tensor, CompressionType.UNIFORM_8BIT))
     assert decoded.shape == tensor.shape
     assert float((decoded - tensor).norm() / tensor.norm()) < 0.05  # 256 levels (measured: 2.4%)
+
+
+def test_a_compressed_round_leaves_every_peer_with_the_same_outer_parameters():
+    """With 8-bit compression each peer adding its own rounding of its own delta left the peers up to 0.1 apart
+    after one round; the reducers send the compressed average itself and use it for their own span too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from swarm.compression import averaging_compression
+
+    first = start_dht()
+    dhts = [first, start_dht(visible_addresses(first))]
+    generator = torch.Generator().manual_seed(3)
+    params = [[torch.nn.Parameter(torch.randn(50_000, generator=generator) * 0.05)] for _ in dhts]
+    start = params[0][0].detach().clone()
+    for peer in params:  # both peers start a round from the same outer parameters
+        peer[0].data.copy_(start)
+    averagers = [OuterStepStateAverager(dht=dht, prefix="eightbit", optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                                        params=peer, robustness=local_spec().robustness, outer_lr=1.0,
+                                        outer_momentum=0.0, compression=averaging_compression("8bit"),
+                                        min_matchmaking_time=2.0, request_timeout=1.0, target_group_size=2,
+                                        start=True)
+                 for dht, peer in zip(dhts, params)]
+    try:
+        with torch.no_grad():
+            for peer in params:  # each peer's local steps
+                peer[0].add_(torch.randn(50_000, generator=generator) * 0.01)
+        expected = (params[0][0].detach() + params[1][0].detach()) / 2
+
+        def round_of(averager: OuterStepStateAverager) -> None:
+            averager.begin_round()
+            averager.step(increment_epoch=True, averaging_round=True, averaging_opts=dict(timeout=30))
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(round_of, averagers))
+        assert [averager.round_counts["averaged"] for averager in averagers] == [1, 1]
+        outer = [averager.outer_parameters[0] for averager in averagers]  # type: ignore[index]
+        assert float((outer[0] - outer[1]).abs().max()) < 1e-6
+        assert float((outer[0] - expected).norm() / (expected - start).norm()) < 0.1  # 8-bit of the change
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()

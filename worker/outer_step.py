@@ -44,6 +44,7 @@ class OuterStepStateAverager(RobustTrainingStateAverager):
 
     local_epoch: int
     zero_refused_spans = True  # a refused span moves no honest peer's outer parameters: they stay identical
+    identical_results = True  # every peer applies the same (compressed) average, not its own rounding of it
 
     def __init__(self, *args: Any, outer_lr: float, outer_momentum: float, **kwargs: Any):
         self.outer_lr, self.outer_momentum = outer_lr, outer_momentum
