@@ -65,8 +65,9 @@ PAYLOADS = {
     "llama-8b-qv": Payload("llama-8b-qv", lora_params(4096, 1024, 14336, 32, QV), 8.03e9),
     "llama-8b-all": Payload("llama-8b-all", lora_params(4096, 1024, 14336, 32, ALL), 8.03e9),
 }
-STEPS_PER_EPOCH = 8
-BATCH = 8
+STEPS_PER_EPOCH = 8  # sync mode: microbatches per worker per round
+BATCH = 8  # sequences per microbatch
+DEFAULT_COMPRESSION = {"sync": "none", "local": "fp16"}
 
 
 def compute_seconds_per_epoch(payload: Payload, tokens: int, flops: float) -> float:
@@ -75,12 +76,17 @@ def compute_seconds_per_epoch(payload: Payload, tokens: int, flops: float) -> fl
 
 # ---------------------------------------------------------------- one worker (runs inside its namespace)
 
+def tx_bytes(iface: str) -> int:
+    """Bytes this namespace has sent on ``iface`` (the host's only link: every peer-to-peer byte crosses it)."""
+    return int(Path(f"/sys/class/net/{iface}/statistics/tx_bytes").read_text())
+
+
 def worker_main(args: argparse.Namespace) -> None:
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
     import torch
-    from hivemind.utils.crypto import RSAPrivateKey
 
     from swarm.dht import start_dht, visible_addresses
+    from swarm.identity import load_or_create_identity
     from swarm.spec import AveragingSpec, RunSpec
     from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
 
@@ -91,35 +97,45 @@ def worker_main(args: argparse.Namespace) -> None:
         while not peers_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         initial = json.loads(peers_file.read_text())
-    dht = start_dht(initial, host=args.host)
+    # progress records count only when signed by the peer they name: the DHT's identity signs them
+    identity = load_or_create_identity(Path(args.peers_file).with_name(f"w{args.index}.key"))
+    dht = start_dht(initial, host=args.host, identity_path=str(identity.path))
     if args.index == 0:
         Path(args.peers_file + ".tmp").write_text(json.dumps(visible_addresses(dht)))
         os.replace(args.peers_file + ".tmp", args.peers_file)
-    spec = RunSpec(name="bench", batch_size_per_step=BATCH, target_batch_size=BATCH * STEPS_PER_EPOCH * args.workers,
-                   optimizer="adam", lr=1e-4,
-                   averaging=AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=args.timeout,
-                                           progress_refresh_s=0.5, average_state_every=1000))
+    local = args.mode == "local"
+    averaging = AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=args.timeout,
+                              progress_refresh_s=0.5, average_state_every=1000, mode=args.mode,
+                              compression=args.compression, overlap=bool(args.overlap), link_mbit=args.link_mbit)
+    # one round every steps_per_round microbatches of every worker: sync's epoch, or local mode's H
+    spec = RunSpec(name="bench", batch_size_per_step=BATCH,
+                   target_batch_size=BATCH * args.steps_per_round * args.workers, optimizer="adam", lr=1e-4,
+                   averaging=averaging)
     param = torch.nn.Parameter(torch.zeros(args.lora_params))
-    # a throwaway signing key: this benchmark needs no progress record bound to a peer ID
-    optimizer = make_shard_optimizer(spec, 0, [param], dht, RSAPrivateKey(), verbose=False)
+    # one gradient for every step: a fresh randn of up to 42 M values per step would cost the two shared
+    # cores more than the optimizer itself, and what is averaged does not change what a round costs
+    gradient = torch.randn(args.lora_params) * 1e-3
+    optimizer = make_shard_optimizer(spec, 0, [param], dht, identity.as_hivemind_key(),
+                                     verbose=bool(os.environ.get("BENCH_VERBOSE")))
     try:
         wait_for_peers(dht, spec, [0], args.workers, 120)
-        step_compute = args.compute_per_epoch / STEPS_PER_EPOCH
-        compute = waiting = 0.0
-        measuring_from, started = args.warmup_epochs, None
+        compute = stepping = waiting = 0.0
+        steps = 0
+        started = sent = None
         synced = False
         while optimizer.local_epoch < args.warmup_epochs + args.epochs:
-            measuring = optimizer.local_epoch >= measuring_from
+            measuring = optimizer.local_epoch >= args.warmup_epochs
             if measuring and started is None:
-                started = time.monotonic()
+                started, sent = time.monotonic(), tx_bytes(args.iface)
             t0 = time.monotonic()
-            time.sleep(step_compute)  # the forward/backward pass of a real worker
-            param.grad = torch.randn_like(param)
+            time.sleep(args.step_compute)  # the forward/backward pass of a real worker
+            param.grad = gradient.clone()
             t1 = time.monotonic()
-            optimizer.accumulate()
-            if optimizer.epoch_is_due:
-                optimizer.finish_epoch()
+            optimizer.accumulate()  # sync: add to the round's gradients; local: also the local optimizer step
             t2 = time.monotonic()
+            if optimizer.epoch_is_due:
+                optimizer.finish_epoch()  # sync and blocking local: the round; overlapped local: starts it
+            t3 = time.monotonic()
             if not synced and args.workers > 1:  # as TrainingLoop does: one step each, then wait for all
                 deadline = time.monotonic() + 60
                 while optimizer.tracker.global_progress.num_peers < args.workers and time.monotonic() < deadline:
@@ -127,10 +143,13 @@ def worker_main(args: argparse.Namespace) -> None:
                 synced = True
             if measuring:
                 compute += t1 - t0
-                waiting += t2 - t1
+                stepping += t2 - t1
+                waiting += t3 - t2
+                steps += 1
         wall = time.monotonic() - started
-        Path(args.result).write_text(json.dumps({"wall": wall, "compute": compute, "waiting": waiting,
-                                                 "epoch": optimizer.local_epoch}))
+        Path(args.result).write_text(json.dumps({
+            "wall": wall, "compute": compute, "stepping": stepping, "waiting": waiting, "steps": steps,
+            "sent": tx_bytes(args.iface) - sent, "epoch": optimizer.local_epoch, "local": local}))
         time.sleep(2.0)  # let the peers finish the last round before this one leaves
     finally:
         optimizer.shutdown()
@@ -139,21 +158,61 @@ def worker_main(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- the driver
 
-def run_config(payload: Payload, workers: int, cap: float | None, args: argparse.Namespace) -> dict:
+@dataclass(frozen=True)
+class Averaging:
+    """How a row averages: sync (a gradient round every STEPS_PER_EPOCH steps) or local (a round of the
+    parameters' change every ``steps`` local steps, blocking or overlapped with the next ones)."""
+
+    mode: str
+    steps: int
+    overlap: bool
+    compression: str
+
+    @property
+    def label(self) -> str:
+        return "-" if self.mode == "sync" else ("on" if self.overlap else "off")
+
+
+def averaging_rows(args: argparse.Namespace) -> list[Averaging]:
+    """The averaging settings of every row, in order: sync, then local by H, overlapped first."""
+    overlaps = {"both": [True, False], "on": [True], "off": [False]}[args.overlap]
+    rows = []
+    for mode in args.modes.split(","):
+        compressions = args.compression.split(",") if args.compression else [DEFAULT_COMPRESSION[mode]]
+        for compression in compressions:
+            if mode == "sync":
+                if compression == "8bit":
+                    print("  sync mode has no 8bit compression (AveragingSpec): skipped", file=sys.stderr)
+                    continue
+                rows.append(Averaging("sync", STEPS_PER_EPOCH, False, compression))
+            else:
+                rows += [Averaging("local", int(h), overlap, compression)
+                         for h in args.local_steps.split(",") for overlap in overlaps]
+    return rows
+
+
+def run_config(payload: Payload, workers: int, cap: float | None, averaging: Averaging,
+               args: argparse.Namespace) -> dict:
     from netns import Network
 
-    compute = compute_seconds_per_epoch(payload, args.tokens, args.flops)
+    step_compute = compute_seconds_per_epoch(payload, args.tokens, args.flops) / STEPS_PER_EPOCH
+    row = {"payload": payload.name, "mb": payload.megabytes, "workers": workers, "cap": cap, "averaging": averaging,
+           "compute_s": step_compute * averaging.steps, "ok": 0}
     with Network(tag="eff") as net, tempfile.TemporaryDirectory() as tmp:
         hosts = [net.add_host(f"w{i}", rate_mbit=cap) for i in range(workers)]
         peers_file = str(Path(tmp) / "peers.json")
         processes = []
         for index, host in enumerate(hosts):
-            command = host.command(sys.executable, str(Path(__file__).resolve()), "_worker", "--index", str(index),
-                                   "--host", host.address, "--workers", str(workers), "--peers-file", peers_file,
-                                   "--lora-params", str(payload.lora_params), "--compute-per-epoch", str(compute),
-                                   "--epochs", str(args.epochs), "--warmup-epochs", "1",
-                                   "--matchmaking-time", str(args.matchmaking_time), "--timeout", str(args.timeout),
-                                   "--result", str(Path(tmp) / f"r{index}.json"))
+            command = host.command(
+                sys.executable, str(Path(__file__).resolve()), "_worker", "--index", str(index),
+                "--host", host.address, "--iface", host.iface, "--workers", str(workers),
+                "--peers-file", peers_file,
+                "--lora-params", str(payload.lora_params), "--step-compute", str(step_compute),
+                "--steps-per-round", str(averaging.steps), "--mode", averaging.mode,
+                "--overlap", str(int(averaging.overlap)), "--compression", averaging.compression,
+                "--link-mbit", str(cap or 1000.0), "--epochs", str(args.epochs),
+                "--warmup-epochs", str(args.warmup_epochs), "--matchmaking-time", str(args.matchmaking_time),
+                "--timeout", str(args.timeout), "--result", str(Path(tmp) / f"r{index}.json"))
             log = open(Path(tmp) / f"w{index}.log", "wb")
             processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}))
@@ -177,14 +236,39 @@ def run_config(payload: Payload, workers: int, cap: float | None, args: argparse
             else:
                 tail = (Path(tmp) / f"w{index}.log").read_text(errors="replace")[-1500:]
                 print(f"  worker {index} produced no result; log tail:\n{tail}", file=sys.stderr)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for index in range(workers):
+                name = f"{payload.name}-{workers}w-{cap}-{averaging.mode}{averaging.steps}{averaging.label}-w{index}.log"
+                (args.logs / name).write_bytes((Path(tmp) / f"w{index}.log").read_bytes())
     if not results:
-        return {"payload": payload.name, "workers": workers, "cap": cap, "ok": 0}
-    fractions = [r["compute"] / r["wall"] for r in results]
-    waits = [r["waiting"] / r["wall"] for r in results]
-    per_epoch = [r["wall"] / args.epochs for r in results]
-    return {"payload": payload.name, "mb": payload.megabytes, "workers": workers, "cap": cap, "ok": len(results),
-            "compute_s": compute, "compute_frac": statistics.mean(fractions), "wait_frac": statistics.mean(waits),
-            "epoch_s": statistics.mean(per_epoch)}
+        return row
+    tokens_per_step = args.tokens / STEPS_PER_EPOCH
+    return {**row, "ok": len(results),
+            "compute_frac": statistics.mean(r["compute"] / r["wall"] for r in results),
+            "step_frac": statistics.mean(r["stepping"] / r["wall"] for r in results),
+            "wait_frac": statistics.mean(r["waiting"] / r["wall"] for r in results),
+            "round_s": statistics.mean(r["wall"] / args.epochs for r in results),
+            "sent_mb_round": statistics.mean(r["sent"] / 1e6 / args.epochs for r in results),
+            # bytes per token is MB per million tokens
+            "mb_per_mtok": statistics.mean(r["sent"] / (r["steps"] * tokens_per_step) for r in results)}
+
+
+HEADER = (f"{'payload':<13} {'MB/round':>8} {'workers':>7} {'cap Mbit/s':>10} {'mode':>5} {'H':>3} {'overlap':>7} "
+          f"{'compress':>8} {'compute s/round':>15} {'round s':>8} {'computing':>9} {'step':>5} {'averaging':>9} "
+          f"{'sent MB/round':>13} {'MB/Mtok':>8} {'measured':>8}")
+
+
+def format_row(row: dict) -> str:
+    averaging = row["averaging"]
+    head = (f"{row['payload']:<13} {row['mb']:>8.1f} {row['workers']:>7} {row['cap'] or '-':>10} "
+            f"{averaging.mode:>5} {averaging.steps:>3} {averaging.label:>7} {averaging.compression:>8} "
+            f"{row['compute_s']:>15.2f}")
+    if not row["ok"]:
+        return f"{head}  failed"
+    return (f"{head} {row['round_s']:>8.2f} {row['compute_frac']:>9.0%} {row['step_frac']:>5.0%} "
+            f"{row['wait_frac']:>9.0%} {row['sent_mb_round']:>13.1f} {row['mb_per_mtok']:>8.0f} "
+            f"{row['ok']:>6}/{row['workers']}")
 
 
 def main() -> None:
@@ -193,37 +277,43 @@ def main() -> None:
     parser.add_argument("--payloads", default="", help="comma-separated: " + ", ".join(PAYLOADS))
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--caps", default="10,50,200", help="Mbit/s per host, comma-separated")
-    parser.add_argument("--epochs", type=int, default=2, help="measured epochs (after one warm-up epoch)")
-    parser.add_argument("--tokens", type=int, default=64 * 512, help="tokens each worker processes per epoch")
+    parser.add_argument("--modes", default="sync,local", help="sync, local or both (comma-separated)")
+    parser.add_argument("--local-steps", default="4,16,64", help="local mode: local steps H per round")
+    parser.add_argument("--overlap", choices=("both", "on", "off"), default="both",
+                        help="local mode: the round's all-reduce overlapped with the next H steps, or blocking")
+    parser.add_argument("--compression", default="", help="none, fp16 or 8bit (comma-separated; default: none "
+                        "for sync, fp16 for local; 8bit is local mode only)")
+    parser.add_argument("--epochs", type=int, default=2, help="measured rounds (after the warm-up ones)")
+    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=STEPS_PER_EPOCH * BATCH * 512,
+                        help=f"tokens each worker processes per {STEPS_PER_EPOCH} steps (sync's epoch); "
+                        f"a step is {BATCH} sequences")
     parser.add_argument("--flops", type=float, default=100e12, help="effective FLOP/s of the stand-in GPU")
     parser.add_argument("--matchmaking-time", type=float, default=3.0, help="nomoat's default")
     parser.add_argument("--timeout", type=float, default=300.0, help="averaging timeout (s)")
-    parser.add_argument("--config-timeout", type=float, default=600.0)
+    parser.add_argument("--config-timeout", type=float, default=900.0)
     parser.add_argument("--grace", type=float, default=60.0, help="wait for stragglers after the first result")
+    parser.add_argument("--logs", type=Path, help="keep every worker's log in this directory")
     args = parser.parse_args()
     names = args.payloads.split(",") if args.payloads else (["llama-1b-qv"] if args.quick else list(PAYLOADS))
-    print(f"{'payload':<13} {'MB/round':>8} {'workers':>7} {'cap Mbit/s':>10} {'compute s/epoch':>15} "
-          f"{'epoch s':>8} {'computing':>9} {'averaging':>9} {'measured':>8}", flush=True)
+    rows = averaging_rows(args)
+    print(HEADER, flush=True)
     for name in names:
         payload = PAYLOADS[name]
         for workers in [int(w) for w in args.workers.split(",")]:
             caps = [None] if workers == 1 else [float(c) for c in args.caps.split(",")]
             for cap in caps:
-                row = run_config(payload, workers, cap, args)
-                if not row["ok"]:
-                    print(f"{name:<13} {payload.megabytes:>8.1f} {workers:>7} {cap or '-':>10}  failed", flush=True)
-                    continue
-                print(f"{name:<13} {row['mb']:>8.1f} {workers:>7} {cap if cap else '-':>10} "
-                      f"{row['compute_s']:>15.2f} {row['epoch_s']:>8.2f} {row['compute_frac']:>9.0%} "
-                      f"{row['wait_frac']:>9.0%} {row['ok']:>6}/{workers}", flush=True)
+                for averaging in rows:
+                    print(format_row(run_config(payload, workers, cap, averaging, args)), flush=True)
 
 
 def _worker_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    for flag, kind in (("--index", int), ("--host", str), ("--workers", int), ("--peers-file", str),
-                       ("--lora-params", int), ("--compute-per-epoch", float), ("--epochs", int),
-                       ("--warmup-epochs", int), ("--matchmaking-time", float), ("--timeout", float),
-                       ("--result", str)):
+    for flag, kind in (("--index", int), ("--host", str), ("--iface", str), ("--workers", int),
+                       ("--peers-file", str), ("--lora-params", int), ("--step-compute", float),
+                       ("--steps-per-round", int), ("--mode", str), ("--overlap", int), ("--compression", str),
+                       ("--link-mbit", float), ("--epochs", int), ("--warmup-epochs", int),
+                       ("--matchmaking-time", float), ("--timeout", float), ("--result", str)):
         parser.add_argument(flag, type=kind, required=True)
     return parser.parse_args(argv)
 
