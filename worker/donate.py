@@ -112,7 +112,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         membership.publish()
         gate = gate_of(dht, assignment)  # the averagers deal only with the run's authorized peers
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key,
-                                                  peer_gate=gate)
+                                                  peer_gate=gate, param_names=run_model.shard_names[shard])
                       for shard in shards}
         client = CoordinatorClient(endpoint)
         membership.start()  # its loops open their own channels, after hivemind forked its processes

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import hivemind
 import torch
@@ -29,6 +29,7 @@ from swarm.log import get_logger
 from swarm.gated_averager import gate_averager_class
 from swarm.peer_gate import PeerGate
 from swarm.progress_filter import TrustedProgressTracker
+from swarm.round_timeouts import averaging_compression, round_timeouts
 from swarm.robust_allreduce import RobustGradientAverager, RobustTrainingStateAverager
 from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
@@ -72,7 +73,9 @@ class ShardOptimizer(hivemind.Optimizer):
         # both are read by the averager factories during hivemind's __init__
         self.robustness = robustness or RobustnessSpec()
         self.peer_gate = peer_gate
-        super().__init__(grad_averager_factory=self._make_robust_gradient_averager, **kwargs)
+        if not kwargs.get("use_local_updates"):  # local mode (worker.local_updates) averages no gradients
+            kwargs["grad_averager_factory"] = self._make_robust_gradient_averager
+        super().__init__(**kwargs)
 
     def _build_averager(self, averager_class: type[AveragerT], **kwargs: Any) -> AveragerT:
         """The one place both averagers are constructed: with the run's robustness settings and, when the swarm
@@ -202,17 +205,23 @@ class ShardOptimizer(hivemind.Optimizer):
 
 
 def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parameter], dht: hivemind.DHT,
-                         private_key: RSAPrivateKey, verbose: bool = True,
-                         peer_gate: PeerGate | None = None) -> ShardOptimizer:
-    """The optimizer of one shard. Client mode follows the DHT's (a NAT'ed peer passes a client DHT).
+                         private_key: RSAPrivateKey, verbose: bool = True, peer_gate: PeerGate | None = None,
+                         param_names: Sequence[str] | None = None) -> ShardOptimizer:
+    """The optimizer of one shard: a ShardOptimizer (sync mode) or a ``LocalUpdateShardOptimizer``
+    (``spec.averaging.mode == "local"``; ``param_names``, the shard's LoRA parameter names, tell its factors
+    apart). Client mode follows the DHT's (a NAT'ed peer passes a client DHT).
 
     ``private_key`` signs this peer's progress records in the DHT: the worker's identity key
     (``Identity.as_hivemind_key()``, the key its DHT was started with), so that the coordinator can tie the
     records to the worker's peer ID and cross-check its receipts. Every shard of one DHT must get the same key.
     ``verbose`` makes hivemind log each averaging round at INFO (including failed rounds). Both averagers
     reduce with ``spec.robustness`` and, given ``peer_gate`` (swarm.peer_gate), deal only with the run's authorized
-    peers."""
-    return ShardOptimizer(
+    peers. The averaging and chunk timeouts fit one round's payload at ``spec.averaging.link_mbit``
+    (``swarm.round_timeouts``)."""
+    averaging = spec.averaging
+    payload = sum(param.numel() for param in params)
+    timeouts = round_timeouts(payload, averaging)
+    common: dict[str, Any] = dict(
         robustness=spec.robustness,
         peer_gate=peer_gate,
         dht=dht,
@@ -221,13 +230,11 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
         optimizer=torch_optimizer_factory(spec),
         target_batch_size=spec.target_batch_size,
         batch_size_per_step=spec.batch_size_per_step,
-        matchmaking_time=spec.averaging.matchmaking_time,
-        averaging_timeout=spec.averaging.averaging_timeout,
+        matchmaking_time=averaging.matchmaking_time,
+        averaging_timeout=timeouts.averaging,
         # on busy machines a peer's part can arrive late; waiting only matchmaking_time for it (hivemind's
         # default) drops it from the average and leaves peers with different parameters
-        next_chunk_timeout=spec.averaging.averaging_timeout,
-        use_local_updates=False,
-        average_state_every=spec.averaging.average_state_every,
+        next_chunk_timeout=timeouts.next_chunk,
         # hivemind 1.1.12 keeps client_mode=None when it is not given (its fallback to the DHT's is inverted),
         # then treats None as "not a client" and sets a state-sharing priority that a client-mode averager
         # refuses with ValueError at the first epoch: a NAT'ed worker crashed. Passing the DHT's avoids that.
@@ -235,11 +242,20 @@ def make_shard_optimizer(spec: RunSpec, shard: int, params: list[torch.nn.Parame
         verbose=verbose,
         tracker_opts=dict(
             private_key=private_key,
-            default_refresh_period=spec.averaging.progress_refresh_s,
-            min_refresh_period=min(0.5, spec.averaging.progress_refresh_s),
-            max_refresh_period=max(10.0, spec.averaging.progress_refresh_s),
+            default_refresh_period=averaging.progress_refresh_s,
+            min_refresh_period=min(0.5, averaging.progress_refresh_s),
+            max_refresh_period=max(10.0, averaging.progress_refresh_s),
         ),
     )
+    if averaging.mode == "local":
+        from worker.local_updates import LocalUpdateShardOptimizer  # it extends ShardOptimizer, defined here
+
+        return LocalUpdateShardOptimizer(
+            outer_lr=averaging.outer_lr, outer_momentum=averaging.outer_momentum,
+            lora_factors=averaging.lora_factors, param_names=param_names, overlap=averaging.overlap,
+            state_averaging_compression=averaging_compression(averaging.compression), **common)
+    return ShardOptimizer(use_local_updates=False, average_state_every=averaging.average_state_every,
+                          grad_compression=averaging_compression(averaging.compression), **common)
 
 
 def _peers_of_shard(dht: hivemind.DHT, shard_run_id: str) -> set[str]:
