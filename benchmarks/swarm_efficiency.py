@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,23 +104,23 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.index == 0:
         Path(args.peers_file + ".tmp").write_text(json.dumps(visible_addresses(dht)))
         os.replace(args.peers_file + ".tmp", args.peers_file)
-    local = args.mode == "local"
     averaging = AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=args.timeout,
                               progress_refresh_s=0.5, average_state_every=1000, mode=args.mode,
                               compression=args.compression, overlap=bool(args.overlap), link_mbit=args.link_mbit)
     # one round every steps_per_round microbatches of every worker: sync's epoch, or local mode's H
     spec = RunSpec(name="bench", batch_size_per_step=BATCH,
-                   target_batch_size=BATCH * args.steps_per_round * args.workers, optimizer="adam", lr=1e-4,
+                   target_batch_size=BATCH * args.steps_per_round * args.workers, optimizer=args.optimizer, lr=1e-4,
                    averaging=averaging)
     param = torch.nn.Parameter(torch.zeros(args.lora_params))
-    # one gradient for every step: a fresh randn of up to 42 M values per step would cost the two shared
-    # cores more than the optimizer itself, and what is averaged does not change what a round costs
+    # one gradient for every step (never written to: the optimizers only read it): a fresh randn, or a copy, of
+    # up to 42 M values per step would cost the shared cores more than the optimizer step, and what is averaged
+    # does not change what a round costs
     gradient = torch.randn(args.lora_params) * 1e-3
     optimizer = make_shard_optimizer(spec, 0, [param], dht, identity.as_hivemind_key(),
                                      verbose=bool(os.environ.get("BENCH_VERBOSE")))
     try:
         wait_for_peers(dht, spec, [0], args.workers, 120)
-        compute = stepping = waiting = 0.0
+        stepping = waiting = 0.0
         steps = 0
         started = sent = None
         synced = False
@@ -128,10 +129,12 @@ def worker_main(args: argparse.Namespace) -> None:
             if measuring and started is None:
                 started, sent = time.monotonic(), tx_bytes(args.iface)
             t0 = time.monotonic()
-            time.sleep(args.step_compute)  # the forward/backward pass of a real worker
-            param.grad = gradient.clone()
+            param.grad = gradient
+            optimizer.accumulate()  # sync: add to the round's gradients; local: the local optimizer step
             t1 = time.monotonic()
-            optimizer.accumulate()  # sync: add to the round's gradients; local: also the local optimizer step
+            # the rest of the step is the forward/backward pass of a real worker; a step whose accumulate took
+            # longer than the whole step (a busy CPU) overruns, and that time counts against "computing"
+            time.sleep(max(0.0, args.step_compute - (t1 - t0)))
             t2 = time.monotonic()
             if optimizer.epoch_is_due:
                 optimizer.finish_epoch()  # sync and blocking local: the round; overlapped local: starts it
@@ -142,14 +145,14 @@ def worker_main(args: argparse.Namespace) -> None:
                     time.sleep(0.1)
                 synced = True
             if measuring:
-                compute += t1 - t0
-                stepping += t2 - t1
+                stepping += t1 - t0
                 waiting += t3 - t2
                 steps += 1
         wall = time.monotonic() - started
         Path(args.result).write_text(json.dumps({
-            "wall": wall, "compute": compute, "stepping": stepping, "waiting": waiting, "steps": steps,
-            "sent": tx_bytes(args.iface) - sent, "epoch": optimizer.local_epoch, "local": local}))
+            "wall": wall, "compute": steps * args.step_compute, "stepping": stepping, "waiting": waiting,
+            "steps": steps, "sent": tx_bytes(args.iface) - sent, "epoch": optimizer.local_epoch,
+            "rounds": dict(getattr(optimizer.state_averager, "round_counts", {}))}))
         time.sleep(2.0)  # let the peers finish the last round before this one leaves
     finally:
         optimizer.shutdown()
@@ -210,7 +213,7 @@ def run_config(payload: Payload, workers: int, cap: float | None, averaging: Ave
                 "--lora-params", str(payload.lora_params), "--step-compute", str(step_compute),
                 "--steps-per-round", str(averaging.steps), "--mode", averaging.mode,
                 "--overlap", str(int(averaging.overlap)), "--compression", averaging.compression,
-                "--link-mbit", str(cap or 1000.0), "--epochs", str(args.epochs),
+                "--link-mbit", str(cap or 1000.0), "--optimizer", args.optimizer, "--epochs", str(args.epochs),
                 "--warmup-epochs", str(args.warmup_epochs), "--matchmaking-time", str(args.matchmaking_time),
                 "--timeout", str(args.timeout), "--result", str(Path(tmp) / f"r{index}.json"))
             log = open(Path(tmp) / f"w{index}.log", "wb")
@@ -239,8 +242,8 @@ def run_config(payload: Payload, workers: int, cap: float | None, averaging: Ave
         if args.logs:
             args.logs.mkdir(parents=True, exist_ok=True)
             for index in range(workers):
-                name = f"{payload.name}-{workers}w-{cap}-{averaging.mode}{averaging.steps}{averaging.label}-w{index}.log"
-                (args.logs / name).write_bytes((Path(tmp) / f"w{index}.log").read_bytes())
+                name = f"{payload.name}-{workers}w-{cap}-{averaging.mode}{averaging.steps}-{averaging.label}-w{index}"
+                (args.logs / f"{name}.log").write_bytes((Path(tmp) / f"w{index}.log").read_bytes())
     if not results:
         return row
     tokens_per_step = args.tokens / STEPS_PER_EPOCH
@@ -249,26 +252,34 @@ def run_config(payload: Payload, workers: int, cap: float | None, averaging: Ave
             "step_frac": statistics.mean(r["stepping"] / r["wall"] for r in results),
             "wait_frac": statistics.mean(r["waiting"] / r["wall"] for r in results),
             "round_s": statistics.mean(r["wall"] / args.epochs for r in results),
+            # the swarm's round falls due at workers x H steps in all: a worker that sees the others' progress
+            # late takes more than H
+            "steps_round": statistics.mean(r["steps"] / args.epochs for r in results),
             "sent_mb_round": statistics.mean(r["sent"] / 1e6 / args.epochs for r in results),
             # bytes per token is MB per million tokens
-            "mb_per_mtok": statistics.mean(r["sent"] / (r["steps"] * tokens_per_step) for r in results)}
+            "mb_per_mtok": statistics.mean(r["sent"] / (r["steps"] * tokens_per_step) for r in results),
+            # local mode: how every worker's rounds ended, warm-up and the one in flight at the end included
+            "rounds": sum((Counter(r["rounds"]) for r in results), Counter()),
+            "load": os.getloadavg()[0]}  # the machine's, other work included: the CPU the workers had to share
 
 
-HEADER = (f"{'payload':<13} {'MB/round':>8} {'workers':>7} {'cap Mbit/s':>10} {'mode':>5} {'H':>3} {'overlap':>7} "
-          f"{'compress':>8} {'compute s/round':>15} {'round s':>8} {'computing':>9} {'step':>5} {'averaging':>9} "
-          f"{'sent MB/round':>13} {'MB/Mtok':>8} {'measured':>8}")
+COLUMNS = ("payload", "MB/round", "workers", "cap Mbit/s", "mode", "H", "overlap", "compress", "compute s/round",
+           "steps/round", "round s", "computing", "step", "averaging", "sent MB/round", "MB/Mtok", "measured", "load",
+           "rounds")
 
 
 def format_row(row: dict) -> str:
+    """One row of the table, in the order of COLUMNS, ' | '-separated (a Markdown table without its borders)."""
     averaging = row["averaging"]
-    head = (f"{row['payload']:<13} {row['mb']:>8.1f} {row['workers']:>7} {row['cap'] or '-':>10} "
-            f"{averaging.mode:>5} {averaging.steps:>3} {averaging.label:>7} {averaging.compression:>8} "
-            f"{row['compute_s']:>15.2f}")
+    cells = [row["payload"], f"{row['mb']:.1f}", str(row["workers"]), f"{row['cap']:g}" if row["cap"] else "-",
+             averaging.mode, str(averaging.steps), averaging.label, averaging.compression, f"{row['compute_s']:.2f}"]
     if not row["ok"]:
-        return f"{head}  failed"
-    return (f"{head} {row['round_s']:>8.2f} {row['compute_frac']:>9.0%} {row['step_frac']:>5.0%} "
-            f"{row['wait_frac']:>9.0%} {row['sent_mb_round']:>13.1f} {row['mb_per_mtok']:>8.0f} "
-            f"{row['ok']:>6}/{row['workers']}")
+        return " | ".join(cells + ["failed"])
+    rounds = ", ".join(f"{outcome} {count}" for outcome, count in sorted(row["rounds"].items())) or "-"
+    cells += [f"{row['steps_round']:.1f}", f"{row['round_s']:.2f}", f"{row['compute_frac']:.0%}",
+              f"{row['step_frac']:.0%}", f"{row['wait_frac']:.0%}", f"{row['sent_mb_round']:.1f}",
+              f"{row['mb_per_mtok']:.0f}", f"{row['ok']}/{row['workers']}", f"{row['load']:.1f}", rounds]
+    return " | ".join(cells)
 
 
 def main() -> None:
@@ -289,6 +300,9 @@ def main() -> None:
                         help=f"tokens each worker processes per {STEPS_PER_EPOCH} steps (sync's epoch); "
                         f"a step is {BATCH} sequences")
     parser.add_argument("--flops", type=float, default=100e12, help="effective FLOP/s of the stand-in GPU")
+    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
+                        help="the shards' torch optimizer (local mode steps it every microbatch: on these CPUs "
+                        "Adam over 42 M values takes 0.4 s, on the stand-in GPU milliseconds)")
     parser.add_argument("--matchmaking-time", type=float, default=3.0, help="nomoat's default")
     parser.add_argument("--timeout", type=float, default=300.0, help="averaging timeout (s)")
     parser.add_argument("--config-timeout", type=float, default=900.0)
@@ -297,7 +311,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.payloads.split(",") if args.payloads else (["llama-1b-qv"] if args.quick else list(PAYLOADS))
     rows = averaging_rows(args)
-    print(HEADER, flush=True)
+    print(" | ".join(COLUMNS), flush=True)
     for name in names:
         payload = PAYLOADS[name]
         for workers in [int(w) for w in args.workers.split(",")]:
@@ -312,7 +326,7 @@ def _worker_args(argv: list[str]) -> argparse.Namespace:
     for flag, kind in (("--index", int), ("--host", str), ("--iface", str), ("--workers", int),
                        ("--peers-file", str), ("--lora-params", int), ("--step-compute", float),
                        ("--steps-per-round", int), ("--mode", str), ("--overlap", int), ("--compression", str),
-                       ("--link-mbit", float), ("--epochs", int), ("--warmup-epochs", int),
+                       ("--link-mbit", float), ("--optimizer", str), ("--epochs", int), ("--warmup-epochs", int),
                        ("--matchmaking-time", float), ("--timeout", float), ("--result", str)):
         parser.add_argument(flag, type=kind, required=True)
     return parser.parse_args(argv)
