@@ -26,7 +26,7 @@ worker's namespace (its link's tx_bytes: the all-reduce, the DHT and TCP/IP head
 tokens the worker trained. Every worker computes the same per round (weak scaling: the swarm's target batch
 grows with the workers). Needs root (network namespaces). Prints one row per configuration.
 
-    .venv/bin/python benchmarks/swarm_efficiency.py --quick     # 1B q,v LoRA, sync and local, 1/2/4 x 10/50/200
+    .venv/bin/python benchmarks/swarm_efficiency.py --quick     # 1B q,v LoRA, sync and local H=16, 1/2/4 x 10/50/200
     .venv/bin/python benchmarks/swarm_efficiency.py --payloads llama-8b-qv --workers 2 --caps 50 --modes sync
     .venv/bin/python benchmarks/swarm_efficiency.py --payloads llama-8b-all --workers 4 --caps 10 --modes local \
         --local-steps 64 --overlap on --compression fp16,8bit   # the 8B all-module LoRA: 168 MB fp32 per round
@@ -328,14 +328,15 @@ def format_row(row: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="llama-1b-qv only (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="llama-1b-qv, sync and local H=16 overlapped only")
     parser.add_argument("--payloads", default="", help="comma-separated: " + ", ".join(PAYLOADS))
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--caps", default="10,50,200", help="Mbit/s per host, comma-separated")
     parser.add_argument("--modes", default="sync,local", help="sync, local or both (comma-separated)")
-    parser.add_argument("--local-steps", default="4,16,64", help="local mode: local steps H per round")
-    parser.add_argument("--overlap", choices=("both", "on", "off"), default="both",
-                        help="local mode: the round's all-reduce overlapped with the next H steps, or blocking")
+    parser.add_argument("--local-steps", help="local mode: local steps H per round (default 4,16,64; quick: 16)")
+    parser.add_argument("--overlap", choices=("both", "on", "off"),
+                        help="local mode: the round's all-reduce overlapped with the next H steps, or blocking "
+                        "(default both; quick: on)")
     parser.add_argument("--compression", default="", help="none, fp16 or 8bit (comma-separated; default: none "
                         "for sync, fp16 for local; 8bit is local mode only)")
     parser.add_argument("--epochs", type=int, default=2, help="measured rounds (after the warm-up ones)")
@@ -353,6 +354,8 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=60.0, help="wait for stragglers after the first result")
     parser.add_argument("--logs", type=Path, help="keep every worker's log in this directory")
     args = parser.parse_args()
+    args.local_steps = args.local_steps or ("16" if args.quick else "4,16,64")
+    args.overlap = args.overlap or ("on" if args.quick else "both")
     names = args.payloads.split(",") if args.payloads else (["llama-1b-qv"] if args.quick else list(PAYLOADS))
     rows = averaging_rows(args)
     print(" | ".join(COLUMNS), flush=True)
