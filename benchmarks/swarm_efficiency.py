@@ -190,6 +190,7 @@ def worker_main(args: argparse.Namespace) -> None:
                 stepping += t1 - t0
                 waiting += t3 - t2
                 steps += 1
+        assert started is not None and sent is not None  # at least one measured step
         wall = time.monotonic() - started
         Path(args.result).write_text(json.dumps({
             "wall": wall, "compute": steps * args.step_compute, "stepping": stepping, "waiting": waiting,
