@@ -189,7 +189,7 @@ class Publisher:
         # only work the swarm's signed records confirmed: unverified receipts may be a stranger's invention
         contributors = self.storage.ledger.contributors_between(run_name, previous.created_at if previous else None,
                                                                 now, verified_only=True)
-        samples = sum(self.storage.ledger.samples_by_shard(run_name, verified_only=True).values())
+        samples = self.storage.ledger.distinct_samples(run_name, verified_only=True)  # not once per shard
         peers_compared = min(len(s.agreeing_peers) for s in snapshots)
         signed: SignedManifest | None = None
 

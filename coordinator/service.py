@@ -311,7 +311,8 @@ class CoordinatorService:
             for shard in range(spec.shards if spec else 0)
         ]
         versions = self.storage.versions
-        return RunState(record, spec, len(live), sum(samples.values()), unavailable, settings, shards,
+        trained = self.storage.ledger.distinct_samples(record.name, verified_only=True)  # not once per shard
+        return RunState(record, spec, len(live), trained, unavailable, settings, shards,
                         versions.list_versions(record.name), versions.rejected_snapshots(record.name),
                         self.storage.bans.list_bans(record.name))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -11,6 +11,9 @@ from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, 
                                ask, coordinator_endpoint, fail)
 from nomoat_cli.credentials import JoinToken, OperatorTokenFile, with_credentials
 from swarm.paths import UserDirs
+
+if TYPE_CHECKING:
+    from swarm.client import CoordinatorClient
 
 FORCE = typer.Option(False, "--force", help="Write into a non-empty --out that no pull or export wrote: files "
                      "of the same names are replaced, all others are kept.")
@@ -34,7 +37,12 @@ def pull(
     force: bool = FORCE,
     join_token: JoinToken = "",
 ) -> None:
-    """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches)."""
+    """Download a published version, verify its signed manifest and hashes, and write it (resumes and caches).
+
+    \b
+    Example:
+      swarm pull -c coord.example.org --run myrun --out ./myrun-adapter
+    """
     from swarm.client import CoordinatorError
     from swarm.pull import Layout, PullError, pull as run_pull
 
@@ -57,7 +65,7 @@ def pull(
 
 def release(
     run: str = typer.Option(..., help="Run name."),
-    version: int = typer.Option(..., help="Version number."),
+    version: str = typer.Option(..., help="A version number, or 'latest' (the run's newest version)."),
     coordinator: CoordinatorAddress = DEFAULT_COORDINATOR,
     ca: CaFile = None,
     fingerprint: Fingerprint = None,
@@ -65,9 +73,21 @@ def release(
     undo: bool = typer.Option(False, "--undo", help="Unmark it (retention may then remove it)."),
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Mark a version as a release: retention keeps it forever (operator)."""
-    info = ask(with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file),
-               lambda client: client.mark_release(run, version, release=not undo))
+    """Mark a version as a release: retention keeps it forever (operator).
+
+    \b
+    Example:
+      swarm release -c coord.example.org --run myrun --version latest
+    """
+    endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
+
+    def mark(client: "CoordinatorClient") -> Any:
+        number = latest_version(client, run) if version == "latest" else int(version)
+        return client.mark_release(run, number, release=not undo)
+
+    if version != "latest" and not version.isdigit():
+        fail(f"--version is a version number or 'latest', not {version!r}")
+    info = ask(endpoint, mark)
     typer.echo(f"{run} version {info.version} is {'a release' if info.release else 'no longer a release'}")
 
 
@@ -86,7 +106,12 @@ def export(
     force: bool = FORCE,
     join_token: JoinToken = "",
 ) -> None:
-    """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload."""
+    """Write a version as a Hugging Face model repo (model card with run, contributors, metrics), ready to upload.
+
+    \b
+    Example:
+      swarm export -c coord.example.org --run myrun --version latest --out ./hf-repo
+    """
     from swarm.client import CoordinatorError
     from swarm.export import ExportError, export_hf_repo, upload_to_hub
     from swarm.output_folder import OutputFolderError, check_output_folder
@@ -104,3 +129,14 @@ def export(
     except (CoordinatorError, PullError, ExportError, OutputFolderError) as exc:
         fail(str(exc))
     typer.echo(f"exported {run} version {manifest.version} to {folder}")
+
+
+def latest_version(client: "CoordinatorClient", run: str) -> int:
+    """The number of the run's newest published version; CoordinatorError when it has none."""
+    from swarm.client import CoordinatorError
+
+    runs = client.status(run).runs
+    numbers = [version.version for state in runs for version in state.versions]
+    if not numbers:
+        raise CoordinatorError(f"run '{run}' has not published any version")
+    return max(numbers)

@@ -8,6 +8,7 @@ import typer
 from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure, ask,
                                coordinator_endpoint, fail)
 from nomoat_cli.credentials import OperatorTokenFile, with_credentials
+from nomoat_cli.units import utc_time
 
 token_app = typer.Typer(help="Join tokens of runs with join policy 'token' (operator).", no_args_is_help=True)
 
@@ -22,7 +23,12 @@ def token_create(
     insecure: Insecure = False,
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Mint a join token of a run; it is printed this once (the coordinator keeps only its hash)."""
+    """Mint a join token of a run; it is printed this once (the coordinator keeps only its hash).
+
+    \b
+    Example:
+      swarm token create -c coord.example.org --run myrun --label alice
+    """
     created = ask(with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file),
                   lambda client: client.create_join_token(run, label))
     typer.echo(f"join token {created.info.token_id} of run {run} (give it to the volunteer; it is not shown again):")
@@ -38,14 +44,19 @@ def token_list(
     insecure: Insecure = False,
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """The run's join tokens: id, label, created, revoked (never the tokens)."""
+    """The run's join tokens: id, label, created, revoked (never the tokens); times in UTC.
+
+    \b
+    Example:
+      swarm token list -c coord.example.org --run myrun
+    """
     endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
     tokens = ask(endpoint, lambda client: client.list_join_tokens(run))
     if not tokens:
         typer.echo(f"run {run} has no join tokens")
     for token in tokens:
-        revoked = f"revoked {token.revoked_at[:19]}" if token.revoked_at else "valid"
-        typer.echo(f"{token.token_id:>5}  {token.label[:40]!r:<42} created {token.created_at[:19]}  {revoked}")
+        revoked = f"revoked {utc_time(token.revoked_at)}" if token.revoked_at else "valid"
+        typer.echo(f"{token.token_id:>5}  {token.label[:40]!r:<42} created {utc_time(token.created_at)}  {revoked}")
 
 
 @token_app.command("revoke")
@@ -57,7 +68,12 @@ def token_revoke(
     insecure: Insecure = False,
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Revoke a join token: no one joins with it again (workers that joined stay)."""
+    """Revoke a join token: no one joins with it again (workers that joined stay).
+
+    \b
+    Example:
+      swarm token revoke -c coord.example.org 3
+    """
     endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
     info = ask(endpoint, lambda client: client.revoke_join_token(token_id))
     typer.echo(f"join token {info.token_id} of run {info.run_name} revoked")
@@ -82,7 +98,12 @@ def run(
     insecure: Insecure = False,
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Run administration (operator): swarm run stop|archive|resume|remove|default NAME."""
+    """Run administration (operator): swarm run stop|archive|resume|remove|default NAME.
+
+    \b
+    Example:
+      swarm run stop -c coord.example.org myrun
+    """
     if action != "default" and action not in RUN_ACTIONS:
         fail(f"unknown action {action!r}: choose one of {', '.join([*RUN_ACTIONS, 'default'])}")
     if action != "default" and not name:
@@ -110,7 +131,12 @@ def peer_ban(
     insecure: Insecure = False,
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Ban a peer from a run: its access token is not renewed, it cannot rejoin, the coordinator's DHT refuses it."""
+    """Ban a peer from a run: its access token is not renewed, it cannot rejoin, the coordinator's DHT refuses it.
+
+    \b
+    Example:
+      swarm peer ban -c coord.example.org --run myrun --reason 'sent NaN' 12D3KooW...
+    """
     endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
     info = ask(endpoint, lambda client: client.ban_peer(run, peer_id, reason))
     typer.echo(f"peer {info.peer_id} is banned from run {info.run_name} ({info.reason})")
@@ -126,7 +152,12 @@ def peer_unban(
     insecure: Insecure = False,
     operator_token_file: OperatorTokenFile = None,
 ) -> None:
-    """Lift a peer's ban from a run (the reports against it are forgotten); it may join again."""
+    """Lift a peer's ban from a run (the reports against it are forgotten); it may join again.
+
+    \b
+    Example:
+      swarm peer unban -c coord.example.org --run myrun 12D3KooW...
+    """
     endpoint = with_credentials(coordinator_endpoint(coordinator, ca, fingerprint, insecure), operator_token_file)
     info = ask(endpoint, lambda client: client.unban_peer(run, peer_id))
     typer.echo(f"peer {info.peer_id} may join run {info.run_name} again")

@@ -22,9 +22,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-DEFAULT_COORDINATOR = "127.0.0.1:50051"
+COORDINATOR_PORT = 50051  # the gRPC port `swarm coordinator` serves on unless told otherwise
+COORDINATOR_VARIABLE = "NOMOAT_COORDINATOR"
+DEFAULT_COORDINATOR = f"127.0.0.1:{COORDINATOR_PORT}"
 
-CoordinatorAddress = Annotated[str, typer.Option("--coordinator", "-c", help="Coordinator host:port.")]
+CoordinatorAddress = Annotated[str, typer.Option(
+    "--coordinator", "-c", envvar=COORDINATOR_VARIABLE,
+    help=f"Coordinator HOST:PORT; without :PORT, port {COORDINATOR_PORT} (the coordinator's default).")]
 CaFile = Annotated[Optional[Path], typer.Option(
     "--ca", envvar="NOMOAT_CA", help="Trust the coordinator's TLS certificate if this CA certificate (PEM) signed it "
     "(default: the system's CA roots).")]
@@ -35,6 +39,13 @@ Insecure = Annotated[bool, typer.Option(
     "--insecure", help="Plaintext gRPC even off loopback, for a coordinator its operator serves with --insecure: "
     "anyone on the path can read and change what you send.")]
 
+LogFile = Annotated[Optional[Path], typer.Option(
+    "--log-file", envvar="NOMOAT_LOG_FILE", help="Append hivemind's and the other libraries' logs, and nomoat's, "
+    "to this file (the terminal shows nomoat's lines and the libraries' warnings only).")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", envvar="NOMOAT_VERBOSE", help="Show hivemind's and the other libraries' logs on the "
+    "terminal too.")]
+
 
 def coordinator_endpoint(coordinator: str, ca: Path | None, fingerprint: str | None, insecure: bool) -> Endpoint:
     """The Endpoint a command talks to, from its ``-c``, ``--ca``, ``--fingerprint`` and ``--insecure``; a
@@ -44,9 +55,20 @@ def coordinator_endpoint(coordinator: str, ca: Path | None, fingerprint: str | N
 
     try:
         pinned = normalize_fingerprint(fingerprint) if fingerprint else None
-        return Endpoint(coordinator, ca_file=ca, fingerprint=pinned, insecure=insecure)
+        return Endpoint(with_default_port(coordinator), ca_file=ca, fingerprint=pinned, insecure=insecure)
     except (TlsError, ValueError) as exc:
         fail(str(exc))
+
+
+def with_default_port(address: str) -> str:
+    """``address`` with the coordinator's default port when it names none: ``coord.example.org`` is
+    ``coord.example.org:50051``, ``[::1]`` and ``::1`` are ``[::1]:50051``; one with a port stays as it is."""
+    address = address.strip()
+    if address.startswith("["):  # [IPv6] or [IPv6]:PORT
+        return address if "]:" in address else f"{address}:{COORDINATOR_PORT}"
+    if address.count(":") > 1:  # a bare IPv6 address cannot carry a port
+        return f"[{address}]:{COORDINATOR_PORT}"
+    return address if ":" in address or not address else f"{address}:{COORDINATOR_PORT}"
 
 
 def fail(message: str) -> NoReturn:

@@ -16,7 +16,12 @@ def demo(
     shards: int = typer.Option(2, help="Adapter shards of the demo run."),
     workdir: Optional[Path] = typer.Option(None, help="Where the demo keeps its files (default: a temp folder)."),
 ) -> None:
-    """Run the whole swarm on this machine: coordinator, a run on the tiny preset, workers, versions, a pull."""
+    """Run the whole swarm on this machine: coordinator, a run on the tiny preset, workers, versions, a pull.
+
+    \b
+    Example:
+      swarm demo --workers 2 --seconds 30
+    """
     from swarm.demo import DemoConfig, run_demo
 
     try:

@@ -24,7 +24,12 @@ def launch(**values: Any) -> None:
     """Launch a community training run.
 
     Every RunSpec field has a flag named after it: --lr is lr, and a field of a spec table is table-field:
-    --lora-rank is [lora] rank. Flags override the --spec file; fields set by neither take their defaults."""
+    --lora-rank is [lora] rank. Flags override the --spec file; fields set by neither take their defaults.
+
+    \b
+    Example:
+      swarm launch -c coord.example.org --name myrun --base-model tiny --dataset sample --shards 2
+    """
     from swarm.spec import SpecError, build_spec, load_spec_file
 
     if values["join_policy"] not in ("open", "token"):

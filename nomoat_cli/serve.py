@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -11,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from nomoat_cli.common import fail
+from nomoat_cli.common import COORDINATOR_PORT, LogFile, Verbose, fail
 
 DB_URL_VARIABLE = "NOMOAT_DB_URL"
 
@@ -23,7 +25,7 @@ def coordinator(
                                      f"${DB_URL_VARIABLE} or --db-url-file instead."),
     db_url_file: Optional[Path] = typer.Option(None, help="File holding the SQLAlchemy URL (mode 0600)."),
     host: str = typer.Option("127.0.0.1", help="Listen address (0.0.0.0 to serve other machines)."),
-    port: int = typer.Option(50051, help="gRPC port."),
+    port: int = typer.Option(COORDINATOR_PORT, help="gRPC port (what clients dial when -c names no port)."),
     dht_port: int = typer.Option(0, help="DHT port (0: any free port)."),
     announce_host: Optional[str] = typer.Option(None, help="Address other machines dial when --host is 0.0.0.0."),
     no_publish: bool = typer.Option(False, help="Do not publish on the runs' intervals (PublishNow still works)."),
@@ -45,15 +47,29 @@ def coordinator(
                                                 "access token lasts (workers renew it after a third of it)."),
     limit: list[str] = typer.Option([], help="Change one of the coordinator's limits, NAME=VALUE (repeatable), "
                                     "e.g. rate_per_s=20; the limits are listed in the README."),
+    log_file: LogFile = None,
+    verbose: Verbose = False,
 ) -> None:
-    """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer."""
+    """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer.
+
+    \b
+    Example:
+      swarm coordinator --host 0.0.0.0 --announce-host coord.example.org --dht-port 31337
+    """
     from coordinator.limits import LimitsError, RpcLimits
     from coordinator.publisher import PublishPolicy
     from coordinator.server import Coordinator, CoordinatorConfig
+    from swarm.log import quiet_libraries
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
 
     db_url = database_url(db, db_url_file)
+    for what, number in (("--port", port), ("--dht-port", dht_port)):
+        if number and not port_is_free(host, number):  # before anything is written into the data dir
+            fail(f"{what} {number} on {host} is in use (another coordinator?): stop what listens there or pass "
+                 f"another {what}")
+    created_data_dir = not data_dir.expanduser().exists()
+    quiet_libraries(log_file, verbose)  # hivemind, imported just now, starts its DHT only in Coordinator.start
     try:
         limits = RpcLimits.with_overrides(limit)
     except LimitsError as exc:
@@ -69,6 +85,8 @@ def coordinator(
                                    access_token_lifetime_s=access_token_lifetime)
         service = Coordinator(config).start()
     except Exception as exc:
+        if created_data_dir:  # made a moment ago by this failed start: nothing in it is the user's
+            shutil.rmtree(data_dir.expanduser(), ignore_errors=True)
         fail(f"coordinator did not start: {exc}")
     typer.echo(f"coordinator: {service.address}")
     if service.tls_fingerprint:
@@ -123,3 +141,21 @@ def database_url(db: str | None, db_url_file: Path | None, environ: Mapping[str,
                        err=True)
         return db
     return environ.get(DB_URL_VARIABLE) or None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as gRPC and hivemind bind: reusing addresses in
+    TIME_WAIT, not sharing a port another process listens on). An address that does not resolve counts as free:
+    the start reports it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return True
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError:
+                return False
+    return True

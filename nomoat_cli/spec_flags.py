@@ -3,7 +3,8 @@
 A flag is named after the field's path in a spec file, with ``-`` for ``_`` and ``.``: ``lr`` is ``--lr``,
 ``batch_size_per_step`` is ``--batch-size-per-step``, ``[lora] rank`` is ``--lora-rank`` and ``[averaging]
 matchmaking_time`` is ``--averaging-matchmaking-time``. Tuples (``lora.target_modules``) take comma-separated
-values. A flag that is not given leaves the field to the ``--spec`` file, or to the RunSpec default.
+values; a boolean field has ``--x`` and ``--no-x`` (``--no-averaging-overlap``). A flag that is not given leaves
+the field to the ``--spec`` file, or to the RunSpec default.
 
 Usage::
 
@@ -52,8 +53,10 @@ class SpecFlag:
         return "--" + self.name.replace("_", "-")
 
     def parameter(self) -> inspect.Parameter:
+        # a boolean field takes --x and --no-x: with only --x, a field that defaults to true could not be turned off
+        declared = f"{self.flag}/--no-{self.flag[2:]}" if self.annotation is bool else self.flag
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[self.annotation],
-                                 default=typer.Option(None, self.flag, help=self.help, show_default=False))
+                                 default=typer.Option(None, declared, help=self.help, show_default=False))
 
 
 def _option_type(annotation: Any) -> tuple[Any, Callable[[Any], Any] | None, str]:

@@ -184,9 +184,11 @@ class RobustAllReduceRunner(AllReduceRunner):
     reducer_class: type[RobustTensorPartReducer] = RobustTensorPartReducer
 
     def __init__(self, *, robustness: RobustnessSpec,
-                 on_refusal: Callable[[PeerID, str, int], None] = lambda peer, reason, parts: None, **kwargs: Any):
+                 on_refusal: Callable[[PeerID, str, int], None] = lambda peer, reason, parts: None,
+                 zero_refused_spans: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.robustness, self.on_refusal = robustness, on_refusal
+        self.zero_refused_spans = zero_refused_spans
         self.refusals: Counter[tuple[PeerID, str]] = Counter()
         own = self.sender_peer_ids.index(self.peer_id) if self.peer_id in self.sender_peer_ids else None
         discarded = self.tensor_part_reducer
@@ -253,8 +255,23 @@ class RobustAllReduceRunner(AllReduceRunner):
         except BaseException as exc:
             if isinstance(exc, Exception):
                 logger.debug("caught %r when communicating to %s", exc, peer_id, exc_info=True)
-            self.tensor_part_container.register_failed_reducer(peer_index)
+            self._register_refused_span(peer_index)
             raise
+
+    def _register_refused_span(self, peer_index: int) -> None:
+        """The rest of a failed or refused reducer's span: this peer's own values (hivemind's choice), or, with
+        ``zero_refused_spans``, zero. Every honest peer that refused the span then holds the same there: local
+        mode's outer step stays identical on all of them instead of each applying its own pseudo-gradient."""
+        container = self.tensor_part_container
+        if not self.zero_refused_spans:
+            container.register_failed_reducer(peer_index)
+            return
+        assert container.return_deltas, "zeroing a span needs hivemind's delta results"
+        for part_index in range(container._outputs_registered_by_peer[peer_index],
+                                container.num_parts_by_peer[peer_index]):
+            own_part = container._input_parts_by_peer[peer_index][part_index][0]
+            container.register_processed_part(peer_index, part_index, -own_part)
+            container.failed_size += own_part.numel()
 
     def report_refusals(self) -> None:
         """Log this round's refusals in one line and pass them to ``on_refusal``; called once the round is over
@@ -297,6 +314,7 @@ class RobustAveragingMixin:
     peer_id: PeerID
     last_updated: float
     runner_class: type[RobustAllReduceRunner] = RobustAllReduceRunner
+    zero_refused_spans = False  # see RobustAllReduceRunner._register_refused_span
 
     def __init__(self, *args: Any, robustness: RobustnessSpec, **kwargs: Any):
         self.robustness = robustness
@@ -331,7 +349,8 @@ class RobustAveragingMixin:
         group_id = group_info.group_id if group_id is None else group_id
         kwargs["peer_fractions"] = equal_peer_fractions(group_info, self.serializer)
         runner = self.runner_class(
-            robustness=self.robustness, on_refusal=self._report_refusal, p2p=self._p2p, servicer_type=type(self),
+            robustness=self.robustness, on_refusal=self._report_refusal, zero_refused_spans=self.zero_refused_spans,
+            p2p=self._p2p, servicer_type=type(self),
             prefix=self.prefix, tensors=tensors, group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
         assert group_id in self._running_groups, f"group {group_id!r} was not registered in _register_allreduce_group"
         self._running_groups[group_id].set_result(runner)

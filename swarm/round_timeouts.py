@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hivemind.compression import CompressionBase, Float16Compression, NoCompression, Uniform8BitQuantization
-
 from swarm.spec import AveragingSpec
 
 BYTES_PER_ELEMENT = {"none": 4, "fp16": 2, "8bit": 1}
@@ -44,11 +42,3 @@ def round_timeouts(parameter_count: int, averaging: AveragingSpec) -> RoundTimeo
     return RoundTimeouts(averaging=averaging_timeout, next_chunk=max(averaging.averaging_timeout, SAFETY * transfer),
                          transfer=transfer)
 
-
-def averaging_compression(name: str) -> CompressionBase:
-    """hivemind's compression for a spec's ``averaging.compression``."""
-    if name == "fp16":
-        return Float16Compression()
-    if name == "8bit":
-        return Uniform8BitQuantization()
-    return NoCompression()

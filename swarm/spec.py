@@ -73,16 +73,20 @@ class AveragingSpec(_Frozen):
         "sync", description="'sync': every epoch the group averages gradients and all peers take the same optimizer "
         "step (exact; for small swarms on fast links). 'local': every worker steps its own optimizer on each "
         "microbatch and once per epoch the group averages the change of the parameters since the last round and "
-        "applies one outer Nesterov step (DiLoCo; about target_batch_size / (peers x batch_size_per_step) local "
+        "applies one outer step (DiLoCo; about target_batch_size / (peers x batch_size_per_step) local "
         "steps per round, for home links).",
     )
-    outer_lr: float = Field(0.7, gt=0, le=10, description="local mode: learning rate of the outer Nesterov step.")
-    outer_momentum: float = Field(0.9, ge=0, lt=1, description="local mode: momentum of the outer Nesterov step.")
+    outer_lr: float = Field(
+        1.0, gt=0, le=10, description="local mode: learning rate of the outer (Nesterov) step; 1 with momentum 0 "
+        "is plain parameter averaging, which converged best in benchmarks/local_convergence.py (DiLoCo's 0.7 with "
+        "momentum 0.9 is tuned for hundreds of rounds of hundreds of steps).",
+    )
+    outer_momentum: float = Field(0.0, ge=0, lt=1, description="local mode: momentum of the outer Nesterov step.")
     lora_factors: Literal["alternate", "freeze_a", "both"] = Field(
-        "alternate", description="local mode: which LoRA factor trains in a round. Averaging A and B after local "
-        "steps is not the average of the products BA; 'alternate' trains only B in even rounds and only A in odd "
-        "ones (exact, RoLoRA), 'freeze_a' keeps A at its seeded initialisation (exact, FFA-LoRA), 'both' trains "
-        "and averages both (inexact).",
+        "both", description="local mode: which LoRA factor trains in a round. Averaging A and B after local steps "
+        "is not the average of the products BA: 'both' trains and averages both (inexact, yet it converged best "
+        "in benchmarks/local_convergence.py, 2 points ahead of the exact schemes), 'alternate' trains only B in even rounds and only A "
+        "in odd ones (exact, RoLoRA), 'freeze_a' keeps A at its seeded initialisation (exact, FFA-LoRA).",
     )
     compression: Literal["none", "fp16", "8bit"] = Field(
         "none", description="How what is averaged travels: 'none' (fp32), 'fp16', or '8bit' (hivemind's uniform "

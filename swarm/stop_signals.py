@@ -27,7 +27,10 @@ def install_stop_signals(stop: threading.Event) -> None:
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
-        logger.info("stopping cleanly (press Ctrl-C again to abort)")
+        if signum == signal.SIGINT:
+            logger.info("stopping cleanly (press Ctrl-C again to abort)")
+        else:
+            logger.info("stopping cleanly (%s received)", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

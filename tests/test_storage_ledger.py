@@ -309,6 +309,31 @@ def test_leaderboard_counts_verified_receipts_and_unverified_on_request(storage:
     assert [row.peer_id for row in storage.ledger.leaderboard("other")] == ["alice"]
 
 
+def test_a_sample_trained_on_several_shards_counts_once(storage: Storage) -> None:
+    """A worker training both shards sends one receipt per shard for the same interval and the same samples:
+    the leaderboard and the run's total count those samples once; per shard they count for each shard."""
+    create_run(storage)
+    worker = register(storage, peer="alice", shards=(0, 1))
+    first, second = START, START + timedelta(seconds=60)
+    for shard in (0, 1):
+        add(storage, worker, shard=shard, samples=96, compute_seconds=30.0, status="verified", started_at=first,
+            ended_at=first + timedelta(seconds=60))
+        add(storage, worker, shard=shard, samples=96, compute_seconds=30.0, status="verified", started_at=second,
+            ended_at=second + timedelta(seconds=60))
+    add(storage, worker, shard=0, samples=8, started_at=second + timedelta(seconds=60),
+        ended_at=second + timedelta(seconds=70))  # unverified, shard 0 only
+    [row] = storage.ledger.leaderboard("demo")
+    assert (row.samples, row.verified_samples, row.compute_seconds, row.receipts) == (192, 192, 120.0, 5)
+    assert storage.ledger.leaderboard("demo", include_unverified=True)[0].samples == 200
+    assert storage.ledger.distinct_samples("demo", verified_only=True) == 192
+    assert storage.ledger.distinct_samples("demo") == 200
+    assert storage.ledger.samples_by_shard("demo", verified_only=True) == {0: 192, 1: 192}  # sample-shards: 384
+    create_run(storage, "empty")
+    assert storage.ledger.distinct_samples("empty") == 0
+    with pytest.raises(UnknownRunError):
+        storage.ledger.distinct_samples("nope")
+
+
 def test_set_receipt_status_records_the_check(storage: Storage, clock: FakeClock) -> None:
     create_run(storage)
     worker = register(storage)

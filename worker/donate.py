@@ -143,6 +143,8 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                             show_progress=config.show_progress, data_seed=zlib.crc32(identity.peer_id.encode()),
                             sync_peers=config.wait_for_peers, sync_timeout_s=config.wait_timeout_s)
         summary = loop.run(config.limits, stop)
+        for optimizer in optimizers.values():
+            optimizer.settle()  # local mode: the last round lands and the model holds the swarm's parameters
         if config.save_lora_to:
             torch.save({name: param.detach().cpu().clone() for name, param in run_model.model.named_parameters()
                         if "lora_" in name}, config.save_lora_to)

@@ -7,14 +7,15 @@ next local steps compute and lands at the latest when the next epoch ends (at mo
 worker waits on the network only when a round takes longer than an epoch of its own compute.
 
 LoRA's two factors: after local steps the average of the factors is not the factor of the average product.
-``lora_factors="alternate"`` trains only the B matrices in even rounds and only the A matrices in odd rounds
-(RoLoRA): with one factor frozen and identical on every peer, averaging the other is exact. ``"freeze_a"`` keeps
-A at its seeded initialisation (FFA-LoRA); ``"both"`` trains both (inexact). Tensors whose names say neither
-(a bare tensor, as in the benchmarks) always train.
+``lora_factors="both"`` (the default) trains and averages both anyway: it converged best in
+benchmarks/local_convergence.py. ``"alternate"`` trains only the B matrices in even rounds and only the A
+matrices in odd rounds (RoLoRA): with one factor frozen and identical on every peer, averaging the other is
+exact. ``"freeze_a"`` keeps A at its seeded initialisation (FFA-LoRA). Tensors whose names say neither (a bare
+tensor, as in the benchmarks) always train.
 
 Usage (``worker.shard_optimizers.make_shard_optimizer`` builds it when ``spec.averaging.mode == "local"``)::
 
-    optimizer = LocalUpdateShardOptimizer(outer_lr=0.7, outer_momentum=0.9, lora_factors="alternate",
+    optimizer = LocalUpdateShardOptimizer(outer_lr=1.0, outer_momentum=0.0, lora_factors="both",
                                           param_names=names, dht=dht, run_id="demo_shard0", params=params, ...)
     if optimizer.accumulate() and optimizer.epoch_is_due:
         optimizer.finish_epoch()
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from hivemind.averaging.control import StepControl
+from hivemind.utils import get_dht_time
 
 from swarm.log import get_logger
 from worker.outer_step import OuterStepStateAverager
@@ -59,7 +62,7 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
     state_averager: OuterStepStateAverager
     state_averager_class = OuterStepStateAverager
 
-    def __init__(self, *, outer_lr: float, outer_momentum: float, lora_factors: str = "alternate",
+    def __init__(self, *, outer_lr: float, outer_momentum: float, lora_factors: str = "both",
                  param_names: Sequence[str] | None = None, overlap: bool = True, **kwargs: Any):
         self.outer_lr, self.outer_momentum, self.lora_factors = outer_lr, outer_momentum, lora_factors
         params = list(kwargs["params"])
@@ -100,25 +103,56 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
             averager.optimizer.step()
         samples = self.tracker.local_progress.samples_accumulated + self.batch_size_per_step
         self.tracker.report_local_progress(self.local_epoch, samples)
+        self._maybe_schedule_round()
         return True
+
+    def _maybe_schedule_round(self) -> None:
+        """Start matchmaking for this epoch's round ``matchmaking_time`` before the swarm is expected to reach
+        the epoch's samples, so that the group is formed when the epoch ends (hivemind's pre-scheduling)."""
+        averager, scheduled = self.state_averager, self.scheduled_state
+        if scheduled is not None and not (scheduled.triggered or scheduled.done()):
+            return
+        if averager.averaging_in_progress or self.tracker.global_progress.num_peers <= 1:
+            return
+        if self.tracker.estimated_next_update_time - get_dht_time() <= self.matchmaking_time:
+            self.scheduled_state = averager.schedule_step(gather=self.local_epoch + 1, timeout=self.averaging_timeout)
+
+    def _take_scheduled_round(self) -> StepControl | None:
+        scheduled, self.scheduled_state = self.scheduled_state, None
+        if scheduled is None or scheduled.triggered or scheduled.done():
+            return None
+        return scheduled
 
     def finish_epoch(self) -> None:
         """Land the round in flight (if any), then start this epoch's round (in the background with overlap)."""
         averager = self.state_averager
         averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
         with self.tracker.pause_updates():
+            scheduled = self._take_scheduled_round()
             if self.tracker.global_progress.num_peers <= 1:
+                if scheduled is not None:
+                    scheduled.cancel()
                 averager.outer_step_alone()
                 averager.step(increment_epoch=True)
             else:
+                averager.begin_round()
                 averager.step(increment_epoch=True, averaging_round=True, delay_averaging=self.delay_state_averaging,
-                              averaging_opts=dict(timeout=self.averaging_timeout))
+                              averaging_control=scheduled, averaging_opts=dict(timeout=self.averaging_timeout))
             self.tracker.update_epoch(new_epoch=averager.local_epoch)
             self._should_check_synchronization_on_update = True
             if not self.client_mode:
                 averager.state_sharing_priority = self.local_epoch
         logger.log(self.status_loglevel, "%s: transitioning to epoch %d (round %s)", self.run_id, self.local_epoch,
                    averager.round_outcome or "started")
+
+    def settle(self) -> None:
+        """Land the round in flight and put the outer parameters into the model: what the swarm agreed on, not
+        this peer's unaveraged steps since (they were credited, but nobody else has them)."""
+        super().settle()
+        averager = self.state_averager
+        with torch.no_grad(), averager.lock_optimizer:
+            for param, outer in zip(averager.main_parameters, self.outer_parameters()):
+                param.copy_(outer)
 
     def load_state_from_peers(self, **kwargs: Any) -> None:
         """hivemind's catch-up; one try per resync request (a swarm without peers is not asked again and again)."""

@@ -43,6 +43,7 @@ class OuterStepStateAverager(RobustTrainingStateAverager):
     load the swarm's state before the next round, ``needs_resync``)."""
 
     local_epoch: int
+    zero_refused_spans = True  # a refused span moves no honest peer's outer parameters: they stay identical
 
     def __init__(self, *args: Any, outer_lr: float, outer_momentum: float, **kwargs: Any):
         self.outer_lr, self.outer_momentum = outer_lr, outer_momentum
@@ -77,14 +78,23 @@ class OuterStepStateAverager(RobustTrainingStateAverager):
         ``theta`` is remembered, so that local steps taken while the round runs can be kept."""
         if self.outer_parameters is None:  # hivemind's own __init__: nothing to average yet
             return super()._load_local_tensors_into_averager_()
-        with self.lock_optimizer:  # never a half-applied local step
-            self._round_start = [param.detach().clone() for param in self.main_parameters]
+        if self._round_start is None:
+            self.begin_round()
+        assert self._round_start is not None
         count = len(self._round_start)
         with self.get_tensors() as averaged:
             for buffer, outer, start in zip(averaged[:count], self.outer_parameters, self._round_start):
                 buffer.copy_(outer.to(buffer.device) - start.to(buffer.device))
             for buffer, local in zip(averaged[count:], list(self._local_tensors())[count:]):
                 buffer.copy_(local)
+
+    @torch.no_grad()
+    def begin_round(self) -> None:
+        """Remember the local parameters this round's pseudo-gradient is taken at. Called by the training thread
+        as the epoch ends, so that a local step of the next epoch never slips into this round (with overlap
+        the all-reduce itself starts in the background)."""
+        with self.lock_optimizer:  # never a half-applied local step
+            self._round_start = [param.detach().clone() for param in self.main_parameters]
 
     @torch.no_grad()
     def _apply_averaging_results_(self) -> None:
@@ -130,8 +140,8 @@ class OuterStepStateAverager(RobustTrainingStateAverager):
     def outer_step_alone(self) -> None:
         """An epoch with nobody to average with: the outer step uses this peer's own pseudo-gradient."""
         assert self.outer_parameters is not None
-        with torch.no_grad(), self.lock_optimizer:
-            self._round_start = [param.detach().clone() for param in self.main_parameters]
+        self.begin_round()
+        assert self._round_start is not None
         pseudo_gradients = [outer - start for outer, start in zip(self.outer_parameters, self._round_start)]
         self.round_outcome = "alone"
         self.round_counts["alone"] += 1

@@ -29,7 +29,8 @@ from swarm.log import get_logger
 from swarm.gated_averager import gate_averager_class
 from swarm.peer_gate import PeerGate
 from swarm.progress_filter import TrustedProgressTracker
-from swarm.round_timeouts import averaging_compression, round_timeouts
+from swarm.compression import averaging_compression
+from swarm.round_timeouts import round_timeouts
 from swarm.robust_allreduce import RobustGradientAverager, RobustTrainingStateAverager
 from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
@@ -65,6 +66,7 @@ class ShardOptimizer(hivemind.Optimizer):
     """
 
     scheduled_grads: StepControl | None  # hivemind's pre-scheduled gradient round, set in Optimizer.__init__
+    scheduled_state: StepControl | None  # and its pre-scheduled state round
     gradient_averager_class: type[GradientAverager] = RobustGradientAverager
     state_averager_class: type[TrainingStateAverager] = RobustTrainingStateAverager
 
@@ -125,6 +127,10 @@ class ShardOptimizer(hivemind.Optimizer):
         self._maybe_schedule_gradient_averaging()
         self._maybe_schedule_state_averaging()
         return True
+
+    def settle(self) -> None:
+        """After the last step: let a background round finish and be applied (nothing is left in flight)."""
+        self.state_averager.step(wait_for_delayed_updates=True)
 
     @property
     def epoch_is_due(self) -> bool:

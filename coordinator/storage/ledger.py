@@ -86,8 +86,8 @@ class ObservationRecord:
 class LeaderboardRow:
     peer_id: str
     display_name: str
-    samples: int  # counted samples (verified only, or verified + unverified)
-    verified_samples: int
+    samples: int  # counted samples (verified only, or verified + unverified), once however many shards they trained
+    verified_samples: int  # the same, of verified receipts only
     compute_seconds: float  # of the counted receipts
     receipts: int
     disputed_receipts: int
@@ -294,9 +294,36 @@ class LedgerStore:
                 rates[peer].append(samples / max((ended - started).total_seconds(), 1e-3))
         return {peer: tuple(values) for peer, values in rates.items()}
 
+    @staticmethod
+    def _intervals(run_name: str, counted):
+        """A subquery of one row per (peer, interval): the most samples any of the interval's receipts counts
+        (``counted``: which receipts count) and the most any verified one does. A worker that trains several
+        shards sends one receipt per shard for the same interval and the same samples: they are one interval's
+        samples, not one per shard."""
+        return (
+            select(
+                Receipt.peer_id.label("peer_id"),
+                func.max(case((counted, Receipt.samples), else_=0)).label("samples"),
+                func.max(case((Receipt.status == "verified", Receipt.samples), else_=0)).label("verified"),
+            )
+            .where(Receipt.run_name == run_name)
+            .group_by(Receipt.peer_id, Receipt.started_at, Receipt.ended_at)
+            .subquery()
+        )
+
+    def distinct_samples(self, run_name: str, verified_only: bool = False) -> int:
+        """Samples the run was trained on, each counted once however many shards it trained (receipts that are
+        not disputed, or only the verified ones if asked): what ``samples_by_shard`` sums to with one shard."""
+        counted = Receipt.status == "verified" if verified_only else Receipt.status != "disputed"
+        with self._db.transaction() as session:
+            require_run(session, run_name)
+            intervals = self._intervals(run_name, counted)
+            return int(session.scalar(select(func.coalesce(func.sum(intervals.c.samples), 0))) or 0)
+
     def leaderboard(self, run_name: str, include_unverified: bool = False) -> list[LeaderboardRow]:
-        """Per contributor: counted samples (verified, plus unverified if asked), compute, receipts, last seen;
-        most counted samples first. Disputed receipts never count."""
+        """Per contributor: counted samples (verified, plus unverified if asked; each sample once, not once per
+        shard it trained), compute, receipts, last seen; most counted samples first. Disputed receipts never
+        count."""
         counted = ("verified", "unverified") if include_unverified else ("verified",)
         is_counted = Receipt.status.in_(counted)
         with self._db.transaction() as session:
@@ -304,8 +331,6 @@ class LedgerStore:
             rows = session.execute(
                 select(
                     Receipt.peer_id,
-                    func.sum(case((is_counted, Receipt.samples), else_=0)),
-                    func.sum(case((Receipt.status == "verified", Receipt.samples), else_=0)),
                     func.sum(case((is_counted, Receipt.compute_seconds), else_=0.0)),
                     func.count(),
                     func.sum(case((Receipt.status == "disputed", 1), else_=0)),
@@ -314,15 +339,19 @@ class LedgerStore:
                 .where(Receipt.run_name == run_name)
                 .group_by(Receipt.peer_id)
             ).all()
+            intervals = self._intervals(run_name, is_counted)
+            samples = {peer: (int(counted_samples or 0), int(verified or 0)) for peer, counted_samples, verified in
+                       session.execute(select(intervals.c.peer_id, func.sum(intervals.c.samples),
+                                              func.sum(intervals.c.verified)).group_by(intervals.c.peer_id))}
             names = dict(session.execute(
                 select(Worker.peer_id, Worker.display_name).where(Worker.run_name == run_name)
                 .order_by(Worker.joined_at)
             ).all())  # the newest registration's name wins
         board = [
-            LeaderboardRow(peer_id=peer, display_name=names.get(peer, peer[:12]), samples=int(samples or 0),
-                           verified_samples=int(verified or 0), compute_seconds=float(compute or 0.0),
+            LeaderboardRow(peer_id=peer, display_name=names.get(peer, peer[:12]), samples=samples[peer][0],
+                           verified_samples=samples[peer][1], compute_seconds=float(compute or 0.0),
                            receipts=int(count), disputed_receipts=int(disputed or 0), last_seen=last)
-            for peer, samples, verified, compute, count, disputed, last in rows
+            for peer, compute, count, disputed, last in rows
         ]
         return sorted(board, key=lambda row: (-row.samples, row.peer_id))
 
