@@ -94,35 +94,6 @@ def tx_bytes(iface: str) -> int:
     return int(Path(f"/sys/class/net/{iface}/statistics/tx_bytes").read_text())
 
 
-def patch_hivemind_8bit_decoder() -> bool:
-    """Make hivemind 1.1's 8-bit decoder work under NumPy 2; True if it had to be patched.
-
-    ``Quantization.extract`` reads the codebook size with ``int()`` of a one-element array, which NumPy 2 refuses
-    (TypeError): every 8-bit part is then refused as INTERNAL_ERROR and each peer keeps its own values, while the
-    round still looks averaged. nomoat itself is not patched yet, so 8bit rows measure what a fixed nomoat would
-    send (the bytes do not depend on the fix). Must run before the averagers fork their processes."""
-    import numpy as np
-    import torch
-    from hivemind.compression import quantization
-
-    try:
-        int(np.zeros(1, dtype=np.int64))
-        return False
-    except TypeError:
-        pass
-
-    def extract(self, serialized_tensor):
-        codebook_size = int(np.frombuffer(serialized_tensor.buffer, count=1, dtype=np.int64)[0])
-        codebook = np.frombuffer(serialized_tensor.buffer, offset=8, count=codebook_size, dtype=self.codebook_dtype)
-        quantized = np.frombuffer(serialized_tensor.buffer, offset=8 + codebook.nbytes, dtype=self.indices_dtype)
-        quantized = torch.as_tensor(quantized, dtype=torch.int64).reshape(tuple(serialized_tensor.size))
-        codebook = torch.as_tensor(codebook).to(dtype=getattr(torch, serialized_tensor.dtype))
-        return codebook[quantized].requires_grad_(serialized_tensor.requires_grad)
-
-    quantization.Quantization.extract = extract
-    return True
-
-
 def worker_main(args: argparse.Namespace) -> None:
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
     import torch
@@ -145,7 +116,6 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.index == 0:
         Path(args.peers_file + ".tmp").write_text(json.dumps(visible_addresses(dht)))
         os.replace(args.peers_file + ".tmp", args.peers_file)
-    patched = args.compression == "8bit" and patch_hivemind_8bit_decoder()
     averaging = AveragingSpec(matchmaking_time=args.matchmaking_time, averaging_timeout=args.timeout,
                               progress_refresh_s=0.5, average_state_every=1000, mode=args.mode,
                               compression=args.compression, overlap=bool(args.overlap), link_mbit=args.link_mbit)
@@ -195,7 +165,7 @@ def worker_main(args: argparse.Namespace) -> None:
         Path(args.result).write_text(json.dumps({
             "wall": wall, "compute": steps * args.step_compute, "stepping": stepping, "waiting": waiting,
             "steps": steps, "sent": tx_bytes(args.iface) - sent, "epoch": optimizer.local_epoch,
-            "rounds": dict(getattr(optimizer.state_averager, "round_counts", {})), "patched": patched}))
+            "rounds": dict(getattr(optimizer.state_averager, "round_counts", {}))}))
         time.sleep(2.0)  # let the peers finish the last round before this one leaves
     finally:
         optimizer.shutdown()
@@ -303,7 +273,6 @@ def run_config(payload: Payload, workers: int, cap: float | None, averaging: Ave
             "mb_per_mtok": statistics.mean(r["sent"] / (r["steps"] * tokens_per_step) for r in results),
             # local mode: how every worker's rounds ended, warm-up and the one in flight at the end included
             "rounds": sum((Counter(r["rounds"]) for r in results), Counter()),
-            "patched": any(r.get("patched") for r in results),
             "load": os.getloadavg()[0]}  # the machine's, other work included: the CPU the workers had to share
 
 
@@ -317,7 +286,7 @@ def format_row(row: dict) -> str:
     averaging = row["averaging"]
     cells = [row["payload"], f"{row['mb']:.1f}", str(row["workers"]), f"{row['cap']:g}" if row["cap"] else "-",
              averaging.mode, str(averaging.steps), averaging.label,
-             averaging.compression + (" (*)" if row.get("patched") else ""), f"{row['compute_s']:.2f}"]
+             averaging.compression, f"{row['compute_s']:.2f}"]
     if not row["ok"]:
         return " | ".join(cells + ["failed"])
     rounds = ", ".join(f"{outcome} {count}" for outcome, count in sorted(row["rounds"].items())) or "-"
