@@ -123,16 +123,17 @@ class OuterStepStateAverager(RobustTrainingStateAverager):
         """``m <- NesterovSGD(m, pseudo_gradients)``; then ``theta <- m + (theta_now - theta_at_round_start)``.
         A non-finite pseudo-gradient is refused (``m`` kept, a resync asked for)."""
         assert self.outer_parameters is not None
-        if all(bool(torch.isfinite(gradient).all()) for gradient in pseudo_gradients):
-            for outer, gradient in zip(self.outer_parameters, pseudo_gradients):
-                outer.grad = gradient.to(device=outer.device, dtype=outer.dtype)
-            self.outer_optimizer.step()
-            self.outer_optimizer.zero_grad(set_to_none=True)
-        else:  # the robust reducers refuse non-finite parts; this is the last line
+        finite = all(bool(torch.isfinite(gradient).all()) for gradient in pseudo_gradients)
+        if not finite:  # the robust reducers refuse non-finite parts; this is the last line
             logger.warning("%s: refused an outer step on a non-finite pseudo-gradient", self.prefix)
             self.needs_resync = True
         start = self._round_start
-        with self.lock_optimizer:
+        with self.lock_optimizer:  # a state download (get_current_state) never sees half a step
+            if finite:
+                for outer, gradient in zip(self.outer_parameters, pseudo_gradients):
+                    outer.grad = gradient.to(device=outer.device, dtype=outer.dtype)
+                self.outer_optimizer.step()
+                self.outer_optimizer.zero_grad(set_to_none=True)
             for index, (param, outer) in enumerate(zip(self.main_parameters, self.outer_parameters)):
                 local_progress = param.detach() - start[index].to(param.device) if start is not None else 0
                 param.copy_(outer.to(param.device) + local_progress)
