@@ -146,10 +146,15 @@ class LocalUpdateShardOptimizer(ShardOptimizer):
                    averager.round_outcome or "started")
 
     def settle(self) -> None:
-        """Land the round in flight and put the outer parameters into the model: what the swarm agreed on, not
-        this peer's unaveraged steps since (they were credited, but nobody else has them)."""
+        """Land the round in flight (or, if it failed here, load the swarm's state) and put the outer parameters
+        into the model: what the swarm agreed on, not this peer's unaveraged steps since (they were credited, but
+        nobody else has them)."""
         super().settle()
         averager = self.state_averager
+        if averager.needs_resync:  # the last round failed here (seen: it landed on the peer, timed out here)
+            logger.info("%s: the last round did not land here; loading the swarm's state before stopping",
+                        self.run_id)
+            self.load_state_from_peers()
         with torch.no_grad(), averager.lock_optimizer:
             for param, outer in zip(averager.main_parameters, self.outer_parameters()):
                 param.copy_(outer)
