@@ -92,6 +92,20 @@ def test_the_outer_step_is_torchs_nesterov_sgd_on_the_pseudo_gradient_and_keeps_
         dht.shutdown()
 
 
+def train_together(spec: RunSpec, split, models, optimizers) -> None:
+    """Each peer trains its own slice of the train split in a thread of this process, until epoch EPOCHS."""
+    peers = len(models)
+    loops = [TrainingLoop(spec, models[i], {0: optimizers[i]}, data_slice(split.train, peers, i),
+                          torch.device("cpu"), show_progress=False, data_seed=i, sync_peers=peers,
+                          sync_timeout_s=30.0) for i in range(peers)]
+    threads = [threading.Thread(target=loop.run, args=(TrainingLimits(max_epochs=EPOCHS, max_seconds=120),))
+               for loop in loops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 @pytest.fixture(scope="module")
 def local_swarm(tmp_path_factory):
     """Two local-mode peers (overlapped rounds, DiLoCo's Nesterov outer step, alternating factors, fp16) trained
@@ -110,15 +124,7 @@ def local_swarm(tmp_path_factory):
             optimizers.append(make_shard_optimizer(spec, 0, model.shard_parameters(0), dht,
                                                    identity.as_hivemind_key(), verbose=False,
                                                    param_names=model.shard_names[0]))
-        loops = [TrainingLoop(spec, models[i], {0: optimizers[i]}, data_slice(split.train, PEERS, i),
-                              torch.device("cpu"), show_progress=False, data_seed=i, sync_peers=PEERS,
-                              sync_timeout_s=30.0) for i in range(PEERS)]
-        threads = [threading.Thread(target=loop.run, args=(TrainingLimits(max_epochs=EPOCHS, max_seconds=120),))
-                   for loop in loops]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        train_together(spec, split, models[:PEERS], optimizers[:PEERS])
         for optimizer in optimizers[:PEERS]:
             optimizer.state_averager.step(wait_for_delayed_updates=True)  # the last round lands
         yield spec, split, models, optimizers, base_loss
@@ -202,15 +208,7 @@ def test_a_byzantine_peers_pseudo_gradients_are_not_averaged_in(tmp_path, monkey
             optimizers.append(make_shard_optimizer(spec, 0, model.shard_parameters(0), dht,
                                                    identity.as_hivemind_key(), verbose=False,
                                                    param_names=model.shard_names[0]))
-        loops = [TrainingLoop(spec, models[i], {0: optimizers[i]}, data_slice(split.train, peers, i),
-                              torch.device("cpu"), show_progress=False, data_seed=i, sync_peers=peers,
-                              sync_timeout_s=30.0) for i in range(peers)]
-        threads = [threading.Thread(target=loop.run, args=(TrainingLimits(max_epochs=EPOCHS, max_seconds=120),))
-                   for loop in loops]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        train_together(spec, split, models, optimizers)
         honest: list[LocalUpdateShardOptimizer] = optimizers[:2]  # type: ignore[assignment]
         for optimizer in honest:
             optimizer.settle()
