@@ -80,6 +80,7 @@ METHOD_ROLES: dict[str, Role] = {
     "SubmitReceipts": Role.VOLUNTEER,
     "RenewAccessToken": Role.VOLUNTEER,  # signed by the worker's key, checked by the service
     "ReportPeers": Role.VOLUNTEER,  # signed by the worker's key, checked by the service
+    "HandOverState": Role.VOLUNTEER,  # signed by the worker's key, checked by the service
     "GetCoordinatorInfo": Role.PUBLIC,
 }
 

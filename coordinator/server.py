@@ -130,7 +130,7 @@ class Coordinator:
         self.admin = RunAdministration(self.storage, self.runs)
         self.service = CoordinatorService(self.storage, self.runs, self.publisher, self.ledger,
                                           self.initial_peers, retention=self.retention, limits=config.limits,
-                                          access=self.access, swarm=self.swarm_access)
+                                          access=self.access, swarm=self.swarm_access, publishes=config.publish)
         # without SO_REUSEPORT a second server on a port in use fails to bind instead of sharing it silently
         limits = config.limits
         self.server = grpc.server(thread_pool(limits), options=[*server_options(limits), ("grpc.so_reuseport", 0)],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from coordinator.access import AccessPolicy, Credentials, PermissionDenied, Unauthenticated
+from coordinator.hand_over import HandOverOutcome, HandOvers
 from coordinator.ledger import Ledger, SubmitResult
 from coordinator.limits import RpcLimits
 from coordinator.publisher import PublishOutcome, Publisher
@@ -47,7 +48,14 @@ from coordinator.storage import (
 from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
 from swarm.data import data_slice
 from coordinator.swarm_access import Grant, SwarmAccess
-from swarm.join_proof import Proof, join_statement, leave_statement, renew_statement, report_statement
+from swarm.join_proof import (
+    Proof,
+    hand_over_statement,
+    join_statement,
+    leave_statement,
+    renew_statement,
+    report_statement,
+)
 from swarm.manifest import ManifestError, SignedManifest, read_signed_manifest
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec, SpecError
@@ -99,8 +107,10 @@ class PullHeader:
 class CoordinatorService:
     def __init__(self, storage: Storage, runs: RunRuntimes, publisher: Publisher, ledger: Ledger,
                  initial_peers: list[str], retention: Retention | None = None, limits: RpcLimits | None = None,
-                 access: AccessPolicy | None = None, swarm: SwarmAccess | None = None):
+                 access: AccessPolicy | None = None, swarm: SwarmAccess | None = None, publishes: bool = True):
         self.storage, self.runs, self.publisher, self.ledger = storage, runs, publisher, ledger
+        # False (swarm coordinator --no-publish): workers' hand-overs are declined; PublishNow still works
+        self.hand_overs = HandOvers(publisher, storage) if publishes else None
         self.limits = limits or RpcLimits()
         self.retention = retention  # None: versions are never collected, pulls need no lease
         self.initial_peers = initial_peers
@@ -213,6 +223,19 @@ class CoordinatorService:
         swarm.require_not_banned(worker.run_name, worker.peer_id, "RenewAccessToken")
         assert proof is not None
         return swarm.grant(worker.run_name, proof.public_key)
+
+    def hand_over(self, worker_id: str, epoch: int, proof: Proof | None) -> HandOverOutcome:
+        """Snapshot the run of the live registration ``worker_id`` (signed by its key) now, while the worker still
+        serves its final state at ``epoch`` (coordinator.hand_over)."""
+        timestamp = proof.timestamp if proof else 0.0
+        worker = self._signed_worker(worker_id, proof, lambda w: hand_over_statement(
+            coordinator=self.access.coordinator_id, worker_id=worker_id, peer_id=w.peer_id, epoch=epoch,
+            timestamp=timestamp), "HandOverState")
+        if epoch < 0:
+            raise RequestError(f"epoch must be >= 0, got {epoch}")
+        if self.hand_overs is None:
+            return HandOverOutcome(False, "this coordinator publishes no versions (--no-publish)")
+        return self.hand_overs.take(worker.run_name, epoch)
 
     def report_peers(self, worker_id: str, reports: list[tuple[str, int, str]],
                      proof: Proof | None) -> tuple[int, list[str]]:

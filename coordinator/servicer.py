@@ -157,6 +157,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.service.leave(request.worker_id, proof_of(request))
         return pb.LeaveResponse(ok=True)
 
+    def HandOverState(self, request, context):
+        outcome = self.service.hand_over(request.worker_id, request.epoch, proof_of(request))
+        response = pb.HandOverResponse(kept=outcome.kept, message=outcome.message,
+                                       retry_after_s=outcome.retry_after_s)
+        if outcome.version is not None:
+            response.version.CopyFrom(version_message(outcome.version))
+        return response
+
     def GetStatus(self, request, context):
         states = self.service.status(request.run_name, request.include_archived, Credentials.of_context(context))
         return pb.StatusResponse(runs=[run_message(state) for state in states])

@@ -37,6 +37,9 @@ def donate(
     linger: float = typer.Option(0.0, help="After training, keep serving the averaged state this many seconds."),
     outbox: Optional[Path] = typer.Option(None, help="Unsent-receipt file (default: beside the identity key)."),
     drain_timeout: float = typer.Option(30.0, help="On exit, keep trying this long to deliver queued receipts."),
+    hand_over_timeout: float = typer.Option(
+        120.0, help="On stop, wait this long for the coordinator to snapshot the final state (0: do not hand it "
+                    "over)."),
 ) -> None:
     """Donate compute: join a run and train its LoRA shards with the swarm.
 
@@ -60,7 +63,7 @@ def donate(
         user_dirs=UserDirs.from_environment(), wait_for_peers=wait_for_peers,
         limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
         show_progress=progress, save_lora_to=save_lora, linger_s=linger, outbox=outbox,
-        drain_timeout_s=drain_timeout, join_token=join_token,
+        drain_timeout_s=drain_timeout, join_token=join_token, hand_over_timeout_s=hand_over_timeout,
     )
     try:
         summary = run_donate(config, stop)

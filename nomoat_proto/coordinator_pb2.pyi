@@ -256,6 +256,32 @@ class Leaderboard(_message.Message):
     omitted_entries: int
     def __init__(self, run_name: _Optional[str] = ..., include_unverified: _Optional[bool] = ..., total_samples: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., omitted_entries: _Optional[int] = ...) -> None: ...
 
+class HandOverRequest(_message.Message):
+    __slots__ = ("worker_id", "epoch", "public_key", "signature", "timestamp")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    epoch: int
+    public_key: bytes
+    signature: bytes
+    timestamp: float
+    def __init__(self, worker_id: _Optional[str] = ..., epoch: _Optional[int] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
+
+class HandOverResponse(_message.Message):
+    __slots__ = ("kept", "message", "version", "retry_after_s")
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    kept: bool
+    message: str
+    version: VersionInfo
+    retry_after_s: float
+    def __init__(self, kept: _Optional[bool] = ..., message: _Optional[str] = ..., version: _Optional[_Union[VersionInfo, _Mapping]] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
+
 class LeaveRequest(_message.Message):
     __slots__ = ("worker_id", "public_key", "signature", "timestamp")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -139,6 +139,11 @@ class CoordinatorStub:
                 request_serializer=nomoat__proto_dot_coordinator__pb2.BanPeerRequest.SerializeToString,
                 response_deserializer=nomoat__proto_dot_coordinator__pb2.PeerBanInfo.FromString,
                 _registered_method=True)
+        self.HandOverState = channel.unary_unary(
+                '/nomoat.v1.Coordinator/HandOverState',
+                request_serializer=nomoat__proto_dot_coordinator__pb2.HandOverRequest.SerializeToString,
+                response_deserializer=nomoat__proto_dot_coordinator__pb2.HandOverResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -294,6 +299,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandOverState(self, request, context):
+        """A stopping worker asks the coordinator to take the run's snapshot now, while it still serves its final
+        state (signed like Leave): the reply says whether a version now holds the worker's epoch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -401,6 +414,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.UnbanPeer,
                     request_deserializer=nomoat__proto_dot_coordinator__pb2.BanPeerRequest.FromString,
                     response_serializer=nomoat__proto_dot_coordinator__pb2.PeerBanInfo.SerializeToString,
+            ),
+            'HandOverState': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandOverState,
+                    request_deserializer=nomoat__proto_dot_coordinator__pb2.HandOverRequest.FromString,
+                    response_serializer=nomoat__proto_dot_coordinator__pb2.HandOverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -970,6 +988,33 @@ class Coordinator:
             '/nomoat.v1.Coordinator/UnbanPeer',
             nomoat__proto_dot_coordinator__pb2.BanPeerRequest.SerializeToString,
             nomoat__proto_dot_coordinator__pb2.PeerBanInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandOverState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nomoat.v1.Coordinator/HandOverState',
+            nomoat__proto_dot_coordinator__pb2.HandOverRequest.SerializeToString,
+            nomoat__proto_dot_coordinator__pb2.HandOverResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,14 @@ import grpc
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.identity import Identity
-from swarm.join_proof import join_statement, leave_statement, renew_statement, report_statement, sign_statement
+from swarm.join_proof import (
+    hand_over_statement,
+    join_statement,
+    leave_statement,
+    renew_statement,
+    report_statement,
+    sign_statement,
+)
 from swarm.receipts import SignedReceipt
 from swarm.spec import RunSpec
 from swarm.tls import TlsError, channel_credentials, is_loopback, split_address
@@ -216,6 +223,17 @@ class CoordinatorClient:
         proof = sign_statement(identity, statement, now)
         return self._call("Leave", pb.LeaveRequest(worker_id=worker_id, public_key=proof.public_key,
                                                    signature=proof.signature, timestamp=proof.timestamp))
+
+    def hand_over(self, worker_id: str, identity: Identity, epoch: int, timeout: float) -> pb.HandOverResponse:
+        """Ask for a snapshot of this worker's final state at ``epoch`` now (signed with its key); the reply says
+        whether a version holds it. Blocks while the coordinator downloads and evaluates (up to ``timeout``)."""
+        now = time.time()
+        statement = hand_over_statement(coordinator=self.coordinator_id(), worker_id=worker_id,
+                                        peer_id=identity.peer_id, epoch=epoch, timestamp=now)
+        proof = sign_statement(identity, statement, now)
+        return self._call("HandOverState", pb.HandOverRequest(
+            worker_id=worker_id, epoch=epoch, public_key=proof.public_key, signature=proof.signature,
+            timestamp=proof.timestamp), timeout=timeout)
 
     def renew_access(self, worker_id: str, identity: Identity) -> pb.AccessGrant:
         """A fresh swarm access token for the registration ``worker_id`` of ``identity``, signed with its key."""

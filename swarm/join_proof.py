@@ -32,6 +32,7 @@ JOIN_FORMAT = "nomoat.join.v1"
 LEAVE_FORMAT = "nomoat.leave.v1"
 RENEW_FORMAT = "nomoat.renew-access.v1"
 REPORT_FORMAT = "nomoat.report-peers.v1"
+HAND_OVER_FORMAT = "nomoat.hand-over.v1"
 MAX_SKEW_S = 120.0  # a statement is accepted this long before and after its timestamp
 
 
@@ -68,6 +69,12 @@ def renew_statement(*, coordinator: str, worker_id: str, peer_id: str, timestamp
     """The bytes a worker signs to renew the swarm access token of its registration ``worker_id``."""
     return _canonical({"format": RENEW_FORMAT, "coordinator": coordinator, "worker_id": worker_id,
                        "peer_id": peer_id, "timestamp": float(timestamp)})
+
+
+def hand_over_statement(*, coordinator: str, worker_id: str, peer_id: str, epoch: int, timestamp: float) -> bytes:
+    """The bytes a stopping worker signs to ask for a snapshot of its final state at ``epoch``."""
+    return _canonical({"format": HAND_OVER_FORMAT, "coordinator": coordinator, "worker_id": worker_id,
+                       "peer_id": peer_id, "epoch": int(epoch), "timestamp": float(timestamp)})
 
 
 def report_statement(*, coordinator: str, worker_id: str, peer_id: str, reports: list[tuple[str, int, str]],

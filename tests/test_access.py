@@ -25,7 +25,7 @@ from nomoat_proto import coordinator_pb2_grpc as pb_grpc
 from swarm.client import CoordinatorClient, CoordinatorError, Endpoint
 from swarm.credentials import read_operator_token
 from swarm.identity import load_or_create_identity
-from swarm.join_proof import join_statement, leave_statement, sign_statement
+from swarm.join_proof import hand_over_statement, join_statement, leave_statement, sign_statement
 from swarm.pull import pull
 from swarm.spec import RunSpec
 from tests.coordinator_process import coordinator_process, db_snapshot, wait_until  # noqa: F401 (fixture)
@@ -103,6 +103,15 @@ def signed_leave(coordinator, identity, worker_id: str, peer_id: str) -> pb.Leav
     proof = sign_statement(identity, statement, now)
     return pb.LeaveRequest(worker_id=worker_id, public_key=proof.public_key, signature=proof.signature,
                            timestamp=now)
+
+
+def signed_hand_over(coordinator, identity, worker_id: str, peer_id: str, epoch: int) -> pb.HandOverRequest:
+    now = time.time()
+    statement = hand_over_statement(coordinator=coordinator.identity.peer_id, worker_id=worker_id, peer_id=peer_id,
+                                    epoch=epoch, timestamp=now)
+    proof = sign_statement(identity, statement, now)
+    return pb.HandOverRequest(worker_id=worker_id, epoch=epoch, public_key=proof.public_key,
+                              signature=proof.signature, timestamp=now)
 
 
 def new_token(coordinator, run: str, label: str = "") -> str:
@@ -255,6 +264,28 @@ def test_leaving_on_behalf_of_another_worker_is_refused(coordinator, keys):
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert db_rows(coordinator) == before and not coordinator.storage.runs.get_worker(assignment.worker_id).left
     assert call(coordinator, "Leave", signed_leave(coordinator, alice, assignment.worker_id, alice.peer_id)).ok
+
+
+def test_a_hand_over_is_taken_only_from_the_worker_itself(coordinator, keys):
+    alice, mallory = keys["alice"], keys["mallory"]
+    assignment = call(coordinator, "Join", signed_join(coordinator, alice, OPEN, "alice"))
+    versions_before = coordinator.storage.versions.list_versions(OPEN)
+    error = refused(coordinator, "HandOverState", pb.HandOverRequest(worker_id=assignment.worker_id, epoch=3))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    forged = signed_hand_over(coordinator, mallory, assignment.worker_id, alice.peer_id, 3)
+    assert refused(coordinator, "HandOverState", forged).code() == grpc.StatusCode.PERMISSION_DENIED
+    altered = signed_hand_over(coordinator, alice, assignment.worker_id, alice.peer_id, 3)
+    altered.epoch = 4  # the signature binds the epoch
+    assert refused(coordinator, "HandOverState", altered).code() == grpc.StatusCode.PERMISSION_DENIED
+    # the worker's own hand-over is answered: this coordinator publishes nothing (--no-publish), and says so
+    reply = call(coordinator, "HandOverState", signed_hand_over(coordinator, alice, assignment.worker_id,
+                                                                alice.peer_id, 3))
+    assert not reply.kept and "publishes no versions" in reply.message
+    assert coordinator.storage.versions.list_versions(OPEN) == versions_before
+    call(coordinator, "Leave", signed_leave(coordinator, alice, assignment.worker_id, alice.peer_id))
+    gone = refused(coordinator, "HandOverState", signed_hand_over(coordinator, alice, assignment.worker_id,
+                                                                  alice.peer_id, 3))
+    assert gone.code() == grpc.StatusCode.PERMISSION_DENIED and "has left" in gone.details()
 
 
 def test_a_data_slice_is_served_only_to_the_worker_assigned_it(coordinator, keys):

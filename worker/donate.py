@@ -24,9 +24,11 @@ from swarm.paths import UserDirs
 from swarm.pull import fetch_stack
 from swarm.receipts import Receipt, sign_receipt
 from swarm.spec import RunSpec, parse_version_ref
+from worker.hand_over import hand_over_final_state
+from worker.latest_version import start_from_latest_version
 from worker.model_setup import build_run_model
 from worker.outbox import Outbox, OutboxSender
-from worker.shard_optimizers import make_shard_optimizer, wait_for_peers
+from worker.shard_optimizers import ShardOptimizer, make_shard_optimizer, wait_for_peers
 from worker.swarm_membership import SwarmMembership, authorizer_of, gate_of
 from worker.training import ShardReport, TrainingLimits, TrainingLoop, TrainingSummary
 
@@ -56,6 +58,8 @@ class DonateConfig:
     outbox: Path | None = None  # unsent receipts (SQLite); default: outbox-<peer id>.sqlite beside the identity
     drain_timeout_s: float = 30.0  # on exit, keep trying this long to deliver queued receipts
     join_token: str = ""  # a join token of the run, for a run that needs one (or for a private parent run)
+    hand_over_timeout_s: float = 120.0  # on stop, wait this long for the coordinator to snapshot the final state
+    # (0: leave without handing it over)
 
     def endpoint(self) -> Endpoint:
         """The coordinator's endpoint, presenting ``join_token`` if one is set."""
@@ -102,7 +106,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
     dht = start_dht(list(assignment.initial_peers), host=config.host, client_mode=config.client_mode,
                     announce_host=config.announce_host, identity_path=str(identity.path),
                     authorizer=authorizer_of(assignment, identity))
-    optimizers = {}
+    optimizers: dict[int, ShardOptimizer] = {}
     outbox: Outbox | None = None
     sender: OutboxSender | None = None
     membership: SwarmMembership | None = None
@@ -111,9 +115,14 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         membership = SwarmMembership(dht, assignment, identity, lambda: CoordinatorClient(endpoint))
         membership.publish()
         gate = gate_of(dht, assignment)  # the averagers deal only with the run's authorized peers
+        # a shard nobody trains right now goes on from the run's latest version, not from the base model
+        start = start_from_latest_version(endpoint, spec, run_model, shards, dht, dirs)
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key,
                                                   peer_gate=gate, param_names=run_model.shard_names[shard])
                       for shard in shards}
+        if start is not None:
+            for shard in start.shards:
+                optimizers[shard].start_at_epoch(start.epoch)
         client = CoordinatorClient(endpoint)
         membership.start()  # its loops open their own channels, after hivemind forked its processes
         membership.watch(optimizers.values())
@@ -150,6 +159,9 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                         if "lora_" in name}, config.save_lora_to)
         logger.info("stopped (%s) after %d steps, %d samples, epochs %s, samples per shard %s", summary.stopped_by,
                     summary.steps, summary.samples, summary.epochs, summary.samples_by_shard)
+        final_epoch = min(optimizer.local_epoch for optimizer in optimizers.values())
+        if config.hand_over_timeout_s > 0 and final_epoch > (start.epoch if start else 0):
+            hand_over_final_state(client, assignment.worker_id, identity, final_epoch, config.hand_over_timeout_s)
         if config.linger_s > 0 and not stop.is_set():
             logger.info("serving the averaged state for %.0fs more", config.linger_s)
             stop.wait(config.linger_s)

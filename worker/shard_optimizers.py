@@ -132,6 +132,15 @@ class ShardOptimizer(hivemind.Optimizer):
         """After the last step: let a background round finish and be applied (nothing is left in flight)."""
         self.state_averager.step(wait_for_delayed_updates=True)
 
+    def start_at_epoch(self, epoch: int) -> None:
+        """Continue the shard's epochs from ``epoch`` (its parameters were loaded from a published version of that
+        epoch): the state is shared, and progress reported, as that epoch's, as after hivemind's state download."""
+        self.state_averager.local_epoch = epoch
+        with self.tracker.pause_updates():
+            self.tracker.update_epoch(new_epoch=epoch)
+        if not self.client_mode:
+            self.state_averager.state_sharing_priority = epoch
+
     @property
     def epoch_is_due(self) -> bool:
         """The swarm has accumulated the target batch for this epoch (or its deadline passed)."""
