@@ -8,6 +8,7 @@ import time
 
 from coordinator.storage import Storage
 from swarm.client import CoordinatorClient
+from swarm.identity import load_or_create_identity
 from swarm.local_swarm import LocalSwarm
 from tests.test_end_to_end import cli
 
@@ -39,6 +40,15 @@ def test_a_run_goes_on_from_the_last_donors_final_state(tmp_path):
             latest = max(client.status(RUN).runs[0].versions, key=lambda v: v.version)
         assert latest.version == 2 and latest.epoch > version.epoch
         assert latest.eval_loss < version.base_eval_loss
+
+        # hand-overs start at most one snapshot per run every 10 s: a worker cannot keep the coordinator publishing
+        with CoordinatorClient(address) as client:
+            caller = load_or_create_identity(tmp_path / "caller.key")
+            worker_id = client.join(caller, run_name=RUN).worker_id
+            first_ask = client.hand_over(worker_id, caller, epoch=10**6, timeout=60)
+            second_ask = client.hand_over(worker_id, caller, epoch=10**6, timeout=60)
+        assert not first_ask.kept and first_ask.retry_after_s == 0, first_ask  # nobody trains: nothing to snapshot
+        assert not second_ask.kept and 0 < second_ask.retry_after_s <= 10, second_ask
 
     peers = [re.search(r"joined run \S+ as (\w+)", log).group(1) for log in (first_log, second_log)]
     with Storage(f"sqlite:///{tmp_path / 'coordinator' / 'coordinator.db'}") as storage:
