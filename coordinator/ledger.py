@@ -107,6 +107,30 @@ def classify(receipt: ReceiptRecord, observations: Sequence[ObservationRecord],
     return "verified", f"matches the peer's DHT records (epochs {min(epochs)}-{max(epochs)})"
 
 
+def classify_gap(receipt: ReceiptRecord, before: ObservationRecord | None, after: Sequence[ObservationRecord],
+                 policy: LedgerPolicy, trusted_rate: float) -> tuple[str, str]:
+    """(status, reason) of a receipt for work done while the coordinator saw nothing of the shard (it was away):
+    judged by the peer's own signed records on either side of the gap, ``before`` (its last one) and ``after``
+    (its records since). Verified once a record after the gap shows the peer at the epoch it claims or beyond,
+    and the claimed throughput is within what the peer is trusted with; never disputed on epochs alone, since a
+    peer may have left during the gap and come back from an older version."""
+    if not after:
+        return "unverified", "the coordinator saw no progress of the shard during the interval; waiting for the " \
+                             "peer's records after it"
+    reached = max(observation.epoch for observation in after)
+    if receipt.epoch > reached + policy.epoch_slack:
+        return "unverified", (f"claims epoch {receipt.epoch}, made while the coordinator saw nothing of the shard; "
+                              f"the peer's records since show epoch {reached}")
+    claimed_rate = receipt.samples / _wall_seconds(receipt)
+    if claimed_rate > trusted_rate * policy.throughput_factor:
+        return "disputed", (f"claims {claimed_rate:.1f} samples/s while the coordinator was away; the peer is "
+                            f"trusted with {trusted_rate:.1f}")
+    if not all(observation.key_bound for observation in [*after, *([before] if before else [])]):
+        return "unverified", "the peer's DHT records are not signed by its identity key"
+    since = f"epoch {before.epoch} before the gap, " if before is not None else ""
+    return "verified", f"made while the coordinator was away; the peer's records show {since}epoch {reached} after it"
+
+
 class Ledger:
     def __init__(self, storage: Storage, runs: RunRuntimes, policy: LedgerPolicy | None = None,
                  refresh_shard: Callable[[str, int], int] = lambda run, shard: 0,
@@ -149,8 +173,7 @@ class Ledger:
             signature=base64.b64encode(signed.signature).decode(), status="unverified", status_reason="",
             checked_at=None,
         )
-        status, reason = classify(record, context.observations, self.policy,
-                                  self.trusted_rate(receipt.run, receipt.shard, receipt.peer_id))
+        status, reason = self._classify(record, context.observations)
         try:
             stored, created = self.storage.ledger.add_receipt(
                 ReceiptRecord(**{**record.__dict__, "status": status, "status_reason": reason}))
@@ -205,10 +228,18 @@ class Ledger:
             raise ReceiptError(f"{receipt.samples} samples in {wall:.1f}s is far beyond the peer's measured "
                                f"throughput of {reference:.1f} samples/s")
         highest = self._highest_epoch(receipt, context.highest_epoch)
-        if receipt.epoch > highest + policy.epoch_slack:
+        # only what the coordinator saw while the work was done refutes it: after a gap (the coordinator was away,
+        # or everybody left and the run went on from a version) the swarm's later epochs can be lower
+        if receipt.epoch > highest + policy.epoch_slack and self._watched(receipt.run, receipt.shard,
+                                                                          _utc(receipt.started_at),
+                                                                          _utc(receipt.ended_at)):
             raise ReceiptError(f"epoch {receipt.epoch} of shard {receipt.shard} was never reached (the swarm "
                                f"published epoch {highest} at most)")
         return worker.worker_id
+
+    def _watched(self, run_name: str, shard: int, started: datetime, ended: datetime) -> bool:
+        """Whether the coordinator saw the shard's progress records while ``[started, ended]`` went on."""
+        return bool(self.storage.ledger.observations(run_name, shard, start=started, end=ended))
 
     def _reference_rate(self, receipt: Receipt, context: PeerContext) -> float:
         """The throughput a receipt is held to on arrival: the peer's DHT figure around the interval when there is
@@ -257,13 +288,26 @@ class Ledger:
         start, end = self._evidence_window(receipt.started_at, receipt.ended_at)
         return self.storage.ledger.observations(receipt.run_name, receipt.shard, receipt.peer_id, start=start, end=end)
 
+    def _classify(self, receipt: ReceiptRecord, around: Sequence[ObservationRecord]) -> tuple[str, str]:
+        """(status, reason): against the peer's observations ``around`` the interval or, when the coordinator saw
+        nothing of the shard during it (it was away), against the peer's own records on either side of the gap."""
+        trusted = self.trusted_rate(receipt.run_name, receipt.shard, receipt.peer_id)
+        if around or self._watched(receipt.run_name, receipt.shard, receipt.started_at, receipt.ended_at):
+            return classify(receipt, around, self.policy, trusted)
+        run, shard, peer = receipt.run_name, receipt.shard, receipt.peer_id
+        before = [o for o in self.storage.ledger.observations(run, shard, peer, end=receipt.started_at)
+                  if o.last_seen < receipt.started_at]
+        after = [o for o in self.storage.ledger.observations(run, shard, peer, start=receipt.ended_at)
+                 if o.first_seen > receipt.ended_at]
+        return classify_gap(receipt, max(before, key=lambda o: o.last_seen) if before else None, after, self.policy,
+                            trusted)
+
     def recheck_unverified(self, run_name: str) -> int:
         """Cross-check the run's recent unverified receipts again; returns how many changed status."""
         since = self.clock() - timedelta(seconds=self.policy.recheck_for_s)
         changed = 0
         for receipt in self.storage.ledger.list_receipts(run_name, status="unverified", received_since=since):
-            trusted = self.trusted_rate(run_name, receipt.shard, receipt.peer_id)
-            status, reason = classify(receipt, self._evidence(receipt), self.policy, trusted)
+            status, reason = self._classify(receipt, self._evidence(receipt))
             if status != receipt.status:
                 self.storage.ledger.set_receipt_status(receipt.receipt_id, status, reason)
                 changed += 1

@@ -152,7 +152,6 @@ def test_forged_and_tampered_receipts_are_rejected_and_nothing_is_stored(server,
     (dict(run="nope"), "no run named 'nope'"),
     (dict(samples=40 * BATCH, steps=4), "samples in 4 steps"),
     (dict(compute_seconds=60.0), "of compute in a 10.0s interval"),
-    (dict(epoch=7), "was never reached"),
 ])
 def test_implausible_receipts_are_refused_with_the_reason(server, alice, overrides, expected):
     _join(server, alice)
@@ -167,6 +166,38 @@ def test_implausible_receipts_are_refused_with_the_reason(server, alice, overrid
     assert result.status == "rejected" and expected in result.message, result.message
     assert good_result.status == "accepted", good_result.message
     assert _samples(server) == {0: 4 * BATCH}
+
+
+def test_an_epoch_the_swarm_was_seen_short_of_during_the_interval_is_refused(server, alice):
+    _join(server, alice)
+    start = time.time() - 10
+    server.storage.ledger.record_observation(RUN, 0, alice.peer_id, 2, 3.0, 16, True)  # seen at epoch 2 meanwhile
+    [result] = _submit(server, sign_receipt(_receipt(alice, start, seconds=10.5, epoch=7), alice))
+    assert result.status == "rejected" and "epoch 7 of shard 0 was never reached" in result.message
+    assert _samples(server) == {}
+
+
+def test_work_done_while_the_coordinator_was_away_is_judged_by_the_peers_records_after_the_gap(server, alice):
+    """The coordinator saw shard 0 at epoch 2, then nothing (it was down) while alice trained; it comes back and
+    sees alice at epoch 12. Her receipts from the gap are kept, not refused: the one up to epoch 9 becomes verified
+    by her later record, the one claiming epoch 40 stays unverified, and throughput beyond her trust is disputed."""
+    ledger = Ledger(server.storage, server.runs, LedgerPolicy(evidence_window_s=0.2),
+                    refresh_shard=lambda run, shard: len(server.storage.ledger.observations(run, shard)))
+    _join(server, alice)
+    server.storage.ledger.record_observation(RUN, 0, alice.peer_id, 2, 3.0, 16, True)
+    start = time.time() + 0.5  # the gap: nothing observed of the shard from here on
+    time.sleep(2.0)
+    gap = [sign_receipt(_receipt(alice, start, seconds=0.4, epoch=9, steps=1, samples=BATCH), alice),
+           sign_receipt(_receipt(alice, start + 0.5, seconds=0.4, epoch=40, steps=1, samples=BATCH), alice),
+           sign_receipt(_receipt(alice, start + 1.0, seconds=0.4, epoch=9, steps=200, samples=200 * BATCH), alice)]
+    results = ledger.submit(gap)
+    assert [(r.status, r.verification) for r in results[:2]] == [("accepted", "unverified")] * 2, results
+    assert "far beyond" in results[2].message  # the arrival check caps it at the trusted rate already
+    server.storage.ledger.record_observation(RUN, 0, alice.peer_id, 12, 3.0, 16, True)  # back: alice at 12
+    assert ledger.recheck_unverified(RUN) == 1
+    statuses = {r.epoch: (r.status, r.status_reason) for r in server.storage.ledger.list_receipts(RUN)}
+    assert statuses[9][0] == "verified" and "epoch 2 before the gap, epoch 12 after it" in statuses[9][1]
+    assert statuses[40][0] == "unverified"
 
 
 def test_a_coordinator_blind_to_the_dht_accepts_high_epochs_unverified(server, alice):
