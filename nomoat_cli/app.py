@@ -31,11 +31,28 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _entry_point(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print nomoat's version and exit."),
 ) -> None:
     # runs before every command: the CLI is an entry point, and so is every process it spawns (python -m nomoat_cli)
     configure_logging()
+    _apply_user_config(ctx)
+
+
+def _apply_user_config(ctx: typer.Context) -> None:
+    """The defaults of ~/.config/nomoat/config.toml, below flags and environment variables."""
+    from nomoat_cli.common import fail
+    from nomoat_cli.user_defaults import default_map
+    from swarm.paths import UserDirs
+    from swarm.user_config import UserConfigError, load_user_config
+
+    try:
+        defaults = default_map(ctx.command, load_user_config(UserDirs.from_environment().user_config))
+    except UserConfigError as exc:
+        fail(str(exc))
+    if defaults:
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
 app.command()(serve.coordinator)
