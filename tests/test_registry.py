@@ -219,8 +219,14 @@ def test_a_coordinator_with_another_key_at_a_known_address_is_refused(published,
     assert known[coordinator.address] == coordinator.identity.peer_id
     known[coordinator.address] = "QmAnImpostorOrAnOldKey"
     known_file.write_text(json.dumps(known))
-    with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey"):
+    with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey") as refused:
         pull(coordinator.address, run, tmp_path / "second")
+    # and it says what to do: the file that pins the key, and how to accept a key the operator really changed
+    assert (f"pinned in {known_file}). Nothing was downloaded. If its operator changed the coordinator's key, "
+            f"confirm the new key {coordinator.identity.peer_id} with them, then delete the \"{coordinator.address}\" "
+            f"entry from that file (the next pull pins the new key) or pull with --trust "
+            f"{coordinator.identity.peer_id}") in str(refused.value)
+    assert not (tmp_path / "second").exists()
 
 
 # Pull for real use
