@@ -217,11 +217,9 @@ def _write_card(folder: Path, manifest: Manifest, *, merged: bool, extra_files: 
 def _load_snippet(manifest: Manifest, merged: bool) -> list[str]:
     repo = "REPO_ID_OR_THIS_FOLDER"
     if merged:
-        tokenizer_note = ("# the tokenizer is the byte tokenizer described in nomoat_tokenizer.json"
-                          if manifest.base_model == TINY_PRESET else
-                          "tokenizer = AutoTokenizer.from_pretrained(\"" + repo + "\")")
         return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")", tokenizer_note, "```"]
+                f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")",
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")", "```"]
     if manifest.base_model == TINY_PRESET:
         base = ["from swarm.model import build_tiny_model  # the 'tiny' preset is built by nomoat, not downloaded",
                 "", "base = build_tiny_model()"]

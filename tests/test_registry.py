@@ -267,6 +267,10 @@ def test_merged_pull_loads_without_peft_and_matches_the_adapter(published, tmp_p
     assert torch.allclose(logits_of(merged), logits_of(adapted), atol=1e-5)
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     assert (tmp_path / "merged" / "nomoat_tokenizer.json").exists()
+    from transformers import AutoTokenizer  # every Hugging Face tool loads the tiny preset's byte tokenizer too
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "merged")).encode("hé", add_special_tokens=False) == [
+        104, 195, 169]
 
 
 # Stacking
