@@ -71,8 +71,9 @@ def main() -> None:
                "XDG_CACHE_HOME": f"{workdir}/cache", "HF_HUB_OFFLINE": "1"}
         coordinator = CoordinatorProcess(Path(workdir) / "coordinator", env=env).start()
         try:
+            token_file = coordinator.data_dir / OPERATOR_TOKEN_FILE
             subprocess.run([sys.executable, "-m", "nomoat_cli", "launch", "-c", coordinator.address, "--name",
-                            "bench", "--operator-token-file", str(coordinator.data_dir / OPERATOR_TOKEN_FILE)], env=env, check=True,
+                            "bench", "--operator-token-file", str(token_file)], env=env, check=True,
                            capture_output=True)
             commands = {"swarm --help": ["--help"], "swarm status": ["status", "-c", coordinator.address]}
             print(f"tree {options.tree.resolve()}, {options.repeat} runs each, CPU = user + sys of the child")

@@ -27,8 +27,9 @@ OPTIONS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 
 
 def default_map(group: Any, config: UserConfig) -> dict[str, Any]:
-    """Click's nested ``default_map`` for every command under ``group`` (the app's click Group): {command: {option: value}}, with
-    sub-groups nested ({"token": {"create": {...}}}). Reads the join token file only if the file names one."""
+    """Click's nested ``default_map`` for every command under ``group`` (the app's click Group):
+    {command: {option: value}}, with sub-groups nested ({"token": {"create": {...}}}). Reads the join token
+    file only if the config names one."""
     settings = config.settings()
     if "join_token_file" in settings:
         settings["join_token_file"] = config.join_token()

@@ -79,7 +79,7 @@ class Manifest:
     # the names contributors gave (`swarm donate --name`), one per contributor in the same order, "" for none:
     # self-chosen by volunteers, so never trusted as identities (the peer IDs are), and escaped wherever shown
     contributor_names: tuple[str, ...] = field(default_factory=tuple)
-    spec_json: str = ""  # the run's RunSpec as launched (its sha256 is spec_hash), so the version's hyperparameters travel with it
+    spec_json: str = ""  # the run's RunSpec as launched (its sha256 is spec_hash): the hyperparameters travel along
 
     @property
     def sha256(self) -> str:
