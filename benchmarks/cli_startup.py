@@ -38,12 +38,13 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(args: list[str], env: dict, repeat: int) -> tuple[list[float], list[float]]:
+def measure(args: list[str], env: dict, repeat: int, tree: Path) -> tuple[list[float], list[float]]:
     """CPU seconds and wall seconds of ``repeat`` runs of ``python -m nomoat_cli *args``."""
     cpu, wall = [], []
     for _ in range(repeat):
         before, started = children_cpu(), time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "nomoat_cli", *args], env=env, capture_output=True, text=True,
+                              cwd=tree)  # -m and -c put the working folder first on sys.path
         wall.append(time.perf_counter() - started)
         cpu.append(children_cpu() - before)
         if done.returncode != 0:
@@ -51,9 +52,9 @@ def measure(args: list[str], env: dict, repeat: int) -> tuple[list[float], list[
     return cpu, wall
 
 
-def heavy_modules(args: list[str], env: dict) -> str:
+def heavy_modules(args: list[str], env: dict, tree: Path) -> str:
     done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], env=env, capture_output=True,
-                          text=True)
+                          text=True, cwd=tree)
     return next((line.split(": ", 1)[1] for line in done.stderr.splitlines() if line.startswith("heavy: ")), "?")
 
 
@@ -66,21 +67,23 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=HERE, help="The checkout whose CLI is measured.")
     parser.add_argument("--repeat", type=int, default=5)
     options = parser.parse_args()
+    tree = options.tree.resolve()
+    os.chdir(tree)  # the coordinator process too runs the measured tree's code
     with tempfile.TemporaryDirectory() as workdir:
-        env = {**os.environ, "PYTHONPATH": str(options.tree.resolve()), "XDG_CONFIG_HOME": f"{workdir}/config",
+        env = {**os.environ, "PYTHONPATH": str(tree), "XDG_CONFIG_HOME": f"{workdir}/config",
                "XDG_CACHE_HOME": f"{workdir}/cache", "HF_HUB_OFFLINE": "1"}
         coordinator = CoordinatorProcess(Path(workdir) / "coordinator", env=env).start()
         try:
             token_file = coordinator.data_dir / OPERATOR_TOKEN_FILE
             subprocess.run([sys.executable, "-m", "nomoat_cli", "launch", "-c", coordinator.address, "--name",
                             "bench", "--operator-token-file", str(token_file)], env=env, check=True,
-                           capture_output=True)
+                           capture_output=True, cwd=tree)
             commands = {"swarm --help": ["--help"], "swarm status": ["status", "-c", coordinator.address]}
             print(f"tree {options.tree.resolve()}, {options.repeat} runs each, CPU = user + sys of the child")
             for label, args in commands.items():
-                cpu, wall = measure(args, env, options.repeat)
+                cpu, wall = measure(args, env, options.repeat, tree)
                 print(f"{label:<14} cpu {summary(cpu)}   wall {summary(wall)}   heavy imports: "
-                      f"{heavy_modules(args, env)}")
+                      f"{heavy_modules(args, env, tree)}")
         finally:
             coordinator.stop()
 
