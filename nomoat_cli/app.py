@@ -8,7 +8,9 @@ from nomoat_cli import adapters, admin, demo, donate, launch, reports, serve
 from swarm.log import configure_logging
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.\n\n"
-                  "The coordinator's address: -c HOST[:PORT] on each command, or $NOMOAT_COORDINATOR.",
+                  "The coordinator's address: -c HOST[:PORT] on each command, or $NOMOAT_COORDINATOR, or "
+                  "coordinator = \"HOST[:PORT]\" in ~/.config/nomoat/config.toml (defaults "
+                  "for coordinator, ca, fingerprint, join_token_file, and donate's name, device, identity).",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None)  # plain help: shows "[lora] rank" and long derived flag names as written
 
