@@ -24,6 +24,7 @@ coordinator's key, listing as contributors the peers with verified work since th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
 import threading
@@ -202,6 +203,8 @@ class Publisher:
                 contributors=tuple(contributors), files=tuple(files), created_at=now.isoformat(),
                 coordinator=self.identity.peer_id, parent=runtime.chain[-1] if runtime.chain else None,
                 chain=tuple(runtime.chain), peers_compared=peers_compared,
+                contributor_names=tuple(self.storage.ledger.display_names(run_name, contributors)),
+                spec_json=_spec_json_of(runtime.record),
             )
             signed = sign_manifest(manifest, self.identity)
             return signed
@@ -258,3 +261,9 @@ class Publisher:
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.stop(timeout=30)
+
+
+def _spec_json_of(record) -> str:
+    """The run's stored spec, for the manifest, when it is the exact text its spec_hash names ("" if not)."""
+    text = record.spec_json
+    return text if "sha256:" + hashlib.sha256(text.encode()).hexdigest() == record.spec_hash else ""

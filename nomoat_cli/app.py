@@ -8,7 +8,9 @@ from nomoat_cli import adapters, admin, demo, donate, launch, reports, serve
 from swarm.log import configure_logging
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.\n\n"
-                  "The coordinator's address: -c HOST[:PORT] on each command, or $NOMOAT_COORDINATOR.",
+                  "The coordinator's address: -c HOST[:PORT] on each command, or $NOMOAT_COORDINATOR, or "
+                  "coordinator = \"HOST[:PORT]\" in ~/.config/nomoat/config.toml (defaults "
+                  "for coordinator, ca, fingerprint, join_token_file, and donate's name, device, identity).",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None)  # plain help: shows "[lora] rank" and long derived flag names as written
 
@@ -31,11 +33,28 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _entry_point(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print nomoat's version and exit."),
 ) -> None:
     # runs before every command: the CLI is an entry point, and so is every process it spawns (python -m nomoat_cli)
     configure_logging()
+    _apply_user_config(ctx)
+
+
+def _apply_user_config(ctx: typer.Context) -> None:
+    """The defaults of ~/.config/nomoat/config.toml, below flags and environment variables."""
+    from nomoat_cli.common import fail
+    from nomoat_cli.user_defaults import default_map
+    from swarm.paths import UserDirs
+    from swarm.user_config import UserConfigError, load_user_config
+
+    try:
+        defaults = default_map(ctx.command, load_user_config(UserDirs.from_environment().user_config))
+    except UserConfigError as exc:
+        fail(str(exc))
+    if defaults:
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
 app.command()(serve.coordinator)

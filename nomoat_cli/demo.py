@@ -14,7 +14,9 @@ def demo(
     workers: int = typer.Option(2, help="Worker processes (2-3 fit two cores)."),
     seconds: float = typer.Option(60.0, help="Training time of each worker."),
     shards: int = typer.Option(2, help="Adapter shards of the demo run."),
-    workdir: Optional[Path] = typer.Option(None, help="Where the demo keeps its files (default: a temp folder)."),
+    workdir: Optional[Path] = typer.Option(None, help="Where the demo keeps all its files, its trusted coordinator "
+                                           "keys, pull cache and identities included (default: a temp folder); "
+                                           "your ~/.config/nomoat and ~/.cache/nomoat are left alone."),
 ) -> None:
     """Run the whole swarm on this machine: coordinator, a run on the tiny preset, workers, versions, a pull.
 

@@ -47,6 +47,12 @@ def donate(
     Example:
       swarm donate -c coord.example.org --run myrun --name alice --max-seconds 3600
     """
+    from swarm.process_lock import ProcessLocked, require_identity_free
+
+    try:  # before joining and loading a model: a second donor under this key fails at once, in one line
+        require_identity_free(identity or UserDirs.from_environment().identity_key)
+    except ProcessLocked as exc:
+        fail(str(exc))
     from swarm.client import CoordinatorError
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals

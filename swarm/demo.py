@@ -3,6 +3,11 @@
 A coordinator (embedded SQLite), a run on the ``tiny`` preset with the sample dataset, 2-3 worker processes
 averaging through hivemind, at least two published versions, a pull, and the eval loss of the base model vs the
 pulled adapter loaded with stock PEFT.
+
+Everything the demo writes stays in its work folder (a temporary one unless given), the user folders of its
+processes and of its pull included: the coordinators it trusts on first use, the pull cache, the workers'
+identity keys and receipt outboxes. The user's own ``~/.config/nomoat`` and ``~/.cache/nomoat`` (and the
+defaults in its config.toml) are neither read nor written.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from swarm.data import load_texts, split_dataset
 from swarm.evaluation import eval_loss
 from swarm.local_swarm import LocalSwarm
 from swarm.model import load_base_model
+from swarm.paths import UserDirs
 from swarm.pull import pull
 from swarm.spec import RunSpec
 
@@ -49,12 +55,19 @@ def demo_spec(shards: int, publish_interval_s: float) -> RunSpec:
                    averaging={"matchmaking_time": 2.0, "averaging_timeout": 20.0, "progress_refresh_s": 0.5})
 
 
+def demo_user_environment(workdir: Path) -> dict[str, str]:
+    """XDG folders inside ``workdir``: the demo's processes keep their nomoat user files there."""
+    return {"XDG_CONFIG_HOME": str(workdir / "user-config"), "XDG_CACHE_HOME": str(workdir / "user-cache")}
+
+
 def run_demo(config: DemoConfig) -> DemoResult:
-    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="nomoat-demo-"))
+    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="nomoat-demo-")).resolve()
     spec = demo_spec(config.shards, publish_interval_s=max(5.0, config.seconds / 3))
+    environment = demo_user_environment(workdir)
+    user_dirs = UserDirs.from_environment(environment)
     say = print
     say(f"nomoat demo in {workdir}")
-    with LocalSwarm(workdir) as swarm:
+    with LocalSwarm(workdir, env=environment) as swarm:
         address = swarm.start_coordinator()
         say(f"coordinator at {address}")
         with CoordinatorClient(swarm.operator_endpoint(address)) as client:
@@ -78,7 +91,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             for version in status.versions:
                 say(f"  version {version.version}: epoch {version.epoch}, eval loss {version.eval_loss:.4f}, "
                     f"contributors {len(version.contributors)}")
-        pulled = pull(address, spec.name, workdir / "pulled-adapter")
+        pulled = pull(address, spec.name, workdir / "pulled-adapter", user_dirs=user_dirs)
     base, tokenizer = load_base_model(spec.base_model)
     held_out = split_dataset(load_texts(spec.dataset), spec.eval_fraction, spec.seed).eval
     base_loss = eval_loss(base, held_out, tokenizer, spec.seq_len)

@@ -27,7 +27,7 @@ from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgr
 from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.process_lock import ProcessLock, identity_lock
+from swarm.process_lock import IDENTITY_RELEASE_WAIT_S, ProcessLock, identity_lock
 from swarm.progress_filter import WarnOnce, implausible, parse_signed_progress
 
 _warn_once = WarnOnce()
@@ -98,8 +98,6 @@ def owner_subkey(name: str, private_key: RSAPrivateKey) -> bytes:
     record is signed and the subkey carries hivemind's ``[owner:...]`` marker of the key)."""
     return name.encode() + RSASignatureValidator(private_key).local_public_key
 
-# a peer restarted right after a stop waits this long for the old one's processes to end and free its identity
-IDENTITY_RELEASE_WAIT_S = 8.0
 
 
 class SwarmDHT(hivemind.DHT):

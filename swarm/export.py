@@ -29,6 +29,7 @@ from swarm.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, ManifestErro
 from swarm.merge import MERGED_ADAPTER_FOLDER, MergeError, write_merged_model
 from swarm.model import TINY_PRESET, ModelLoadError
 from swarm.output_folder import OUTPUT_MARKER, OutputFolderError, write_output_folder
+from swarm.run_card import contributor_lines, hyperparameter_lines
 
 MODEL_CARD = "README.md"
 TAGS = ("nomoat", "lora", "peft")
@@ -195,11 +196,9 @@ def _write_card(folder: Path, manifest: Manifest, *, merged: bool, extra_files: 
         f"| Coordinator (signer) | {_code(manifest.coordinator)} |",
         f"| Content digest | {_code(manifest.sha256)} |",
         "",
-        "## Contributors",
+        *contributor_lines(manifest),
         "",
-        "Peer IDs that trained this version since the previous one:",
-        "",
-        *([f"- {_code(peer)}" for peer in manifest.contributors] or ["- none recorded"]),
+        *hyperparameter_lines(manifest),
         "",
         "## Files",
         "",
@@ -218,11 +217,9 @@ def _write_card(folder: Path, manifest: Manifest, *, merged: bool, extra_files: 
 def _load_snippet(manifest: Manifest, merged: bool) -> list[str]:
     repo = "REPO_ID_OR_THIS_FOLDER"
     if merged:
-        tokenizer_note = ("# the tokenizer is the byte tokenizer described in nomoat_tokenizer.json"
-                          if manifest.base_model == TINY_PRESET else
-                          "tokenizer = AutoTokenizer.from_pretrained(\"" + repo + "\")")
         return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")", tokenizer_note, "```"]
+                f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")",
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")", "```"]
     if manifest.base_model == TINY_PRESET:
         base = ["from swarm.model import build_tiny_model  # the 'tiny' preset is built by nomoat, not downloaded",
                 "", "base = build_tiny_model()"]

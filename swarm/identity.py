@@ -16,16 +16,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import multihash
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from hivemind.p2p import PeerID
-from hivemind.proto import crypto_pb2
-from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.private_files import InsecureFileError, require_private, write_private_file
+
+if TYPE_CHECKING:
+    from hivemind.utils.crypto import RSAPrivateKey
+
+# hivemind (and with it torch) is imported only where a key file is read or written: checking signatures and
+# peer IDs, as ``swarm status`` and ``swarm pull`` do, needs neither.
+_RSA_KEY_TYPE = 0  # libp2p crypto.proto: KeyType.RSA
 
 
 class IdentityError(ValueError):
@@ -48,16 +53,29 @@ class Identity:
 
     def as_hivemind_key(self) -> RSAPrivateKey:
         """This key as hivemind's RSAPrivateKey, e.g. to sign the DHT records of hivemind's progress tracker."""
+        from hivemind.utils.crypto import RSAPrivateKey
+
         key = RSAPrivateKey.__new__(RSAPrivateKey)
         key._private_key = self.private_key
         return key
 
 
 def peer_id_of_public_key(public_key_der: bytes) -> str:
-    """The libp2p peer ID (base58) of an RSA public key in DER SubjectPublicKeyInfo form, as libp2p derives it."""
-    encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=public_key_der).SerializeToString()
+    """The libp2p peer ID (base58) of an RSA public key in DER SubjectPublicKeyInfo form, as libp2p derives it:
+    the sha2-256 multihash of the key's protobuf ``PublicKey{Type: RSA, Data: der}`` (proto2, so the zero key
+    type is written), encoded here by hand so that no hivemind import is needed."""
+    encoded = bytes([0x08, _RSA_KEY_TYPE, 0x12]) + _varint(len(public_key_der)) + public_key_der
     digest = multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))
-    return PeerID(digest).to_base58()
+    return str(multihash.to_b58_string(digest))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> bool:
@@ -78,6 +96,10 @@ def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> bo
 def load_or_create_identity(path: Path) -> Identity:
     """The identity kept in the libp2p key file ``path``, created there if it does not exist: atomically, mode
     0600, in a folder created 0700 (``swarm.private_files``). IdentityError for a key file others can read."""
+    from hivemind.p2p import PeerID
+    from hivemind.proto import crypto_pb2
+    from hivemind.utils.crypto import RSAPrivateKey
+
     path = Path(path).expanduser()
     if not path.is_file():
         # the format P2P.generate_identity writes, without its moment under the umask

@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -75,6 +76,10 @@ class Manifest:
     parent: ChainLink | None = None  # the version this run was stacked on, if any
     chain: tuple[ChainLink, ...] = field(default_factory=tuple)  # ancestors applied before this one, root first
     peers_compared: int = 1  # how many peers' states agreed on this snapshot (per shard, the least)
+    # the names contributors gave (`swarm donate --name`), one per contributor in the same order, "" for none:
+    # self-chosen by volunteers, so never trusted as identities (the peer IDs are), and escaped wherever shown
+    contributor_names: tuple[str, ...] = field(default_factory=tuple)
+    spec_json: str = ""  # the run's RunSpec as launched (its sha256 is spec_hash): the hyperparameters travel along
 
     @property
     def sha256(self) -> str:
@@ -106,8 +111,13 @@ class Manifest:
         parent = data.pop("parent", None)
         chain = tuple(ChainLink(**link) for link in data.pop("chain", []))
         contributors = tuple(data.pop("contributors"))
+        names = tuple(data.pop("contributor_names", ()))
         return cls(**data, files=files, parent=ChainLink(**parent) if parent else None, chain=chain,
-                   contributors=contributors)
+                   contributors=contributors, contributor_names=names)
+
+    def display_name(self, index: int) -> str:
+        """The name the ``index``-th contributor gave ("" when none was recorded)."""
+        return self.contributor_names[index] if index < len(self.contributor_names) else ""
 
 
 # Bounds of what a manifest may hold: far above any real adapter, low enough that nothing hostile gets big.
@@ -115,6 +125,8 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 64 * 1024 ** 3
 MAX_TEXT = 4096
+MAX_NAME = 256  # a worker's display name (the coordinator stores at most this many characters)
+MAX_SPEC_JSON = 65536
 MAX_CONTRIBUTORS = 100_000
 MAX_CHAIN = 64
 MAX_COUNT = 2 ** 62
@@ -122,8 +134,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = ("run", "spec_hash", "base_model", "base_model_fingerprint", "created_at", "coordinator")
 _FIELDS = {"format", "run", "version", "spec_hash", "base_model", "base_model_fingerprint", "epoch", "samples",
            "eval_loss", "base_eval_loss", "contributors", "files", "created_at", "coordinator", "parent", "chain",
-           "peers_compared"}
-_OPTIONAL = {"parent", "chain", "peers_compared"}
+           "peers_compared", "contributor_names", "spec_json"}
+_OPTIONAL = {"parent", "chain", "peers_compared", "contributor_names", "spec_json"}
 
 
 def check_manifest_data(data: object) -> None:
@@ -150,6 +162,19 @@ def check_manifest_data(data: object) -> None:
             raise ManifestError(f"manifest field {name} is not a finite number: {value!r:.80}")
     for peer in _list(data["contributors"], "contributors", MAX_CONTRIBUTORS):
         _text(peer, "contributors[]")
+    given_names = _list(data.get("contributor_names", []), "contributor_names", MAX_CONTRIBUTORS)
+    if given_names and len(given_names) != len(data["contributors"]):
+        raise ManifestError(f"manifest lists {len(given_names)} contributor names for {len(data['contributors'])} "
+                            "contributors")
+    for name in given_names:
+        if not isinstance(name, str) or len(name) > MAX_NAME:
+            raise ManifestError(f"manifest field contributor_names[] is not a string of at most {MAX_NAME} "
+                                f"characters: {name!r:.80}")
+    spec_json = data.get("spec_json", "")
+    if not isinstance(spec_json, str) or len(spec_json) > MAX_SPEC_JSON:
+        raise ManifestError(f"manifest field spec_json is not a string of at most {MAX_SPEC_JSON} characters")
+    if spec_json and "sha256:" + hashlib.sha256(spec_json.encode()).hexdigest() != data["spec_hash"]:
+        raise ManifestError(f"manifest field spec_json does not hash to its spec_hash {data['spec_hash']!r:.80}")
     if data.get("parent") is not None:
         _link(data["parent"], "parent")
     for link in _list(data.get("chain", []), "chain", MAX_CHAIN):

@@ -73,8 +73,8 @@ def apply_adapter_chain(model: PreTrainedModel, adapter_dirs: Sequence[Path]) ->
 
 def write_merged_model(folder: Path, base_model: str, fingerprint: str, adapter_dirs: Sequence[Path]) -> None:
     """Write ``base_model`` with ``adapter_dirs`` merged in (root first) and its tokenizer into ``folder``: a
-    standalone model (safetensors) that needs no PEFT to load. The ``tiny`` preset's byte tokenizer is
-    described in ``nomoat_tokenizer.json``.
+    standalone model (safetensors) that needs no PEFT to load, with tokenizer files ``AutoTokenizer`` loads (for
+    the ``tiny`` preset's byte tokenizer also described in ``nomoat_tokenizer.json``).
 
     The base loaded here must have ``fingerprint`` (the run's, from its signed manifest), else the
     merge would give a different model than the swarm trained: MergeError, as for an adapter that does not fit.
@@ -91,10 +91,13 @@ def write_merged_model(folder: Path, base_model: str, fingerprint: str, adapter_
 
 
 def _write_tokenizer(tokenizer: TextTokenizer, folder: Path) -> None:
-    """Save ``tokenizer`` into ``folder``: a Hugging Face tokenizer's own files, or a byte tokenizer's JSON."""
+    """Save ``tokenizer`` into ``folder``: a Hugging Face tokenizer's own files; for the byte tokenizer, the same
+    files of its ``transformers`` twin (so ``AutoTokenizer.from_pretrained(folder)`` loads it) and its JSON
+    description."""
     if isinstance(tokenizer, HuggingFaceTokenizer):
         tokenizer.hf.save_pretrained(folder)
     elif isinstance(tokenizer, ByteTokenizer):
+        tokenizer.as_transformers().save_pretrained(folder)
         description = {
             "type": "nomoat.byte",
             "description": "UTF-8 bytes are tokens 0..255; then BOS, EOS and PAD (swarm.tokenizer.ByteTokenizer)",

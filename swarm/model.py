@@ -18,6 +18,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from swarm.hub_access import HubError, cached_source
 from swarm.spec import LoraSpec
 from swarm.tokenizer import ByteTokenizer, HuggingFaceTokenizer, TextTokenizer
 
@@ -70,8 +71,16 @@ def load_base_model(name: str, revision: str | None = None) -> tuple[PreTrainedM
         raise ModelLoadError(f"base model '{name}' is not a preset ('{TINY_PRESET}') and no such directory exists")
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32, revision=revision)
-        tokenizer = HuggingFaceTokenizer(AutoTokenizer.from_pretrained(source, revision=revision))
+        snapshot = None if source != name else cached_source(name, revision)  # seconds when the Hub is out of reach
+        model = AutoModelForCausalLM.from_pretrained(str(snapshot or source), torch_dtype=torch.float32,
+                                                     revision=None if snapshot else revision)
+        tokenizer = HuggingFaceTokenizer(AutoTokenizer.from_pretrained(str(snapshot or source),
+                                                                       revision=None if snapshot else revision))
+        if snapshot is not None:  # the commit it was cached at: what hub_revision pins a run to
+            model.config._commit_hash = snapshot.name
+    except HubError as exc:
+        raise ModelLoadError(f"unknown base model '{name}': not the '{TINY_PRESET}' preset, not a local model "
+                             f"directory, and {exc}") from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"unknown base model '{name}': not the '{TINY_PRESET}' preset, not a local model directory, "

@@ -22,7 +22,7 @@ APP = "nomoat"
 class UserDirs:
     """Where one user's nomoat files live."""
 
-    config: Path  # identity key, trusted coordinator keys (known_coordinators.json), receipt outboxes
+    config: Path  # config.toml, identity key, trusted coordinator keys (known_coordinators.json), receipt outboxes
     cache: Path  # pulled adapter versions, content-addressed; safe to delete
 
     def __post_init__(self) -> None:
@@ -35,6 +35,11 @@ class UserDirs:
         config_home = environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
         cache_home = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return cls(config=Path(config_home) / APP, cache=Path(cache_home) / APP)
+
+    @property
+    def user_config(self) -> Path:
+        """The user's defaults for the ``swarm`` options (``swarm.user_config``)."""
+        return self.config / "config.toml"
 
     @property
     def identity_key(self) -> Path:

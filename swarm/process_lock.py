@@ -11,6 +11,7 @@ Usage::
     with data_dir_lock(data_dir) as lock:     # ProcessLocked: "... is in use by another coordinator (pid 4242 ...)"
         lock.describe_holder("127.0.0.1:50051")
     lock = identity_lock(Path("~/.config/nomoat/identity.key")).acquire()  # held while a DHT uses the key
+    require_identity_free(Path("~/.config/nomoat/identity.key"))   # ProcessLocked if a peer holds it now
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 DATA_DIR_LOCK_FILE = "coordinator.lock"
+# a peer restarted right after a stop waits this long for the old one's processes to end and free its identity
+IDENTITY_RELEASE_WAIT_S = 8.0
 
 
 class ProcessLocked(RuntimeError):
@@ -89,6 +92,16 @@ def identity_lock(identity_path: Path) -> ProcessLock:
     identity_path = Path(identity_path)
     return ProcessLock(identity_path.with_name(identity_path.name + ".lock"), f"identity {identity_path}",
                        "swarm peer", "stop it first, or give this one its own identity with --identity PATH")
+
+
+def require_identity_free(identity_path: Path, wait_s: float = IDENTITY_RELEASE_WAIT_S) -> None:
+    """ProcessLocked (naming the holder and ``--identity``) if a swarm peer on this machine holds the identity
+    key, after waiting ``wait_s`` for one on its way out. ``swarm donate`` asks before it joins a run and loads
+    a model, so a second donor under the same key fails at once, registering nothing; the lock itself is taken
+    when its DHT starts (``swarm.dht.start_dht``)."""
+    lock = identity_lock(Path(identity_path).expanduser())
+    if lock.path.parent.is_dir():  # no folder yet: no key, so no peer holds it
+        lock.acquire(wait_s).release()
 
 
 def _read_holder(fd: int) -> str:

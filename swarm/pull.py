@@ -129,6 +129,15 @@ def fetch_stack(coordinator: str | Endpoint, run_name: str, version: int | str =
     return fetcher.fetch_stack(run_name, resolve_version(version))
 
 
+def _self_consistent(signed: SignedManifest) -> bool:
+    """Whether the manifest verifies against its own key (so only the key's trust failed)."""
+    try:
+        signed.verify(None)
+    except ManifestError:
+        return False
+    return True
+
+
 def _memory(dirs: UserDirs) -> CoordinatorMemory:
     return CoordinatorMemory(dirs.known_coordinators, dirs.seen_versions)
 
@@ -156,15 +165,26 @@ class _Fetcher:
     def verified_manifest(self, payload: bytes, signature_json: str, what: str) -> Manifest:
         if not payload:
             raise PullError(f"{what} has no signed manifest (published by an older coordinator); it cannot be verified")
+        pinned, signed = None, None
         try:
             # on first contact (no --trust, nothing pinned) any self-consistent signer is accepted here; it is
             # pinned only by _remember, once its manifest and every file verified
-            trusted = self.trusted_signer or self.memory.signer_for(self.coordinator)
-            return SignedManifest.from_parts(payload, signature_json).verify(trusted)
+            pinned = None if self.trusted_signer else self.memory.signer_for(self.coordinator)
+            signed = SignedManifest.from_parts(payload, signature_json)
+            return signed.verify(self.trusted_signer or pinned)
         except ManifestError as exc:
-            raise PullError(f"{what} failed verification: {exc}") from None
+            changed = pinned is not None and signed is not None and _self_consistent(signed)
+            advice = self._changed_key_advice(signed.signer) if changed and signed is not None else ""
+            raise PullError(f"{what} failed verification: {exc}{advice}") from None
         except CoordinatorMemoryError as exc:
             raise PullError(str(exc)) from None
+
+    def _changed_key_advice(self, signer: str) -> str:
+        """What to do when the address signs with another key than the one pinned there."""
+        return (f", the key first used at {self.coordinator} (pinned in {self.memory.known_file}). Nothing was "
+                f"downloaded. If its operator changed the coordinator's key, confirm the new key {signer} with "
+                f"them, then delete the \"{self.coordinator}\" entry from that file (the next pull pins the new "
+                f"key) or pull with --trust {signer}; otherwise someone else is answering at this address")
 
     def _refuse_downgrade(self, manifest: Manifest) -> None:
         """A "latest" below the highest version this signer was seen to publish is an old answer replayed (by

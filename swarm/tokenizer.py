@@ -1,5 +1,12 @@
 """Tokenizers behind one small interface: a byte-level one for the built-in ``tiny`` preset (no download), and a
-wrapper around Hugging Face tokenizers for real models."""
+wrapper around Hugging Face tokenizers for real models.
+
+The byte tokenizer also exists as a stock Hugging Face fast tokenizer (``ByteTokenizer.as_transformers()``), so
+a merged ``tiny`` model's folder loads with ``AutoTokenizer.from_pretrained(folder)`` like any other::
+
+    ByteTokenizer().as_transformers().save_pretrained(folder)   # tokenizer.json + tokenizer_config.json
+    AutoTokenizer.from_pretrained(folder).encode("hé", add_special_tokens=False)   # [104, 195, 169]
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,35 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+    def as_transformers(self):
+        """This tokenizer as a ``transformers`` PreTrainedTokenizerFast with the same ids: a byte-level BPE with
+        no merges (each byte one token, id = byte value, through GPT-2's byte-to-character table), then
+        ``<bos>``, ``<eos>``, ``<pad>`` as 256, 257, 258."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {char: byte for byte, char in _gpt2_byte_chars().items()}
+        vocab.update({"<bos>": self.bos_token_id, "<eos>": self.eos_token_id, "<pad>": self.pad_token_id})
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        backend.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                       pad_token="<pad>")
+
+
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, the one the ``tokenizers`` ByteLevel pre-tokenizer uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return chars
 
 
 class HuggingFaceTokenizer:

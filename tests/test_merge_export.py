@@ -268,3 +268,25 @@ def test_export_merged_stacked_version_loads_without_peft(adapters, coordinator,
     by_hand = _merge_by_hand(_merge_by_hand(build_tiny_model(), first), second)
     torch.testing.assert_close(_logits(reloaded), _logits(by_hand), atol=ATOL, rtol=0)
     assert (out / "nomoat_adapter" / MANIFEST_FILE).read_bytes() == (tmp_path / "v2" / MANIFEST_FILE).read_bytes()
+
+
+def test_a_merged_tiny_export_loads_with_auto_tokenizer_and_auto_model(adapters, coordinator, tmp_path):
+    """The byte tokenizer was only described in nomoat_tokenizer.json, which no Hugging Face tool reads."""
+    from transformers import AutoTokenizer
+
+    first, _ = adapters
+    _publish(first, tmp_path / "v1", coordinator, version=1)
+    out = export_hf_repo(tmp_path / "v1", tmp_path / "repo", merged_from=[])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    text = "Once upon a time, 3 cats sat. Größe: 5€ \n\t!"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert ids == ByteTokenizer().encode(text) and tokenizer.decode(ids) == text
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (256, 257, 258)
+    assert len(tokenizer) == ByteTokenizer.vocab_size == model.config.vocab_size
+    batch = tokenizer(["ab", "abcd"], padding=True, return_tensors="pt")
+    assert batch["input_ids"].tolist() == [[97, 98, 258, 258], [97, 98, 99, 100]]
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (2, 4, ByteTokenizer.vocab_size) and torch.isfinite(logits).all()
+    assert "tokenizer = AutoTokenizer.from_pretrained" in (out / "README.md").read_text()

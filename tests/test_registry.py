@@ -219,8 +219,14 @@ def test_a_coordinator_with_another_key_at_a_known_address_is_refused(published,
     assert known[coordinator.address] == coordinator.identity.peer_id
     known[coordinator.address] = "QmAnImpostorOrAnOldKey"
     known_file.write_text(json.dumps(known))
-    with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey"):
+    with pytest.raises(PullError, match="not by the trusted coordinator QmAnImpostorOrAnOldKey") as refused:
         pull(coordinator.address, run, tmp_path / "second")
+    # and it says what to do: the file that pins the key, and how to accept a key the operator really changed
+    assert (f"pinned in {known_file}). Nothing was downloaded. If its operator changed the coordinator's key, "
+            f"confirm the new key {coordinator.identity.peer_id} with them, then delete the \"{coordinator.address}\" "
+            f"entry from that file (the next pull pins the new key) or pull with --trust "
+            f"{coordinator.identity.peer_id}") in str(refused.value)
+    assert not (tmp_path / "second").exists()
 
 
 # Pull for real use
@@ -261,6 +267,10 @@ def test_merged_pull_loads_without_peft_and_matches_the_adapter(published, tmp_p
     assert torch.allclose(logits_of(merged), logits_of(adapted), atol=1e-5)
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     assert (tmp_path / "merged" / "nomoat_tokenizer.json").exists()
+    from transformers import AutoTokenizer  # every Hugging Face tool loads the tiny preset's byte tokenizer too
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "merged")).encode("hé", add_special_tokens=False) == [
+        104, 195, 169]
 
 
 # Stacking

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import case, func, select, text, update
@@ -279,6 +280,14 @@ class LedgerStore:
             peers = session.scalars(select(Receipt.peer_id).where(*conditions).distinct().order_by(Receipt.peer_id))
             return list(peers)
 
+    def display_names(self, run_name: str, peer_ids: Sequence[str]) -> list[str]:
+        """The display name each peer registered with in the run (its newest registration's), "" for a peer that
+        never registered, in the order of ``peer_ids``: for the contributors of a published version."""
+        with self._db.transaction() as session:
+            require_run(session, run_name)
+            names = _display_names(session, run_name)
+        return [names.get(peer, "") for peer in peer_ids]
+
     def verified_rates(self, run_name: str, shard: int, per_peer: int = 50) -> dict[str, tuple[float, ...]]:
         """Samples per wall second of each peer's latest (at most ``per_peer``) verified receipts on the shard:
         the throughput the swarm's own records confirmed, which the ledger holds new claims to."""
@@ -343,10 +352,7 @@ class LedgerStore:
             samples = {peer: (int(counted_samples or 0), int(verified or 0)) for peer, counted_samples, verified in
                        session.execute(select(intervals.c.peer_id, func.sum(intervals.c.samples),
                                               func.sum(intervals.c.verified)).group_by(intervals.c.peer_id))}
-            names = dict(session.execute(
-                select(Worker.peer_id, Worker.display_name).where(Worker.run_name == run_name)
-                .order_by(Worker.joined_at)
-            ).all())  # the newest registration's name wins
+            names = _display_names(session, run_name)
         board = [
             LeaderboardRow(peer_id=peer, display_name=names.get(peer, peer[:12]), samples=samples[peer][0],
                            verified_samples=samples[peer][1], compute_seconds=float(compute or 0.0),
@@ -419,3 +425,10 @@ class LedgerStore:
                 .order_by(Receipt.ended_at.desc()).limit(history)).all()
         rates = tuple(samples / max((ended - started).total_seconds(), 1e-3) for samples, started, ended in recent)
         return PeerContext(registrations, observations, None if highest is None else int(highest), rates)
+
+
+def _display_names(session, run_name: str) -> dict[str, str]:
+    """peer ID -> display name of its newest registration in the run."""
+    return dict(session.execute(
+        select(Worker.peer_id, Worker.display_name).where(Worker.run_name == run_name).order_by(Worker.joined_at)
+    ).all())
