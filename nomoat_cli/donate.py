@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
-                               coordinator_endpoint, fail)
+from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure, LogFile,
+                               Verbose, coordinator_endpoint, fail)
 from nomoat_cli.credentials import JoinToken
 from swarm.paths import UserDirs
 
@@ -37,6 +37,8 @@ def donate(
     linger: float = typer.Option(0.0, help="After training, keep serving the averaged state this many seconds."),
     outbox: Optional[Path] = typer.Option(None, help="Unsent-receipt file (default: beside the identity key)."),
     drain_timeout: float = typer.Option(30.0, help="On exit, keep trying this long to deliver queued receipts."),
+    log_file: LogFile = None,
+    verbose: Verbose = False,
 ) -> None:
     """Donate compute: join a run and train its LoRA shards with the swarm.
 
@@ -45,10 +47,13 @@ def donate(
       swarm donate -c coord.example.org --run myrun --name alice --max-seconds 3600
     """
     from swarm.client import CoordinatorError
+    from swarm.log import quiet_libraries
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
     from worker.donate import DonateConfig, donate as run_donate
     from worker.training import TrainingLimits
+
+    quiet_libraries(log_file, verbose)  # hivemind, imported just now, starts its processes only in run_donate
 
     start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
     stop = threading.Event()
