@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -100,12 +101,23 @@ def owner_subkey(name: str, private_key: RSAPrivateKey) -> bytes:
 
 # a peer restarted right after a stop waits this long for the old one's processes to end and free its identity
 IDENTITY_RELEASE_WAIT_S = 8.0
+# how long ``shutdown`` waits for the DHT process. hivemind's 3 s is too short: a request whose sender exits as it
+# is read (an averager that was just shut down) costs the DHT process one wait_timeout (3 s) before it reads the
+# shutdown request, and hivemind then kills it "the hard way" with a warning
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class SwarmDHT(hivemind.DHT):
-    """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down."""
+    """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down, and whose
+    process (with the libp2p daemon it starts) runs in a process group of its own: a Ctrl-C in the terminal
+    reaches the worker or coordinator, which then stops cleanly, and not the daemon, which would die at once and
+    leave the clean stop without a network."""
 
     identity_lock: ProcessLock | None = None
+
+    def run(self) -> None:
+        os.setpgid(0, 0)
+        super().run()
 
     def shutdown(self) -> None:
         try:
@@ -136,7 +148,8 @@ def start_dht(
     hivemind's own check, which asks the swarm whether the peer ID is online, is off: it dials the ID through
     the DHT with no timeout and was seen to hang a start-up indefinitely.
     """
-    kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode,
+                        shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     if authorizer is not None:
         kwargs["authorizer"] = authorizer
     lock = None
