@@ -14,6 +14,7 @@ them too far is rolled back (``finish_epoch``).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -36,6 +37,7 @@ from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
 
 logger = get_logger(__name__)
+SAY_WAIT_EVERY_S = 10.0  # a wait for peers says what it waits for this often
 AveragerT = TypeVar("AveragerT", bound=hivemind.DecentralizedAverager)
 
 
@@ -273,15 +275,41 @@ def _peers_of_shard(dht: hivemind.DHT, shard_run_id: str) -> set[str]:
     return peers
 
 
-def wait_for_peers(dht: hivemind.DHT, spec: RunSpec, shards: Iterable[int], peers: int, timeout: float) -> bool:
-    """Block until every given shard has ``peers`` peers (this one included) training it, or ``timeout``.
+def wait_for_peers(dht: hivemind.DHT, spec: RunSpec, shards: Iterable[int], peers: int, timeout: float,
+                   stop: threading.Event | None = None, say_every_s: float = SAY_WAIT_EVERY_S) -> bool:
+    """Block until every given shard has ``peers`` peers (this one included) training it, or ``timeout``, or
+    ``stop`` is set; every ``say_every_s`` it logs what it waits for ("waiting for 1 more peer on shard 0 (12s
+    of 60s)"). True when the peers are there.
 
     A swarm that starts together (the demo, tests, a scheduled event) uses this so that the first epochs are
     averaged by everyone instead of being stepped alone by whoever is fastest.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(_peers_of_shard(dht, spec.shard_run_id(shard))) >= peers for shard in shards):
+    stop = stop or threading.Event()
+    shards = list(shards)
+    started = time.monotonic()
+    next_say = started  # says it at once, then every say_every_s
+    while not stop.is_set():
+        missing = {shard: peers - len(_peers_of_shard(dht, spec.shard_run_id(shard))) for shard in shards}
+        missing = {shard: count for shard, count in missing.items() if count > 0}
+        if not missing:
             return True
-        time.sleep(0.2)
+        waited = time.monotonic() - started
+        if waited >= timeout:
+            return False
+        if time.monotonic() >= next_say:
+            logger.info("waiting for %s (%.0fs of %.0fs)", describe_missing_peers(missing), waited, timeout)
+            next_say = time.monotonic() + say_every_s
+        stop.wait(min(0.2, max(0.0, timeout - waited)))
     return False
+
+
+def describe_missing_peers(missing: dict[int, int]) -> str:
+    """``{0: 1}`` -> "1 more peer on shard 0"; ``{0: 2, 1: 2}`` -> "2 more peers on shards 0, 1"."""
+    by_count: dict[int, list[int]] = {}
+    for shard, count in sorted(missing.items()):
+        by_count.setdefault(count, []).append(shard)
+    parts = []
+    for count, on in sorted(by_count.items(), reverse=True):
+        parts.append(f"{count} more peer{'s' if count != 1 else ''} on shard{'s' if len(on) != 1 else ''} "
+                     + ", ".join(str(shard) for shard in on))
+    return "; ".join(parts)
