@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
@@ -28,6 +28,7 @@ from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgr
 from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
+from swarm.dht_requests import RequestPipe
 from swarm.process_lock import ProcessLock, identity_lock
 from swarm.progress_filter import WarnOnce, implausible, parse_signed_progress
 
@@ -101,9 +102,8 @@ def owner_subkey(name: str, private_key: RSAPrivateKey) -> bytes:
 
 # a peer restarted right after a stop waits this long for the old one's processes to end and free its identity
 IDENTITY_RELEASE_WAIT_S = 8.0
-# how long ``shutdown`` waits for the DHT process. hivemind's 3 s is too short: a request whose sender exits as it
-# is read (an averager that was just shut down) costs the DHT process one wait_timeout (3 s) before it reads the
-# shutdown request, and hivemind then kills it "the hard way" with a warning
+# how long ``shutdown`` waits for the DHT process (hivemind: 3 s) before it kills it "the hard way" with a warning:
+# on a busy machine the node's own shutdown took longer
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -111,13 +111,19 @@ class SwarmDHT(hivemind.DHT):
     """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down, and whose
     process (with the libp2p daemon it starts) runs in a process group of its own: a Ctrl-C in the terminal
     reaches the worker or coordinator, which then stops cleanly, and not the daemon, which would die at once and
-    leave the clean stop without a network."""
+    leave the clean stop without a network. Requests whose sender process has ended are skipped
+    (swarm.dht_requests), not logged with a traceback and slept on."""
 
     identity_lock: ProcessLock | None = None
 
     def run(self) -> None:
         os.setpgid(0, 0)
+        pipe: Any = RequestPipe(getattr(self, "_inner_pipe"))  # a Connection in all but recv
+        self._inner_pipe = pipe
         super().run()
+
+    async def _skip_request(self) -> None:
+        """What a request becomes when its sender has ended (swarm.dht_requests.SKIPPED)."""
 
     def shutdown(self) -> None:
         try:

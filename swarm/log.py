@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 
 ROOT_NAME = "nomoat"
@@ -42,19 +41,6 @@ EXPECTED_WARNINGS = (
     # PEFT reads transformers' deprecated is_gradient_checkpointing when it wraps every model
     ("py.warnings", "`is_gradient_checkpointing` is deprecated"),
 )
-# hivemind processes that log a traceback when a request's sender process ended as it was read: at a worker's
-# exit an averager, just shut down, leaves a DHT request behind (every request carries a pipe that the receiver
-# fetches from its sender). The process logs it and carries on (swarm.dht sizes its shutdown wait for that).
-EXIT_RACE_LOGGERS = ("hivemind.dht.dht", "hivemind.averaging.averager")
-
-
-def _exit_race(record: logging.LogRecord) -> bool:
-    """A record of hivemind's exit race (see EXIT_RACE_LOGGERS): for the log file, not the terminal."""
-    if record.name not in EXIT_RACE_LOGGERS or not record.exc_info or record.exc_info[1] is None:
-        return False
-    error = record.exc_info[1]
-    return isinstance(error, (ConnectionError, EOFError)) and any(
-        frame.name == "recv" for frame in traceback.extract_tb(error.__traceback__))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -85,8 +71,8 @@ def configure_logging(level: str | None = None) -> logging.Logger:
 
 
 class _LibraryStderrHandler(_StderrHandler):
-    """The terminal's share of the libraries' logs: warnings and errors, minus EXPECTED_WARNINGS and hivemind's
-    exit race (everything when verbose)."""
+    """The terminal's share of the libraries' logs: warnings and errors, minus EXPECTED_WARNINGS (everything when
+    verbose)."""
 
     def __init__(self, verbose: bool):
         super().__init__()
@@ -94,8 +80,8 @@ class _LibraryStderrHandler(_StderrHandler):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.verbose and (_exit_race(record) or any(record.name.startswith(name) and text in record.getMessage()
-                                                           for name, text in EXPECTED_WARNINGS)):
+        if not self.verbose and any(record.name.startswith(name) and text in record.getMessage()
+                                    for name, text in EXPECTED_WARNINGS):
             return False
         return super().filter(record)
 
