@@ -15,7 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +28,7 @@ from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.dht_requests import RequestPipe
+from swarm.process_groups import OwnProcessGroup
 from swarm.process_lock import ProcessLock, identity_lock
 from swarm.progress_filter import WarnOnce, implausible, parse_signed_progress
 
@@ -107,17 +107,15 @@ IDENTITY_RELEASE_WAIT_S = 8.0
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
-class SwarmDHT(hivemind.DHT):
+class SwarmDHT(OwnProcessGroup, hivemind.DHT):
     """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down, and whose
-    process (with the libp2p daemon it starts) runs in a process group of its own: a Ctrl-C in the terminal
-    reaches the worker or coordinator, which then stops cleanly, and not the daemon, which would die at once and
-    leave the clean stop without a network. Requests whose sender process has ended are skipped
-    (swarm.dht_requests), not logged with a traceback and slept on."""
+    process (with the libp2p daemon it starts) runs in a process group of its own (swarm.process_groups).
+    Requests whose sender process has ended are skipped (swarm.dht_requests), not logged with a traceback and
+    slept on."""
 
     identity_lock: ProcessLock | None = None
 
     def run(self) -> None:
-        os.setpgid(0, 0)
         pipe: Any = RequestPipe(getattr(self, "_inner_pipe"))  # a Connection in all but recv
         self._inner_pipe = pipe
         super().run()

@@ -7,8 +7,9 @@ key press.
 hivemind replaces SIGINT's handler with SIG_IGN in the main process whenever it starts an averager (its
 ``DecentralizedAverager.run_in_background``), so a Ctrl-C would then be ignored: call ``reinstall_stop_signals``
 once the optimizers exist. Processes forked after ``install_stop_signals`` (hivemind's DHT and averagers) inherit
-the handler; there it ignores SIGINT (the terminal sends Ctrl-C to the whole process group, and the parent stops
-them in order) and lets SIGTERM end the process as usual (``terminate()`` and ``swarm.reaper`` rely on that).
+the handler; there it ignores SIGINT (the parent stops them in order) and lets SIGTERM end the process as usual
+(hivemind's ``terminate()`` and ``swarm.reaper`` rely on that). They run in process groups of their own
+(``swarm.process_groups``), so a signal to the whole group (a terminal's Ctrl-C) reaches only the parent.
 
 Usage::
 

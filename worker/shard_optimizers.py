@@ -29,6 +29,7 @@ from swarm.dht import read_shard_progress
 from swarm.log import get_logger
 from swarm.gated_averager import gate_averager_class
 from swarm.peer_gate import PeerGate
+from swarm.process_groups import in_own_process_group
 from swarm.progress_filter import TrustedProgressTracker
 from swarm.compression import averaging_compression
 from swarm.round_timeouts import round_timeouts
@@ -84,7 +85,9 @@ class ShardOptimizer(hivemind.Optimizer):
     def _build_averager(self, averager_class: type[AveragerT], **kwargs: Any) -> AveragerT:
         """The one place both averagers are constructed: with the run's robustness settings and, when the swarm
         is gated, behind the run's peer gate (swarm.gated_averager: unauthorized peers are refused both ways)."""
-        return gate_averager_class(averager_class, self.peer_gate)(robustness=self.robustness, **kwargs)
+        # in a process group of its own: a Ctrl-C or a group's SIGTERM is for this process, which stops it in order
+        averager = in_own_process_group(gate_averager_class(averager_class, self.peer_gate))
+        return averager(robustness=self.robustness, **kwargs)
 
     def _make_robust_gradient_averager(self, **kwargs: Any) -> GradientAverager:
         return self._build_averager(self.gradient_averager_class, **kwargs)
