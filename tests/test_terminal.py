@@ -1,7 +1,7 @@
 """A volunteer's terminal: ``swarm donate`` in a real pseudo-terminal against a real coordinator. Ctrl-C (the
 terminal's ^C, delivered to the whole foreground process group as from a keyboard) during the start-up, during
 the wait for peers and during training ends it within seconds, with exit code 0, no traceback, and the receipts
-delivered; a second Ctrl-C ends it at once with 130; a wait for peers says what it waits for and ends with
+delivered; SIGTERM stops it as cleanly; a second Ctrl-C ends it at once with 130; a wait for peers says what it waits for and ends with
 --max-seconds."""
 
 from __future__ import annotations
@@ -156,6 +156,21 @@ def test_ctrl_c_during_training_delivers_the_receipts_and_leaves(coordinator, tm
     rows, _, _ = coordinator.service.leaderboard("training", include_unverified=True)
     (row,) = [row for row in rows if row.peer_id == donor._peer_id()]
     assert row.receipts >= 1 and row.samples > 0
+
+
+def test_sigterm_stops_as_cleanly(coordinator, tmp_path):
+    donor = PtyDonor(coordinator, tmp_path, "terminated", [])
+    donor.wait_for(r"samples/s")
+    donor.process.terminate()  # the donor alone, as a supervisor (or kill PID) sends it
+    sent = time.monotonic()
+    code = donor.wait(60)
+    output = donor.output
+    assert code == 0, output
+    assert time.monotonic() - sent < 20, output
+    assert "stopping cleanly (SIGTERM received)" in output and "Ctrl-C again" not in output, output
+    assert "stopped by interrupted" in output, output
+    _clean(output)
+    assert donor.outbox_pending() == 0
 
 
 def test_a_second_ctrl_c_aborts_at_once(coordinator, tmp_path):
