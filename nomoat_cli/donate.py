@@ -48,14 +48,14 @@ def donate(
     Example:
       swarm donate -c coord.example.org --run myrun --name alice --max-seconds 3600
     """
+    options = dict(locals())  # every option above, for _donate
     from swarm.stop_signals import install_stop_signals
 
     # first of all: a Ctrl-C during the imports and the start-up below stops cleanly too
     stop = threading.Event()
     install_stop_signals(stop)
     try:
-        _donate(stop, **{name: value for name, value in locals().items() if name not in ("stop",
-                                                                                          "install_stop_signals")})
+        _donate(stop, **options)
     except KeyboardInterrupt:  # a second Ctrl-C: leave now
         from swarm.reaper import kill_descendants
 
