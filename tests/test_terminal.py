@@ -1,8 +1,8 @@
 """A volunteer's terminal: ``swarm donate`` in a real pseudo-terminal against a real coordinator. Ctrl-C (the
 terminal's ^C, delivered to the whole foreground process group as from a keyboard) during the start-up, during
 the wait for peers and during training ends it within seconds, with exit code 0, no traceback, and the receipts
-delivered; SIGTERM stops it as cleanly; a second Ctrl-C ends it at once with 130; a wait for peers says what it waits for and ends with
---max-seconds."""
+delivered; SIGTERM stops it as cleanly; a second Ctrl-C ends it at once with 130; a wait for peers says what it
+waits for and ends with --max-seconds. ``swarm coordinator`` stops on Ctrl-C as quietly."""
 
 from __future__ import annotations
 
@@ -26,26 +26,17 @@ CONTROLLING_TTY = ("import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, 
                    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
-class PtyDonor:
-    """``swarm donate`` on a pseudo-terminal; everything it writes is collected in ``output``."""
+class PtyProcess:
+    """``swarm ARGS...`` on a pseudo-terminal; everything it writes is collected in ``output``."""
 
-    def __init__(self, coordinator: Coordinator, workdir: Path, name: str, extra: list[str]):
-        """Donate to a run of its own, ``name`` (peers that left a shared run stay in its DHT records a while,
-        and a wait for peers would count them)."""
-        coordinator.runs.launch(RunSpec(name=name, data_slices=1, batch_size_per_step=4, target_batch_size=8))
+    def __init__(self, args: list[str], env: dict[str, str]):
         import pty
 
-        self.workdir = workdir
-        self.identity = workdir / f"{name}.key"
-        env = {**os.environ, "XDG_CONFIG_HOME": str(workdir / "config"), "XDG_CACHE_HOME": str(workdir / "cache"),
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "160", "TERM": "xterm"}
-        env.pop("NOMOAT_VERBOSE", None)
         master, slave = pty.openpty()
         self.master = master
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", CONTROLLING_TTY, "-m", "nomoat_cli", "donate", "-c", coordinator.address,
-             "--run", name, "--identity", str(self.identity), "--log-file", str(workdir / f"{name}.log"), *extra],
-            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=Path(__file__).resolve().parent.parent)
+        self.process = subprocess.Popen([sys.executable, "-c", CONTROLLING_TTY, "-m", "nomoat_cli", *args],
+                                        stdin=slave, stdout=slave, stderr=slave, env=env,
+                                        cwd=Path(__file__).resolve().parent.parent)
         os.close(slave)
         self._chunks: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -68,7 +59,7 @@ class PtyDonor:
     def wait_for(self, pattern: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while not re.search(pattern, self.output):
-            assert self.process.poll() is None, f"donor ended before {pattern!r}:\n{self.output}"
+            assert self.process.poll() is None, f"ended before {pattern!r}:\n{self.output}"
             assert time.monotonic() < deadline, f"no {pattern!r} after {timeout}s:\n{self.output}"
             time.sleep(0.1)
 
@@ -82,10 +73,28 @@ class PtyDonor:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
-            pytest.fail(f"donor still running {timeout}s later:\n{self.output}")
+            pytest.fail(f"still running {timeout}s later:\n{self.output}")
         self._reader.join(5)
         os.close(self.master)
         return code
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(workdir / "config"), "XDG_CACHE_HOME": str(workdir / "cache"),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "160", "TERM": "xterm"}
+    env.pop("NOMOAT_VERBOSE", None)
+    return env
+
+
+class PtyDonor(PtyProcess):
+    def __init__(self, coordinator: Coordinator, workdir: Path, name: str, extra: list[str]):
+        """``swarm donate`` to a run of its own, ``name`` (peers that left a shared run stay in its DHT records a
+        while, and a wait for peers would count them)."""
+        coordinator.runs.launch(RunSpec(name=name, data_slices=1, batch_size_per_step=4, target_batch_size=8))
+        self.workdir = workdir
+        self.identity = workdir / f"{name}.key"
+        super().__init__(["donate", "-c", coordinator.address, "--run", name, "--identity", str(self.identity),
+                          "--log-file", str(workdir / f"{name}.log"), *extra], _env(workdir))
 
     def outbox_pending(self) -> int:
         """Receipts left undelivered in the donor's outbox (beside its identity key)."""
@@ -195,3 +204,15 @@ def test_the_wait_for_peers_ends_with_max_seconds(coordinator, tmp_path):
     assert time.monotonic() - started < 25, output
     assert "stopped by max_seconds" in output, output
     _clean(output)
+
+
+def test_ctrl_c_stops_the_coordinator_quietly(tmp_path):
+    command = PtyProcess(["coordinator", "--data-dir", str(tmp_path / "coordinator"), "--port", "0", "--dht-port",
+                          "0"], _env(tmp_path))
+    command.wait_for(r"initial peers: /ip4/")
+    pressed = command.ctrl_c()
+    code = command.wait(60)
+    assert code == 0, command.output
+    assert time.monotonic() - pressed < 15, command.output
+    assert "stopping cleanly (press Ctrl-C again to abort)" in command.output
+    _clean(command.output)
