@@ -39,6 +39,13 @@ Insecure = Annotated[bool, typer.Option(
     "--insecure", help="Plaintext gRPC even off loopback, for a coordinator its operator serves with --insecure: "
     "anyone on the path can read and change what you send.")]
 
+LogFile = Annotated[Optional[Path], typer.Option(
+    "--log-file", envvar="NOMOAT_LOG_FILE", help="Append hivemind's and the other libraries' logs, and nomoat's, "
+    "to this file (the terminal shows nomoat's lines and the libraries' warnings only).")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", envvar="NOMOAT_VERBOSE", help="Show hivemind's and the other libraries' logs on the "
+    "terminal too.")]
+
 
 def coordinator_endpoint(coordinator: str, ca: Path | None, fingerprint: str | None, insecure: bool) -> Endpoint:
     """The Endpoint a command talks to, from its ``-c``, ``--ca``, ``--fingerprint`` and ``--insecure``; a

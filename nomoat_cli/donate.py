@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure,
-                               coordinator_endpoint, fail)
+from nomoat_cli.common import (DEFAULT_COORDINATOR, CaFile, CoordinatorAddress, Fingerprint, Insecure, LogFile,
+                               Verbose, coordinator_endpoint, fail)
 from nomoat_cli.credentials import JoinToken
 from swarm.paths import UserDirs
 
@@ -40,6 +42,8 @@ def donate(
     hand_over_timeout: float = typer.Option(
         120.0, help="On stop, wait this long for the coordinator to snapshot the final state (0: do not hand it "
                     "over)."),
+    log_file: LogFile = None,
+    verbose: Verbose = False,
 ) -> None:
     """Donate compute: join a run and train its LoRA shards with the swarm.
 
@@ -47,6 +51,30 @@ def donate(
     Example:
       swarm donate -c coord.example.org --run myrun --name alice --max-seconds 3600
     """
+    options = dict(locals())  # every option above, for _donate
+    from swarm.stop_signals import install_stop_signals
+
+    # first of all: a Ctrl-C during the imports and the start-up below stops cleanly too
+    stop = threading.Event()
+    install_stop_signals(stop)
+    try:
+        _donate(stop, **options)
+    except KeyboardInterrupt:  # a second Ctrl-C: leave now
+        from swarm.reaper import kill_descendants
+
+        kill_descendants()  # hivemind's processes, before they find this one gone (each would log a traceback)
+        typer.echo("aborted", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # not sys.exit: it would wait for hivemind's threads
+
+
+def _donate(stop: threading.Event, *, coordinator: str, ca: Path | None, fingerprint: str | None, insecure: bool,
+            run: str, join_token: str, name: str, device: str, max_shards: int, host: str,
+            announce_host: str | None, client_mode: bool, identity: Path | None, max_steps: int | None,
+            max_seconds: float | None, max_epochs: int | None, wait_for_peers: int, progress: bool,
+            save_lora: Path | None, linger: float, outbox: Path | None, drain_timeout: float,
+            hand_over_timeout: float, log_file: Path | None, verbose: bool) -> None:
     from swarm.process_lock import ProcessLocked, require_identity_free
 
     try:  # before joining and loading a model: a second donor under this key fails at once, in one line
@@ -54,14 +82,16 @@ def donate(
     except ProcessLocked as exc:
         fail(str(exc))
     from swarm.client import CoordinatorError
+    from swarm.log import quiet_libraries
     from swarm.reaper import start_reaper
-    from swarm.stop_signals import install_stop_signals
     from worker.donate import DonateConfig, donate as run_donate
     from worker.training import TrainingLimits
 
+    quiet_libraries(log_file, verbose)  # hivemind, imported just now, starts its processes only in run_donate
+    if stop.is_set():
+        typer.echo("stopped before joining the run")
+        return
     start_reaper()  # hivemind's processes must not outlive this one, even if it is SIGKILLed
-    stop = threading.Event()
-    install_stop_signals(stop)
     endpoint = coordinator_endpoint(coordinator, ca, fingerprint, insecure)
     config = DonateConfig(
         coordinator=endpoint, run=run, name=name, device=device, max_shards=max_shards, host=host,

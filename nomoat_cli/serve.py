@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from nomoat_cli.common import COORDINATOR_PORT, fail
+from nomoat_cli.common import COORDINATOR_PORT, LogFile, Verbose, fail
 
 DB_URL_VARIABLE = "NOMOAT_DB_URL"
 
@@ -47,6 +47,8 @@ def coordinator(
                                                 "access token lasts (workers renew it after a third of it)."),
     limit: list[str] = typer.Option([], help="Change one of the coordinator's limits, NAME=VALUE (repeatable), "
                                     "e.g. rate_per_s=20; the limits are listed in the README."),
+    log_file: LogFile = None,
+    verbose: Verbose = False,
 ) -> None:
     """Start the coordinator: gRPC API, database, adapter store and the swarm's bootstrap DHT peer.
 
@@ -57,6 +59,7 @@ def coordinator(
     from coordinator.limits import LimitsError, RpcLimits
     from coordinator.publisher import PublishPolicy
     from coordinator.server import Coordinator, CoordinatorConfig
+    from swarm.log import quiet_libraries
     from swarm.reaper import start_reaper
     from swarm.stop_signals import install_stop_signals
 
@@ -66,6 +69,7 @@ def coordinator(
             fail(f"{what} {number} on {host} is in use (another coordinator?): stop what listens there or pass "
                  f"another {what}")
     created_data_dir = not data_dir.expanduser().exists()
+    quiet_libraries(log_file, verbose)  # hivemind, imported just now, starts its DHT only in Coordinator.start
     try:
         limits = RpcLimits.with_overrides(limit)
     except LimitsError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
@@ -27,6 +27,8 @@ from hivemind.optim.progress_tracker import LocalTrainingProgress, TrainingProgr
 from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
+from swarm.dht_requests import RequestPipe
+from swarm.process_groups import OwnProcessGroup
 from swarm.process_lock import IDENTITY_RELEASE_WAIT_S, ProcessLock, identity_lock
 from swarm.progress_filter import WarnOnce, implausible, parse_signed_progress
 
@@ -98,12 +100,26 @@ def owner_subkey(name: str, private_key: RSAPrivateKey) -> bytes:
     record is signed and the subkey carries hivemind's ``[owner:...]`` marker of the key)."""
     return name.encode() + RSASignatureValidator(private_key).local_public_key
 
+# how long ``shutdown`` waits for the DHT process (hivemind: 3 s) before it kills it "the hard way" with a warning:
+# on a busy machine the node's own shutdown took longer
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
-class SwarmDHT(hivemind.DHT):
-    """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down."""
+class SwarmDHT(OwnProcessGroup, hivemind.DHT):
+    """A hivemind DHT that holds its identity key's lock (swarm.process_lock) until it is shut down, and whose
+    process (with the libp2p daemon it starts) runs in a process group of its own (swarm.process_groups).
+    Requests whose sender process has ended are skipped (swarm.dht_requests), not logged with a traceback and
+    slept on."""
 
     identity_lock: ProcessLock | None = None
+
+    def run(self) -> None:
+        pipe: Any = RequestPipe(getattr(self, "_inner_pipe"))  # a Connection in all but recv
+        self._inner_pipe = pipe
+        super().run()
+
+    async def _skip_request(self) -> None:
+        """What a request becomes when its sender has ended (swarm.dht_requests.SKIPPED)."""
 
     def shutdown(self) -> None:
         try:
@@ -134,7 +150,8 @@ def start_dht(
     hivemind's own check, which asks the swarm whether the peer ID is online, is off: it dials the ID through
     the DHT with no timeout and was seen to hang a start-up indefinitely.
     """
-    kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode)
+    kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode,
+                        shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     if authorizer is not None:
         kwargs["authorizer"] = authorizer
     lock = None

@@ -46,6 +46,8 @@ class LocalSwarm:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+                    # each process logs to its own file: keep hivemind's lines there (tests read them)
+                    "NOMOAT_VERBOSE": "1",
                     # several processes share few cores: one torch thread each leaves room for hivemind's averagers
                     "OMP_NUM_THREADS": "1", **(env or {})}
         self.coordinator: subprocess.Popen | None = None

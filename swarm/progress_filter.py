@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -171,6 +172,21 @@ class TrustedProgressTracker(ProgressTracker):
         self.max_epoch_lead, self.peer_allowed = max_epoch_lead, peer_allowed
         self._warn = WarnOnce()
         super().__init__(*args, **kwargs)
+
+    def run(self) -> None:
+        """hivemind's ``run``, then the loop's leftover tasks are cancelled and awaited before the thread ends.
+        hivemind leaves them pending at shutdown (its cancelled progress store, a DHT read it stopped waiting
+        for), and when the loop is garbage-collected asyncio logs "Task was destroyed but it is pending!"."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(asyncio.gather(self._progress_reporter(), self._progress_fetcher()))
+        finally:
+            leftover = asyncio.all_tasks(loop)
+            for task in leftover:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+            self.shutdown_complete.set()
 
     def _parse_swarm_progress_data(self, metadata: Any) -> GlobalTrainingProgress:
         if isinstance(metadata, dict) and metadata:

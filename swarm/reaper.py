@@ -58,6 +58,20 @@ def end_processes(processes: list[psutil.Process], grace_s: float = GRACE_S) -> 
             pass
 
 
+def kill_descendants() -> None:
+    """SIGKILL every process this one started, and theirs (the reaper included), at once: for a process that
+    aborts. Ended one by one, hivemind's processes log tracebacks as they find each other gone."""
+    try:
+        processes = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
 def watch(parent_pid: int) -> None:
     """Track ``parent_pid``'s descendants until it ends, then end those still running."""
     own_pid = os.getpid()

@@ -8,8 +8,10 @@ Usage::
 
 from __future__ import annotations
 
-import zlib
+import math
 import threading
+import time
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from swarm.paths import UserDirs
 from swarm.pull import fetch_stack
 from swarm.receipts import Receipt, sign_receipt
 from swarm.spec import RunSpec, parse_version_ref
+from swarm.stop_signals import reinstall_stop_signals
 from worker.hand_over import hand_over_final_state
 from worker.latest_version import start_from_latest_version
 from worker.model_setup import build_run_model
@@ -120,16 +123,22 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         optimizers = {shard: make_shard_optimizer(spec, shard, run_model.shard_parameters(shard), dht, signing_key,
                                                   peer_gate=gate, param_names=run_model.shard_names[shard])
                       for shard in shards}
+        reinstall_stop_signals()  # hivemind set SIGINT to SIG_IGN in this process as its averagers started
         if start is not None:
             for shard in start.shards:
                 optimizers[shard].start_at_epoch(start.epoch)
         client = CoordinatorClient(endpoint)
         membership.start()  # its loops open their own channels, after hivemind forked its processes
         membership.watch(optimizers.values())
-        if config.wait_for_peers > 1 and not wait_for_peers(dht, spec, shards, config.wait_for_peers,
-                                                            config.wait_timeout_s):
-            logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers,
-                           config.wait_timeout_s)
+        limits = config.limits
+        if config.wait_for_peers > 1:
+            # the wait counts against --max-seconds: a volunteer's time limit is wall time
+            wait_started = time.monotonic()
+            wait_s = min(config.wait_timeout_s, limits.max_seconds if limits.max_seconds is not None else math.inf)
+            if not wait_for_peers(dht, spec, shards, config.wait_for_peers, wait_s, stop) and not stop.is_set():
+                logger.warning("fewer than %d peers after %.0fs; training anyway", config.wait_for_peers, wait_s)
+            if limits.max_seconds is not None:
+                limits = replace(limits, max_seconds=max(0.0, limits.max_seconds - (time.monotonic() - wait_started)))
 
         # opened after hivemind forked its processes, like the gRPC channels
         outbox = Outbox(config.outbox or identity.path.parent / f"outbox-{identity.peer_id}.sqlite",
@@ -151,7 +160,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                             report_interval_s=assignment.report_interval_s or 5.0,
                             show_progress=config.show_progress, data_seed=zlib.crc32(identity.peer_id.encode()),
                             sync_peers=config.wait_for_peers, sync_timeout_s=config.wait_timeout_s)
-        summary = loop.run(config.limits, stop)
+        summary = loop.run(limits, stop)
         for optimizer in optimizers.values():
             optimizer.settle()  # local mode: the last round lands and the model holds the swarm's parameters
         if config.save_lora_to:
@@ -167,6 +176,7 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
             stop.wait(config.linger_s)
         return summary
     finally:
+        stop.set()  # stopping now: a Ctrl-C from here on aborts (skips the receipts' delivery) at once
         if membership is not None:
             membership.stop()
         if sender is not None:

@@ -1,6 +1,6 @@
 """Handing the final state over: a donor that stops asks the coordinator to snapshot the run while it still
 serves its state, so that the work since the last version is kept even when every donor leaves
-(``coordinator.hand_over``). It waits for the answer up to a deadline; a second Ctrl-C skips the wait.
+(``coordinator.hand_over``). It waits for the answer up to a deadline; a (second) Ctrl-C skips the wait.
 
 Usage::
 
@@ -14,6 +14,7 @@ import time
 from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.identity import Identity
 from swarm.log import get_logger
+from swarm.stop_signals import ctrl_c_pressed
 
 logger = get_logger(__name__)
 
@@ -22,8 +23,8 @@ def hand_over_final_state(client: CoordinatorClient, worker_id: str, identity: I
                           timeout_s: float) -> bool:
     """True once a version holds ``epoch``: published now from this worker's state, or earlier."""
     deadline = time.monotonic() + timeout_s
-    logger.info("handing the final state (epoch %d) to the coordinator (up to %.0fs; Ctrl-C again to skip)", epoch,
-                timeout_s)
+    logger.info("handing the final state (epoch %d) to the coordinator (up to %.0fs; %s to skip)", epoch, timeout_s,
+                "Ctrl-C again" if ctrl_c_pressed() else "Ctrl-C")
     while True:
         left = deadline - time.monotonic()
         if left < 1.0:

@@ -25,10 +25,12 @@ from swarm.client import CoordinatorClient, CoordinatorError
 from swarm.log import get_logger
 from swarm.private_files import private_sqlite_file
 from swarm.receipts import Receipt, SignedReceipt
+from swarm.stop_signals import ctrl_c_pressed
 
 logger = get_logger(__name__)
 
 BATCH = 64
+SAY_DRAIN_EVERY_S = 5.0  # on exit, the countdown of the receipts' delivery is logged this often
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -156,8 +158,15 @@ class OutboxSender:
         returns how many receipts are still queued (they are sent by the next ``swarm donate``)."""
         self._loop.stop(timeout=60)
         deadline = time.monotonic() + drain_timeout_s
-        while not self.drain_once() and time.monotonic() < deadline:
-            time.sleep(1.0)
+        next_say = time.monotonic()
+        while self.outbox.count() and time.monotonic() < deadline:
+            if time.monotonic() >= next_say:  # the volunteer sees what the exit waits for, and how to skip it
+                logger.info("sending %d receipt(s) to the coordinator (up to %.0fs, %s to skip)",
+                            self.outbox.count(), deadline - time.monotonic(),
+                            "Ctrl-C again" if ctrl_c_pressed() else "Ctrl-C")
+                next_say = time.monotonic() + SAY_DRAIN_EVERY_S
+            if not self.drain_once():
+                time.sleep(1.0)
         if self._client is not None:
             self._client.close()
         left = self.outbox.count()

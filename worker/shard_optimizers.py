@@ -14,6 +14,7 @@ them too far is rolled back (``finish_epoch``).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -28,6 +29,7 @@ from swarm.dht import read_shard_progress
 from swarm.log import get_logger
 from swarm.gated_averager import gate_averager_class
 from swarm.peer_gate import PeerGate
+from swarm.process_groups import in_own_process_group
 from swarm.progress_filter import TrustedProgressTracker
 from swarm.compression import averaging_compression
 from swarm.round_timeouts import round_timeouts
@@ -36,6 +38,7 @@ from swarm.spec import RobustnessSpec, RunSpec
 from swarm.state_download import list_state_sharers
 
 logger = get_logger(__name__)
+SAY_WAIT_EVERY_S = 10.0  # a wait for peers says what it waits for this often
 AveragerT = TypeVar("AveragerT", bound=hivemind.DecentralizedAverager)
 
 
@@ -82,7 +85,9 @@ class ShardOptimizer(hivemind.Optimizer):
     def _build_averager(self, averager_class: type[AveragerT], **kwargs: Any) -> AveragerT:
         """The one place both averagers are constructed: with the run's robustness settings and, when the swarm
         is gated, behind the run's peer gate (swarm.gated_averager: unauthorized peers are refused both ways)."""
-        return gate_averager_class(averager_class, self.peer_gate)(robustness=self.robustness, **kwargs)
+        # in a process group of its own: a Ctrl-C or a group's SIGTERM is for this process, which stops it in order
+        averager = in_own_process_group(gate_averager_class(averager_class, self.peer_gate))
+        return averager(robustness=self.robustness, **kwargs)
 
     def _make_robust_gradient_averager(self, **kwargs: Any) -> GradientAverager:
         return self._build_averager(self.gradient_averager_class, **kwargs)
@@ -282,15 +287,41 @@ def _peers_of_shard(dht: hivemind.DHT, shard_run_id: str) -> set[str]:
     return peers
 
 
-def wait_for_peers(dht: hivemind.DHT, spec: RunSpec, shards: Iterable[int], peers: int, timeout: float) -> bool:
-    """Block until every given shard has ``peers`` peers (this one included) training it, or ``timeout``.
+def wait_for_peers(dht: hivemind.DHT, spec: RunSpec, shards: Iterable[int], peers: int, timeout: float,
+                   stop: threading.Event | None = None, say_every_s: float = SAY_WAIT_EVERY_S) -> bool:
+    """Block until every given shard has ``peers`` peers (this one included) training it, or ``timeout``, or
+    ``stop`` is set; every ``say_every_s`` it logs what it waits for ("waiting for 1 more peer on shard 0 (12s
+    of 60s)"). True when the peers are there.
 
     A swarm that starts together (the demo, tests, a scheduled event) uses this so that the first epochs are
     averaged by everyone instead of being stepped alone by whoever is fastest.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(_peers_of_shard(dht, spec.shard_run_id(shard))) >= peers for shard in shards):
+    stop = stop or threading.Event()
+    shards = list(shards)
+    started = time.monotonic()
+    next_say = started  # says it at once, then every say_every_s
+    while not stop.is_set():
+        missing = {shard: peers - len(_peers_of_shard(dht, spec.shard_run_id(shard))) for shard in shards}
+        missing = {shard: count for shard, count in missing.items() if count > 0}
+        if not missing:
             return True
-        time.sleep(0.2)
+        waited = time.monotonic() - started
+        if waited >= timeout:
+            return False
+        if time.monotonic() >= next_say:
+            logger.info("waiting for %s (%.0fs of %.0fs)", describe_missing_peers(missing), waited, timeout)
+            next_say = time.monotonic() + say_every_s
+        stop.wait(min(0.2, max(0.0, timeout - waited)))
     return False
+
+
+def describe_missing_peers(missing: dict[int, int]) -> str:
+    """``{0: 1}`` -> "1 more peer on shard 0"; ``{0: 2, 1: 2}`` -> "2 more peers on shards 0, 1"."""
+    by_count: dict[int, list[int]] = {}
+    for shard, count in sorted(missing.items()):
+        by_count.setdefault(count, []).append(shard)
+    parts = []
+    for count, on in sorted(by_count.items(), reverse=True):
+        parts.append(f"{count} more peer{'s' if count != 1 else ''} on shard{'s' if len(on) != 1 else ''} "
+                     + ", ".join(str(shard) for shard in on))
+    return "; ".join(parts)

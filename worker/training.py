@@ -1,5 +1,6 @@
 """The worker's training loop around hivemind.Optimizer: local steps on the worker's data slice, one optimizer
-step per assigned shard, a live progress line, and periodic per-shard reports of what was trained.
+step per assigned shard, a live progress line (worker.progress_display), and periodic per-shard reports of what
+was trained.
 
 Usage::
 
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from swarm.data import IGNORE_INDEX, iterate_batches
 from swarm.log import get_logger
 from swarm.spec import RunSpec
 from worker.model_setup import RunModel
-from worker.shard_optimizers import ShardOptimizer
+from worker.progress_display import ProgressDisplay, ProgressSnapshot
+from worker.shard_optimizers import SAY_WAIT_EVERY_S, ShardOptimizer
 
 logger = get_logger(__name__)
 RECOVERY_INTERVAL_S = 5.0  # a worker holding non-finite parameters asks its peers for their state this often
@@ -138,17 +139,30 @@ class TrainingLoop:
             return "max_epochs"
         return ""
 
-    def _wait_until_trackers_see_peers(self, stop: threading.Event) -> None:
+    def _wait_until_trackers_see_peers(self, stop: threading.Event, deadline: float) -> None:
         """hivemind's progress tracker publishes a peer only once it has accumulated samples, so a swarm that
         starts together takes one step each, then waits until every shard's tracker counts ``sync_peers``:
-        otherwise the fastest peer finishes the first epoch alone and the peers' parameters part ways."""
-        deadline = time.monotonic() + self.sync_timeout_s
-        while not stop.is_set() and time.monotonic() < deadline:
-            if all(opt.tracker.global_progress.num_peers >= self.sync_peers for opt in self.optimizers.values()):
+        otherwise the fastest peer finishes the first epoch alone and the peers' parameters part ways. The wait
+        ends at ``deadline`` (monotonic: the sync timeout or --max-seconds) and says what it waits for."""
+        started = time.monotonic()
+        deadline = min(deadline, started + self.sync_timeout_s)
+        next_say = started + 1.0  # a wait under a second is not worth a line
+        while not stop.is_set():
+            seen = {shard: opt.tracker.global_progress.num_peers for shard, opt in self.optimizers.items()}
+            short = {shard: count for shard, count in seen.items() if count < self.sync_peers}
+            if not short:
                 return
-            time.sleep(0.1)
-        logger.warning("trackers see fewer than %d peers after %.0fs; training on", self.sync_peers,
-                       self.sync_timeout_s)
+            now = time.monotonic()
+            if now >= deadline:
+                logger.warning("trackers see fewer than %d peers after %.0fs; training on", self.sync_peers,
+                               now - started)
+                return
+            if now >= next_say:
+                logger.info("waiting for %d peers to report progress on shard %s (%s so far; %.0fs of %.0fs)",
+                            self.sync_peers, ", ".join(map(str, short)), ", ".join(map(str, short.values())),
+                            now - started, deadline - started)
+                next_say = now + SAY_WAIT_EVERY_S
+            stop.wait(0.1)
 
     def _step_shards(self, limits: TrainingLimits, epoch_runner: ThreadPoolExecutor) -> list[int]:
         """Accumulate this microbatch into every training shard, then finish the epochs that are due; returns
@@ -185,7 +199,8 @@ class TrainingLoop:
                                   self.spec.batch_size_per_step, seed=self.data_seed)
         summary = TrainingSummary()
         started = last_report = time.monotonic()
-        progress = tqdm(desc=f"{self.spec.name}", unit="step", disable=not self.show_progress, dynamic_ncols=True)
+        display = ProgressDisplay(self.spec.name, max_steps=limits.max_steps, max_seconds=limits.max_seconds,
+                                  max_epochs=limits.max_epochs, enabled=self.show_progress).start()
         epoch_runner = ThreadPoolExecutor(len(self.optimizers), thread_name_prefix="shard-epoch")
         try:
             while not stop.is_set() and not (stopped_by := self._done(limits, summary.steps + self.skipped_steps,
@@ -216,25 +231,21 @@ class TrainingLoop:
                     report.compute_seconds += step_seconds / len(trained)
                     summary.samples_by_shard[shard] = summary.samples_by_shard.get(shard, 0) + \
                         self.spec.batch_size_per_step
-                elapsed = max(time.monotonic() - started, 1e-9)
                 any_optimizer = next(iter(self.optimizers.values()))
-                progress.update(1)
-                progress.set_postfix(
-                    epoch=",".join(str(o.local_epoch) for o in self.optimizers.values()),
-                    loss=f"{loss_value:.3f}",
-                    samples_s=f"{summary.samples / elapsed:.1f}",
-                    peers=any_optimizer.tracker.global_progress.num_peers,
-                    data_epoch=data_epoch,
-                )
+                display.update(ProgressSnapshot(
+                    steps=summary.steps, samples=summary.samples, elapsed_s=time.monotonic() - started,
+                    loss=loss_value, peers=any_optimizer.tracker.global_progress.num_peers,
+                    epochs={shard: o.local_epoch for shard, o in self.optimizers.items()}, data_pass=data_epoch))
                 if summary.steps == 1 and self.sync_peers > 1:
-                    self._wait_until_trackers_see_peers(stop)
+                    self._wait_until_trackers_see_peers(stop, started + limits.max_seconds
+                                                        if limits.max_seconds is not None else math.inf)
                 if time.monotonic() - last_report >= self.report_interval_s:
                     self._flush_reports()
                     last_report = time.monotonic()
             summary.stopped_by = "interrupted" if stop.is_set() else stopped_by
         finally:
             epoch_runner.shutdown(wait=True)
-            progress.close()
+            display.close()
             self._flush_reports()
             summary.epochs = {shard: optimizer.local_epoch for shard, optimizer in self.optimizers.items()}
         return summary
