@@ -3,7 +3,8 @@ by an explicit table (SUBSTITUTIONS), and it runs against real coordinators and 
 
 A block that starts a coordinator begins a new session (what the commands after it talk to): the earlier
 session's donors and coordinators are stopped with SIGTERM, as README says, and must exit 0; each session starts
-from the test's environment (exports last for a session). Long-running commands run with limits (coordinators
+from the test's environment (exports last for a session). A donor is stopped the same way once it has trained
+(and, for `myrun`, once a version of it is published), so that it does not slow the next commands down. Long-running commands run with limits (coordinators
 and donors in the background; a donor gets --max-seconds). A command with no handler fails
 test_every_readme_command_has_a_handler: a README command added without coverage fails the suite.
 """
@@ -286,7 +287,6 @@ class Runbook:
     def start_coordinator(self, words: list[str]) -> None:
         """A new session: the coordinator in the background, on free ports (50051 and 31337 may be taken on a
         shared machine), until it prints its key."""
-        self.new_session()
         words = [*words, "--port", str(free_port())]
         if "--dht-port" in words:
             words[words.index("--dht-port") + 1] = str(free_port())
@@ -358,6 +358,8 @@ def runbook(tmp_path_factory):
     os.chdir(book.work)  # ./adapter, ./hf-repo: relative to where the commands run
     try:
         for _, commands in readme_commands(README.read_text()):
+            if any(words[:2] == ["swarm", "coordinator"] and "--help" not in words for words in commands):
+                book.new_session()  # a block that starts a coordinator: its exports are that session's
             for words in commands:
                 started = time.monotonic()
                 book.run(words)
