@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -150,6 +151,8 @@ def start_dht(
     hivemind's own check, which asks the swarm whether the peer ID is online, is off: it dials the ID through
     the DHT with no timeout and was seen to hang a start-up indefinitely.
     """
+    if announce_host and not port:  # hivemind cannot announce port 0: take a free one now (README: swarm donate
+        port = _free_port(host)       # --host 0.0.0.0 --announce-host IP has no port option)
     kwargs: dict = dict(host_maddrs=[f"/ip4/{host}/tcp/{port}"], client_mode=client_mode,
                         shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     if authorizer is not None:
@@ -170,6 +173,12 @@ def start_dht(
             lock.release()
         raise
     return dht
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 async def _connected_peers(dht: hivemind.DHT, node) -> list[str]:
