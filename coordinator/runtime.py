@@ -38,7 +38,9 @@ from swarm.merge import MergeError, apply_adapter_chain
 from swarm.model import (ModelLoadError, base_model_fingerprint, build_lora_model, hub_revision, load_base_model,
                          lora_parameters)
 from swarm.shards import ShardError, partition_parameters
+from swarm.samples import TrainingSample
 from swarm.spec import RunSpec, SpecError, parse_version_ref
+from swarm.training_data import answers_cut_away, render_dataset
 from swarm.tokenizer import TextTokenizer
 
 logger = get_logger(__name__)
@@ -187,17 +189,22 @@ class RunRuntimes:
                 if existing.spec_hash == spec.content_hash:
                     return self._get_locked(spec.name)
                 raise LaunchError(f"run '{spec.name}' already exists with a different spec ({existing.spec_hash})")
-            try:
-                texts = self.sources.load(spec.dataset)
+            try:  # the rows are checked before the base model loads: bad data is refused quickly
+                parsed = self.sources.parse(spec.dataset, spec.data_format)
                 built = _build_model(self.storage, spec)
+                texts, formatting = render_dataset(parsed, built.tokenizer, spec.train_on_prompts, spec.packing)
             except (DatasetError, ModelLoadError, ShardError) as exc:
                 raise LaunchError(str(exc)) from None
+            cut = answers_cut_away(texts, built.tokenizer, spec.seq_len)
+            if cut:
+                logger.warning("run %s: %d of %d samples have no answer token within seq_len %d; they add nothing "
+                               "to training or eval", spec.name, cut, len(texts), spec.seq_len)
             split = split_dataset(texts, spec.eval_fraction, spec.seed)
             if len(split.train) < spec.data_slices:
                 raise LaunchError(
                     f"dataset has {len(split.train)} train samples, fewer than data_slices ({spec.data_slices})"
                 )
-            digest = self.datasets.put(texts)
+            digest = self.datasets.put(texts, formatting)
             try:
                 record = self.storage.runs.create_run(spec.name, spec.to_json(), spec.content_hash, built.fingerprint,
                                                       digest, settings, base_model_revision=built.revision)
@@ -206,8 +213,8 @@ class RunRuntimes:
             runtime = _runtime(record, spec, split, built)
             with self._guard:
                 self._runtimes[spec.name] = runtime
-            logger.info("launched run %s (%d train / %d eval samples, %d shards)", spec.name, len(split.train),
-                        len(split.eval), spec.shards)
+            logger.info("launched run %s (%d train / %d eval %s samples, template %s, %d shards)", spec.name,
+                        len(split.train), len(split.eval), formatting.data_format, formatting.template, spec.shards)
             return runtime
 
     def load_all(self) -> None:
@@ -256,12 +263,12 @@ class RunRuntimes:
         logger.info("loaded run %s", spec.name)
         return _runtime(record, spec, split_dataset(texts, spec.eval_fraction, spec.seed), built)
 
-    def _stored_texts(self, record: RunRecord, spec: RunSpec) -> list[str]:
+    def _stored_texts(self, record: RunRecord, spec: RunSpec) -> list[TrainingSample]:
         """The run's samples from the vault. Runs launched before the vault existed take their file in once
         more, if it still holds exactly what was launched."""
         if self.datasets.has(record.dataset_digest):
             return self.datasets.get(record.dataset_digest)
-        texts = load_texts(spec.dataset)
+        texts: list[TrainingSample] = list(load_texts(spec.dataset))
         if dataset_digest(texts) != record.dataset_digest:
             raise DatasetError(f"dataset {spec.dataset} changed since launch and the run has no stored copy")
         self.datasets.put(texts)

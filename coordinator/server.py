@@ -65,6 +65,7 @@ class CoordinatorConfig:
     watch_interval_s: float = 2.0  # how often DHT progress is read to cross-check receipts
     publish_policy: PublishPolicy = field(default_factory=PublishPolicy)  # cross-check, quality gate, retention
     dataset_dirs: tuple[Path, ...] = ()  # folders launched runs may take datasets from (besides 'sample')
+    allow_hub_datasets: bool = False  # runs may name Hugging Face Hub datasets ('hub:ORG/NAME'), downloaded at launch
     tls_cert: Path | None = None  # the operator's certificate (PEM, with its chain); None: see coordinator.transport
     tls_key: Path | None = None  # its private key (PEM); given together with tls_cert
     insecure: bool = False  # plaintext gRPC even off loopback (logged as a warning); never with tls_cert
@@ -106,7 +107,8 @@ class Coordinator:
         self.tls_self_signed = bool(tls and tls.self_signed)
         self.storage = Storage(config.db_url or f"sqlite:///{data_dir / 'coordinator.db'}")
         self.store = AdapterStore(data_dir / "store")
-        self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"), DatasetSources(config.dataset_dirs))
+        sources = DatasetSources(config.dataset_dirs, allow_hub=config.allow_hub_datasets)
+        self.runs = RunRuntimes(self.storage, DatasetVault(data_dir / "datasets"), sources)
         self.peer_book = data_dir / "dht_peers.json"
         # one key is the coordinator's libp2p peer ID and signs the manifests of the versions it publishes
         self.identity = load_or_create_identity(data_dir / "dht_identity.key")

@@ -47,6 +47,7 @@ from coordinator.storage import (
 )
 from swarm.adapter_files import CHUNK_BYTES, FileDigest, describe_files
 from swarm.data import data_slice
+from swarm.samples import TrainingSample
 from coordinator.swarm_access import Grant, SwarmAccess
 from swarm.join_proof import (
     Proof,
@@ -248,8 +249,8 @@ class CoordinatorService:
         swarm.require_not_banned(worker.run_name, worker.peer_id, "ReportPeers")
         return swarm.report(worker.run_name, worker.peer_id, reports)
 
-    def data_slice(self, run_name: str, index: int, worker_id: str = "", batch: int = 256) -> Iterator[list[str]]:
-        """The texts of data slice ``index``, for the live registration ``worker_id`` that was assigned it."""
+    def data_slice(self, run_name: str, index: int, worker_id: str = "") -> list[TrainingSample]:
+        """The samples of data slice ``index``, for the live registration ``worker_id`` that was assigned it."""
         if not worker_id:
             raise Unauthenticated("StreamDataSlice needs the worker_id of your Join")
         try:
@@ -262,9 +263,7 @@ class CoordinatorService:
         runtime = self._runtime(run_name)
         if not 0 <= index < runtime.spec.data_slices:
             raise RequestError(f"data slice {index} is outside 0..{runtime.spec.data_slices - 1}")
-        texts = data_slice(runtime.split.train, runtime.spec.data_slices, index)
-        for start in range(0, len(texts), batch):
-            yield texts[start : start + batch]
+        return data_slice(runtime.split.train, runtime.spec.data_slices, index)
 
     def submit_receipts(self, receipts: list[SignedReceipt]) -> list[SubmitResult]:
         check_batch_size(len(receipts), self.limits.max_receipts_per_batch)

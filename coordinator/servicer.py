@@ -16,6 +16,7 @@ from swarm.join_proof import Proof
 from swarm.manifest import Manifest
 from swarm.peer_access import token_to_bytes
 from swarm.receipts import SignedReceipt
+from swarm.sample_wire import chunks_of
 
 def version_message(record: VersionRecord) -> pb.VersionInfo:
     chain = [str(link) for link in Manifest.from_bytes(record.manifest.encode()).chain] if record.manifest else []
@@ -130,8 +131,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.PeerBanInfo(run_name=request.run_name, peer_id=request.peer_id)
 
     def StreamDataSlice(self, request, context):
-        for texts in self.service.data_slice(request.run_name, request.data_slice, request.worker_id):
-            yield pb.DataChunk(texts=texts)
+        yield from chunks_of(self.service.data_slice(request.run_name, request.data_slice, request.worker_id))
 
     def SubmitReceipts(self, request, context):
         receipts = [SignedReceipt(payload=r.payload, public_key=r.public_key, signature=r.signature)

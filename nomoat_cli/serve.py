@@ -37,6 +37,9 @@ def coordinator(
                                       "and publish only what the majority agrees on."),
     dataset_dir: list[Path] = typer.Option([], help="A folder runs may take their dataset from (repeatable); "
                                            "without one, only the built-in 'sample' dataset can be launched."),
+    allow_hub_datasets: bool = typer.Option(False, "--allow-hub-datasets", help="Let runs name Hugging Face Hub "
+                                            "datasets (hub:ORG/NAME[:SPLIT][@REVISION]); this coordinator downloads "
+                                            "them at launch. Without it, only 'sample' and --dataset-dir files."),
     tls_cert: Optional[Path] = typer.Option(None, help="Your TLS certificate (PEM, with its chain). Without one, a "
                                             "coordinator off loopback makes a self-signed certificate on first "
                                             "start (kept in --data-dir/tls) and prints its fingerprint."),
@@ -80,7 +83,8 @@ def coordinator(
     try:
         config = CoordinatorConfig(data_dir=data_dir, db_url=db_url, host=host, port=port, dht_port=dht_port,
                                    announce_host=announce_host, publish=not no_publish, publish_policy=policy,
-                                   dataset_dirs=tuple(dataset_dir), tls_cert=tls_cert, tls_key=tls_key,
+                                   dataset_dirs=tuple(dataset_dir),
+                                   allow_hub_datasets=allow_hub_datasets, tls_cert=tls_cert, tls_key=tls_key,
                                    insecure=insecure, limits=limits,
                                    access_token_lifetime_s=access_token_lifetime)
         service = Coordinator(config).start()

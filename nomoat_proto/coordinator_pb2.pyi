@@ -173,10 +173,26 @@ class DataSliceRequest(_message.Message):
     def __init__(self, run_name: _Optional[str] = ..., data_slice: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class DataChunk(_message.Message):
-    __slots__ = ("texts",)
+    __slots__ = ("texts", "samples")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    samples: _containers.RepeatedCompositeFieldContainer[FormattedSample]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., samples: _Optional[_Iterable[_Union[FormattedSample, _Mapping]]] = ...) -> None: ...
+
+class FormattedSample(_message.Message):
+    __slots__ = ("segments",)
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[SampleSegment]
+    def __init__(self, segments: _Optional[_Iterable[_Union[SampleSegment, _Mapping]]] = ...) -> None: ...
+
+class SampleSegment(_message.Message):
+    __slots__ = ("text", "trainable")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    trainable: bool
+    def __init__(self, text: _Optional[str] = ..., trainable: _Optional[bool] = ...) -> None: ...
 
 class SignedReceipt(_message.Message):
     __slots__ = ("payload", "public_key", "signature")

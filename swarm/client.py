@@ -35,6 +35,8 @@ from swarm.join_proof import (
     sign_statement,
 )
 from swarm.receipts import SignedReceipt
+from swarm.sample_wire import SliceError, SliceReader
+from swarm.samples import TrainingSample
 from swarm.spec import RunSpec
 from swarm.tls import TlsError, channel_credentials, is_loopback, split_address
 
@@ -198,13 +200,17 @@ class CoordinatorClient:
                                  signature=proof.signature, timestamp=proof.timestamp)
         return self._call("Join", request)
 
-    def data_slice(self, run_name: str, data_slice: int, worker_id: str) -> list[str]:
-        """The texts of the data slice that the Join of ``worker_id`` assigned."""
-        texts: list[str] = []
+    def data_slice(self, run_name: str, data_slice: int, worker_id: str) -> list[TrainingSample]:
+        """The samples of the data slice that the Join of ``worker_id`` assigned, checked (``SliceReader``):
+        CoordinatorError when the coordinator sent a malformed or oversized slice."""
+        reader = SliceReader()
         request = pb.DataSliceRequest(run_name=run_name, data_slice=data_slice, worker_id=worker_id)
-        for chunk in self._stream("StreamDataSlice", request, timeout=self.timeout * 10):
-            texts.extend(chunk.texts)
-        return texts
+        try:
+            for chunk in self._stream("StreamDataSlice", request, timeout=self.timeout * 10):
+                reader.add(chunk)
+            return reader.samples()
+        except SliceError as exc:
+            raise CoordinatorError(f"data slice {data_slice} of run '{run_name}' from {self.address}: {exc}") from None
 
     def submit_receipts(self, receipts: list[SignedReceipt], timeout: float | None = None) -> list[pb.ReceiptResult]:
         batch = pb.ReceiptBatch(receipts=[pb.SignedReceipt(payload=r.payload, public_key=r.public_key,

@@ -1,35 +1,39 @@
 """Datasets: the built-in sample dataset, local JSONL/text files, the train/eval split, worker slices, batching.
 
+Samples are plain texts (``str``, trained on in full) or rendered instruction/chat samples
+(``swarm.samples.Sample``, whose prompt segments get IGNORE_INDEX labels); the coordinator reads and renders
+files of every format with ``swarm.training_data``.
+
 Usage::
 
     texts = load_texts("sample")
     split = split_dataset(texts, eval_fraction=0.1, seed=0)
     mine = data_slice(split.train, slices=4, index=1)
-    for input_ids, labels in iterate_batches(mine, tokenizer, seq_len=64, batch_size=4, seed=0): ...
+    for epoch, input_ids, labels in iterate_batches(mine, tokenizer, seq_len=64, batch_size=4, seed=0): ...
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 
+from swarm.dataset_files import DatasetError
+from swarm.samples import TrainingSample, dataset_digest, segments_of
 from swarm.tokenizer import TextTokenizer
+
+__all__ = ["DatasetError", "dataset_digest", "IGNORE_INDEX", "SAMPLE_DATASET", "DatasetSplit", "load_texts",
+           "split_dataset", "data_slice", "encode_sample", "encode_batch", "pack_samples", "iterate_batches"]
 
 SAMPLE_DATASET = "sample"
 IGNORE_INDEX = -100
 
 _NAMES = ["ada", "bob", "cleo", "dan", "eve", "finn", "gus", "hana", "ivo", "june"]
 _THINGS = ["apple", "book", "coin", "drum", "egg", "fig", "gem", "hat", "kite", "lamp"]
-
-
-class DatasetError(ValueError):
-    """The dataset is missing, empty or malformed; the message names the file and line."""
 
 
 def generate_sample_dataset(size: int = 2000, seed: int = 7) -> list[str]:
@@ -83,17 +87,16 @@ def _read_jsonl(path: Path) -> list[str]:
     return texts
 
 
-def dataset_digest(texts: list[str]) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class DatasetSplit:
-    train: list[str]
-    eval: list[str]
+    train: list[TrainingSample]
+    eval: list[TrainingSample]
 
 
-def split_dataset(texts: list[str], eval_fraction: float, seed: int) -> DatasetSplit:
+S = TypeVar("S")
+
+
+def split_dataset(texts: Sequence[TrainingSample], eval_fraction: float, seed: int) -> DatasetSplit:
     """A deterministic shuffle, then the last ``eval_fraction`` (at least one sample) is held out."""
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
@@ -103,28 +106,70 @@ def split_dataset(texts: list[str], eval_fraction: float, seed: int) -> DatasetS
     return DatasetSplit(train=[texts[i] for i in order[:cut]], eval=[texts[i] for i in order[cut:]])
 
 
-def data_slice(train: list[str], slices: int, index: int) -> list[str]:
+def data_slice(train: list[S], slices: int, index: int) -> list[S]:
     """Slice ``index`` of ``slices``: every slices-th sample, so slices are disjoint and cover the train split."""
     if not 0 <= index < slices:
         raise DatasetError(f"data slice {index} is outside 0..{slices - 1}")
     return train[index::slices] or train
 
 
-def encode_batch(texts: list[str], tokenizer: TextTokenizer, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """BOS + tokens + EOS, cut or padded to ``seq_len``; labels ignore padding."""
-    input_ids = torch.full((len(texts), seq_len), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(texts), seq_len), IGNORE_INDEX, dtype=torch.long)
-    for row, text in enumerate(texts):
-        ids = ([tokenizer.bos_token_id] + tokenizer.encode(text) + [tokenizer.eos_token_id])[:seq_len]
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(ids)
+def encode_sample(sample: TrainingSample, tokenizer: TextTokenizer) -> tuple[list[int], list[int]]:
+    """(ids, labels) of BOS + tokens + EOS, uncut. A plain text is trained on in full (its BOS label is BOS, as it
+    always was; no position predicts it); a rendered sample's prompt tokens, its BOS and, after a prompt, its EOS
+    get IGNORE_INDEX. Segments are tokenized one by one, so no token spans a prompt/answer boundary."""
+    ids, labels = [tokenizer.bos_token_id], [tokenizer.bos_token_id if isinstance(sample, str) else IGNORE_INDEX]
+    trainable = True
+    for text, trainable in segments_of(sample):
+        tokens = tokenizer.encode(text)
+        ids += tokens
+        labels += tokens if trainable else [IGNORE_INDEX] * len(tokens)
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id if trainable else IGNORE_INDEX)
+    return ids, labels
+
+
+def _rows(encoded: list[tuple[list[int], list[int]]], tokenizer: TextTokenizer,
+          seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids = torch.full((len(encoded), seq_len), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(encoded), seq_len), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, targets) in enumerate(encoded):
+        ids, targets = ids[:seq_len], targets[:seq_len]
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[row, : len(targets)] = torch.tensor(targets, dtype=torch.long)
     return input_ids, labels
 
 
+def encode_batch(texts: Sequence[TrainingSample], tokenizer: TextTokenizer,
+                 seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per sample: BOS + tokens + EOS, cut or padded to ``seq_len``; labels ignore padding and prompts."""
+    return _rows([encode_sample(sample, tokenizer) for sample in texts], tokenizer, seq_len)
+
+
+def pack_samples(encoded: Iterator[tuple[list[int], list[int]]],
+                 seq_len: int) -> Iterator[tuple[list[int], list[int]]]:
+    """Consecutive encoded samples concatenated into rows of at most ``seq_len`` tokens (a sample that does not fit
+    starts the next row; one longer than ``seq_len`` is cut and fills a row alone). Packed samples attend to the
+    ones before them in their row, as in most packed fine-tuning; the masks stay per token."""
+    row_ids: list[int] = []
+    row_labels: list[int] = []
+    for ids, labels in encoded:
+        if row_ids and len(row_ids) + len(ids) > seq_len:
+            yield row_ids, row_labels
+            row_ids, row_labels = [], []
+        row_ids, row_labels = row_ids + ids[:seq_len], row_labels + labels[:seq_len]
+    if row_ids:
+        yield row_ids, row_labels
+
+
 def iterate_batches(
-    texts: list[str], tokenizer: TextTokenizer, seq_len: int, batch_size: int, seed: int
+    texts: Sequence[TrainingSample], tokenizer: TextTokenizer, seq_len: int, batch_size: int, seed: int,
+    packing: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Endless (epoch, input_ids, labels) batches over ``texts``, reshuffled every pass."""
+    """Endless (epoch, input_ids, labels) batches over ``texts``, reshuffled every pass. With ``packing``, each
+    row holds as many whole shuffled samples as fit in ``seq_len`` (and a batch is ``batch_size`` such rows)."""
+    if packing:
+        yield from _packed_batches(texts, tokenizer, seq_len, batch_size, seed)
+        return
     rng = random.Random(seed)
     epoch = 0
     while True:
@@ -135,4 +180,23 @@ def iterate_batches(
             while len(chosen) < batch_size:  # a slice smaller than one batch repeats itself
                 chosen.append(texts[order[len(chosen) % len(order)]])
             yield (epoch, *encode_batch(chosen, tokenizer, seq_len))
+        epoch += 1
+
+
+def _packed_batches(texts: Sequence[TrainingSample], tokenizer: TextTokenizer, seq_len: int, batch_size: int,
+                    seed: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    if not texts:
+        raise DatasetError("no samples to pack")
+    rng = random.Random(seed)
+    encoded = [encode_sample(sample, tokenizer) for sample in texts]
+    epoch = 0
+    rows: list[tuple[list[int], list[int]]] = []
+    while True:  # rows carry over between passes, so every batch is full
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for row in pack_samples((encoded[i] for i in order), seq_len):
+            rows.append(row)
+            if len(rows) == batch_size:
+                yield (epoch, *_rows(rows, tokenizer, seq_len))
+                rows = []
         epoch += 1

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from swarm.data import IGNORE_INDEX, encode_batch
+from swarm.samples import TrainingSample
 from swarm.tokenizer import TextTokenizer
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, texts: list[str], tokenizer: TextTokenizer, seq_len: int,
+def eval_loss(model: torch.nn.Module, texts: Sequence[TrainingSample], tokenizer: TextTokenizer, seq_len: int,
               batch_size: int = 32) -> float:
-    """Mean token-level cross-entropy over ``texts`` (every predicted token weighs the same)."""
+    """Mean token-level cross-entropy over ``texts`` (every predicted token weighs the same), masked as training
+    masks them: an instruction or chat sample is scored on its answers only. One sample per row (never packed),
+    so the number does not depend on how samples happened to be packed."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from swarm.dataset_files import DatasetError, is_hub_name, parse_hub_dataset
+
 RUN_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always used with fullmatch: "demo\n" is no name
 MAX_SHARDS = 64  # adapter shards of one run (and what a Join's max_shards may ask for)
 VERSION_REF_PATTERN = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})@([1-9][0-9]{0,8})")
@@ -108,6 +110,7 @@ class AveragingSpec(_Frozen):
         return self
 
 
+DATA_FORMAT_DEFAULTS = {"data_format": "auto", "train_on_prompts": False, "packing": False}
 LOCAL_MODE_FIELDS = ("mode", "outer_lr", "outer_momentum", "lora_factors", "compression", "overlap", "link_mbit")
 
 
@@ -162,7 +165,24 @@ class RunSpec(_Frozen):
 
     name: str = Field(description="Run name: lowercase letters, digits, '-' and '_', up to 63 characters.")
     base_model: str = Field("tiny", max_length=512, description="'tiny' (built-in preset), a Hugging Face model id or a local path.")
-    dataset: str = Field("sample", max_length=512, description="'sample' (built-in) or a local .jsonl ({'text': ...}) or .txt file.")
+    dataset: str = Field(
+        "sample", max_length=512, description="'sample' (built-in); a .jsonl, .json, .parquet, .csv or .txt file in "
+        "one of the coordinator's dataset folders; or a Hugging Face Hub dataset 'hub:ORG/NAME[:SPLIT][@REVISION]' "
+        "(where the coordinator allows the Hub).",
+    )
+    data_format: Literal["auto", "text", "instruction", "chat"] = Field(
+        "auto", description="What the dataset's rows hold: 'text' (a 'text' column), 'instruction' (Alpaca "
+        "'instruction', optional 'input', 'output'), 'chat' (a 'messages' list of role/content), or 'auto' (from "
+        "the columns). Instruction and chat rows are rendered with the base model's chat template, or nomoat's "
+        "default one when it has none.",
+    )
+    train_on_prompts: bool = Field(
+        False, description="Instruction and chat data: train on every token, prompts included (default: only the "
+        "answers are trained on and measured).",
+    )
+    packing: bool = Field(
+        False, description="Pack several short samples into each seq_len row of a training batch (eval never packs).",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     shards: int = Field(1, ge=1, le=MAX_SHARDS, description="Number of adapter shards (by layer ranges), each averaged apart.")
     batch_size_per_step: int = Field(4, ge=1, le=1_048_576, description="Samples one worker processes per local step.")
@@ -205,6 +225,26 @@ class RunSpec(_Frozen):
             raise ValueError("must not hold control characters")
         return value
 
+    @field_validator("dataset")
+    @classmethod
+    def _check_hub_id(cls, value: str) -> str:
+        if is_hub_name(value):
+            try:
+                parse_hub_dataset(value)
+            except DatasetError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_data_format(self) -> "RunSpec":
+        if self.dataset == "sample" and self.data_format in ("instruction", "chat"):
+            raise ValueError(f"data_format '{self.data_format}' needs an instruction or chat dataset; 'sample' is "
+                             f"plain text")
+        if self.train_on_prompts and self.data_format == "text":
+            raise ValueError("train_on_prompts is for instruction and chat data; plain text is always trained on in "
+                             "full")
+        return self
+
     @model_validator(mode="after")
     def _check_batches(self) -> "RunSpec":
         if self.target_batch_size < self.batch_size_per_step:
@@ -229,6 +269,9 @@ class RunSpec(_Frozen):
         for name in LOCAL_MODE_FIELDS:  # runs launched before local mode existed keep their hash
             if fields["averaging"][name] == defaults[name]:
                 del fields["averaging"][name]
+        for name, default in DATA_FORMAT_DEFAULTS.items():  # and so do runs launched before data formats existed
+            if fields[name] == default:
+                del fields[name]
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod

@@ -27,6 +27,7 @@ class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255, then BOS, EOS and PAD. Identical everywhere, nothing to download."""
 
     vocab_size = 259
+    chat_template: str | None = None  # chat data gets swarm.chat_template's documented default
     bos_token_id = 256
     eos_token_id = 257
     pad_token_id = 258
@@ -76,6 +77,22 @@ class HuggingFaceTokenizer:
         self.bos_token_id = hf_tokenizer.bos_token_id if hf_tokenizer.bos_token_id is not None else self.eos_token_id
         pad = hf_tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_id
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (Jinja source), if it ships one."""
+        template = getattr(self.hf, "chat_template", None)
+        return template if isinstance(template, str) and template.strip() else None
+
+    @property
+    def bos_text(self) -> str | None:
+        """How the BOS token is spelt in text (a chat template may write it; encode() adds it itself)."""
+        token = getattr(self.hf, "bos_token", None)
+        return token if isinstance(token, str) and token else None
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """``messages`` rendered as text with the model's chat template."""
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False)

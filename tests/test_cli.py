@@ -111,6 +111,8 @@ EVERY_FIELD = {
     "--averaging-outer-momentum": ("0.8", 0.8), "--averaging-lora-factors": ("freeze_a", "freeze_a"),
     "--averaging-compression": ("8bit", "8bit"), "--averaging-overlap": (None, False),  # None: given as --no-...
     "--averaging-link-mbit": ("100", 100.0),
+    "--data-format": ("instruction", "instruction"), "--train-on-prompts": (True, True),  # True: given as --x
+    "--packing": (True, True),
 }
 
 
@@ -145,7 +147,7 @@ def test_every_runspec_field_has_a_flag_named_after_it(launched_specs):
     assert set(flags) == set(EVERY_FIELD)
     assert all(flag == "--" + path.replace(".", "-").replace("_", "-") for flag, path in flags.items())
     args = [part for flag, (text, _) in EVERY_FIELD.items()
-            for part in ((flag, text) if text is not None else ("--no-" + flag[2:],))]
+            for part in ((flag, text) if isinstance(text, str) else (flag,) if text else ("--no-" + flag[2:],))]
     result = runner.invoke(app, ["launch", *args])
     assert result.exit_code == 0, result.output
     spec = launched_specs[0].model_dump()

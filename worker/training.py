@@ -15,11 +15,12 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from swarm.data import IGNORE_INDEX, iterate_batches
+from swarm.samples import TrainingSample
 from swarm.log import get_logger
 from swarm.spec import RunSpec
 from worker.model_setup import RunModel
@@ -74,7 +75,7 @@ class TrainingLoop:
         spec: RunSpec,
         run_model: RunModel,
         optimizers: dict[int, ShardOptimizer],
-        texts: list[str],
+        texts: Sequence[TrainingSample],
         device: torch.device,
         on_report: Callable[[list[ShardReport]], None] = lambda reports: None,
         report_interval_s: float = 5.0,
@@ -196,7 +197,7 @@ class TrainingLoop:
         model = self.run_model.model.to(self.device)
         model.train()
         batches = iterate_batches(self.texts, self.run_model.tokenizer, self.spec.seq_len,
-                                  self.spec.batch_size_per_step, seed=self.data_seed)
+                                  self.spec.batch_size_per_step, seed=self.data_seed, packing=self.spec.packing)
         summary = TrainingSummary()
         started = last_report = time.monotonic()
         display = ProgressDisplay(self.spec.name, max_steps=limits.max_steps, max_seconds=limits.max_seconds,
