@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nomoat_cli import adapters, admin, demo, donate, launch, reports, serve
+from nomoat_cli import adapters, admin, demo, doctor, donate, launch, reports, serve
 from swarm.log import configure_logging
 
 app = typer.Typer(help="nomoat: a community fine-tuning swarm of LoRA adapters over hivemind.\n\n"
@@ -66,6 +66,7 @@ app.command()(adapters.export)
 app.command()(reports.status)
 app.command()(reports.leaderboard)
 app.command()(demo.demo)
+app.command()(doctor.doctor)
 app.add_typer(admin.token_app, name="token")
 app.command("run")(admin.run)
 app.add_typer(admin.peer_app, name="peer")

@@ -39,6 +39,11 @@ def donate(
     linger: float = typer.Option(0.0, help="After training, keep serving the averaged state this many seconds."),
     outbox: Optional[Path] = typer.Option(None, help="Unsent-receipt file (default: beside the identity key)."),
     drain_timeout: float = typer.Option(30.0, help="On exit, keep trying this long to deliver queued receipts."),
+    precision: str = typer.Option("auto", help="Base weights in auto, fp32, bf16, fp16, 8bit or 4bit (8bit and "
+                                               "4bit: CUDA and bitsandbytes); auto: the best that fits."),
+    micro_batch_size: int = typer.Option(0, help="Samples per forward pass (0: the run's batch_size_per_step); "
+                                                 "halved by itself on CUDA out-of-memory."),
+    gradient_checkpointing: str = typer.Option("auto", help="auto (on for CUDA), on or off."),
     hand_over_timeout: float = typer.Option(
         120.0, help="On stop, wait this long for the coordinator to snapshot the final state (0: do not hand it "
                     "over)."),
@@ -74,7 +79,8 @@ def _donate(stop: threading.Event, *, coordinator: str, ca: Path | None, fingerp
             announce_host: str | None, client_mode: bool, identity: Path | None, max_steps: int | None,
             max_seconds: float | None, max_epochs: int | None, wait_for_peers: int, progress: bool,
             save_lora: Path | None, linger: float, outbox: Path | None, drain_timeout: float,
-            hand_over_timeout: float, log_file: Path | None, verbose: bool) -> None:
+            precision: str, micro_batch_size: int, gradient_checkpointing: str, hand_over_timeout: float,
+            log_file: Path | None, verbose: bool) -> None:
     from swarm.process_lock import ProcessLocked, require_identity_free
 
     try:  # before joining and loading a model: a second donor under this key fails at once, in one line
@@ -100,6 +106,7 @@ def _donate(stop: threading.Event, *, coordinator: str, ca: Path | None, fingerp
         limits=TrainingLimits(max_steps=max_steps, max_seconds=max_seconds, max_epochs=max_epochs),
         show_progress=progress, save_lora_to=save_lora, linger_s=linger, outbox=outbox,
         drain_timeout_s=drain_timeout, join_token=join_token, hand_over_timeout_s=hand_over_timeout,
+        precision=precision, micro_batch_size=micro_batch_size, gradient_checkpointing=gradient_checkpointing,
     )
     try:
         summary = run_donate(config, stop)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -59,21 +60,35 @@ def build_tiny_model() -> LlamaForCausalLM:
     return model.eval()
 
 
-def load_base_model(name: str, revision: str | None = None) -> tuple[PreTrainedModel, TextTokenizer]:
-    """Load ``name``: the ``tiny`` preset, a local directory, or a Hugging Face Hub id (downloaded by transformers;
-    at ``revision``, a commit, when given: see ``hub_revision``)."""
-    if name == TINY_PRESET:
-        return build_tiny_model(), ByteTokenizer()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def model_source(name: str) -> str:
+    """What transformers loads for ``name`` (not the tiny preset): a local folder's path, or the Hub id."""
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
     if looks_like_path and not Path(name).expanduser().exists():
         raise ModelLoadError(f"base model '{name}' is not a preset ('{TINY_PRESET}') and no such directory exists")
-    source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def load_base_model(name: str, revision: str | None = None,
+                    quantization: Any = None) -> tuple[PreTrainedModel, TextTokenizer]:
+    """Load ``name``: the ``tiny`` preset, a local directory, or a Hugging Face Hub id (downloaded by transformers;
+    at ``revision``, a commit, when given: see ``hub_revision``). In float32, or quantized as it loads when
+    ``quantization`` (transformers' ``from_pretrained`` keywords, ``swarm.quantized.quantized_load_options``) is
+    given."""
+    if name == TINY_PRESET and quantization is None:
+        return build_tiny_model(), ByteTokenizer()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == TINY_PRESET:  # quantized: bitsandbytes quantizes while loading, so the preset loads from a folder
+        from swarm.quantized import tiny_checkpoint
+
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint()), **quantization)
+        return model.eval(), ByteTokenizer()
+    source = model_source(name)
     try:
         snapshot = None if source != name else cached_source(name, revision)  # seconds when the Hub is out of reach
-        model = AutoModelForCausalLM.from_pretrained(str(snapshot or source), torch_dtype=torch.float32,
-                                                     revision=None if snapshot else revision)
+        options = quantization or dict(torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(snapshot or source), revision=None if snapshot else revision,
+                                                     **options)
         tokenizer = HuggingFaceTokenizer(AutoTokenizer.from_pretrained(str(snapshot or source),
                                                                        revision=None if snapshot else revision))
         if snapshot is not None:  # the commit it was cached at: what hub_revision pins a run to
@@ -99,9 +114,19 @@ def hub_revision(name: str, model: torch.nn.Module) -> str | None:
 
 
 def base_model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over every base weight's name, dtype, shape and bytes: two workers agree iff their weights do."""
+    """sha256 over every base weight's name, dtype, shape and bytes: two workers agree iff their weights do.
+    Taken of the float32 weights as loaded, before any cast or quantization (``swarm.quantized`` computes the
+    same digest from checkpoint files, for a base that is quantized as it loads)."""
+    state = model.state_dict()
+    return fingerprint_tensors(list(state), state.__getitem__)
+
+
+def fingerprint_tensors(names: list[str], tensor_of: Callable[[str], torch.Tensor]) -> str:
+    """The fingerprint of the tensors ``names`` (any order), each read by ``tensor_of`` when its turn comes (a
+    checkpoint larger than memory is digested one tensor at a time)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name in sorted(names):
+        tensor = tensor_of(name)
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()

@@ -26,6 +26,8 @@ from swarm.spec import RUN_NAME_PATTERN
 
 RECEIPT_FORMAT = "nomoat.receipt.v1"
 MAX_PAYLOAD_BYTES = 4096
+OPTIONAL_FIELDS = {"precision": ""}  # fields added later, with the value a receipt without them means
+PRECISION_PATTERN = re.compile(r"(|fp32|bf16|fp16|8bit|4bit)")
 RECEIPT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PEER_ID_PATTERN = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,128}")  # base58
 # Inclusive bounds of every numeric field: far beyond any honest receipt, small enough for every database and
@@ -54,6 +56,7 @@ class Receipt:
     loss: float  # mean training loss over the steps
     started_at: float  # unix time the interval began
     ended_at: float  # unix time the interval ended
+    precision: str = ""  # the worker's precision (swarm.precision: fp32, bf16, fp16, 8bit, 4bit); "" before it was sent
 
     @classmethod
     def new(cls, **values) -> "Receipt":
@@ -75,6 +78,7 @@ class Receipt:
         if not isinstance(data, dict) or data.pop("format", None) != RECEIPT_FORMAT:
             raise ReceiptError(f"receipt payload is not a {RECEIPT_FORMAT} object")
         expected = {field.name: field.type for field in fields(cls)}
+        data = {**OPTIONAL_FIELDS, **data}  # receipts made before these fields existed still verify
         if set(data) != set(expected):
             raise ReceiptError(f"receipt fields {sorted(data)} differ from {sorted(expected)}")
         for name, kind in expected.items():
@@ -90,7 +94,7 @@ class Receipt:
                 low, high = FIELD_BOUNDS[name]
                 raise ReceiptError(f"receipt field {name} must be within {low:g}..{high:g}, got {value:g}")
         for name, pattern in (("receipt_id", RECEIPT_ID_PATTERN), ("run", RUN_NAME_PATTERN),
-                              ("peer_id", PEER_ID_PATTERN)):
+                              ("peer_id", PEER_ID_PATTERN), ("precision", PRECISION_PATTERN)):
             if not pattern.fullmatch(data[name]):
                 raise ReceiptError(f"receipt field {name} is malformed: {data[name][:80]!r}")
         values: dict[str, Any] = {name: float(data[name]) if kind == "float" else data[name]

@@ -27,6 +27,8 @@ from swarm.pull import fetch_stack
 from swarm.receipts import Receipt, sign_receipt
 from swarm.spec import RunSpec, parse_version_ref
 from swarm.stop_signals import reinstall_stop_signals
+from worker.fit_check import choose_precision
+from worker.gradient_step import GradientStep
 from worker.hand_over import hand_over_final_state
 from worker.latest_version import start_from_latest_version
 from worker.model_setup import build_run_model
@@ -61,6 +63,9 @@ class DonateConfig:
     outbox: Path | None = None  # unsent receipts (SQLite); default: outbox-<peer id>.sqlite beside the identity
     drain_timeout_s: float = 30.0  # on exit, keep trying this long to deliver queued receipts
     join_token: str = ""  # a join token of the run, for a run that needs one (or for a private parent run)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | 8bit | 4bit (swarm.precision); auto: the best that fits
+    micro_batch_size: int = 0  # samples per forward/backward (0: the run's batch_size_per_step at once)
+    gradient_checkpointing: str = "auto"  # auto (on for CUDA, off for CPU) | on | off
     hand_over_timeout_s: float = 120.0  # on stop, wait this long for the coordinator to snapshot the final state
     # (0: leave without handing it over)
 
@@ -72,6 +77,8 @@ class DonateConfig:
 
 def donate(config: DonateConfig, stop: threading.Event | None = None) -> TrainingSummary:
     stop = stop or threading.Event()
+    if config.gradient_checkpointing not in ("auto", "on", "off"):
+        raise ValueError(f"gradient checkpointing is auto, on or off, not {config.gradient_checkpointing!r}")
     dirs = config.user_dirs or UserDirs.from_environment()
     identity = load_or_create_identity(config.identity or dirs.identity_key)
     device = pick_device(config.device)
@@ -91,8 +98,16 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
         _, parent_adapters = fetch_stack(endpoint, parent_run, parent_version, user_dirs=dirs)
         logger.info("run %s is stacked on %s: merging %d adapter(s) into the base model", spec.name, spec.parent,
                     len(parent_adapters))
+    checkpointing = config.gradient_checkpointing == "on" or (config.gradient_checkpointing == "auto"
+                                                                and device.type == "cuda")
+    # before the base model is downloaded: will it fit this device, and in which precision?
+    fit = choose_precision(spec, config.precision, device, config.micro_batch_size, checkpointing,
+                           revision=assignment.base_model_revision or None)
+    logger.info("training in %s%s%s", fit.precision.name, ", gradient checkpointing" if checkpointing else "",
+                f" (needs {fit.estimate.describe()}; {fit.available_bytes / 1e9:.1f} GB free)" if fit.estimate else "")
     run_model = build_run_model(spec, expected_fingerprint=assignment.base_model_fingerprint,
-                                parent_adapters=parent_adapters, revision=assignment.base_model_revision or None)
+                                parent_adapters=parent_adapters, revision=assignment.base_model_revision or None,
+                                precision=fit.precision, device=device, gradient_checkpointing=checkpointing)
     texts = client.data_slice(spec.name, assignment.data_slice, assignment.worker_id)
     shards = list(assignment.shards)
     for shard in range(spec.shards):  # shards this worker does not train stay fixed
@@ -152,14 +167,16 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                 receipt = Receipt.new(run=spec.name, shard=report.shard, peer_id=identity.peer_id,
                                       epoch=report.epoch, steps=report.steps, samples=report.samples,
                                       tokens=report.tokens, compute_seconds=report.compute_seconds,
-                                      loss=report.mean_loss, started_at=report.started_at, ended_at=report.ended_at)
+                                      loss=report.mean_loss, started_at=report.started_at, ended_at=report.ended_at,
+                                      precision=fit.precision.name)
                 outbox.put(sign_receipt(receipt, identity))
             sender.kick()
 
         loop = TrainingLoop(spec, run_model, optimizers, texts, device, on_report=send,
                             report_interval_s=assignment.report_interval_s or 5.0,
                             show_progress=config.show_progress, data_seed=zlib.crc32(identity.peer_id.encode()),
-                            sync_peers=config.wait_for_peers, sync_timeout_s=config.wait_timeout_s)
+                            sync_peers=config.wait_for_peers, sync_timeout_s=config.wait_timeout_s,
+                            gradient_step=GradientStep(fit.precision, device, config.micro_batch_size))
         summary = loop.run(limits, stop)
         for optimizer in optimizers.values():
             optimizer.settle()  # local mode: the last round lands and the model holds the swarm's parameters

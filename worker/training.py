@@ -20,9 +20,11 @@ from typing import Callable, Sequence
 import torch
 
 from swarm.data import IGNORE_INDEX, iterate_batches
-from swarm.samples import TrainingSample
 from swarm.log import get_logger
+from swarm.precision import Precision
+from swarm.samples import TrainingSample
 from swarm.spec import RunSpec
+from worker.gradient_step import GradientStep
 from worker.model_setup import RunModel
 from worker.progress_display import ProgressDisplay, ProgressSnapshot
 from worker.shard_optimizers import SAY_WAIT_EVERY_S, ShardOptimizer
@@ -83,6 +85,7 @@ class TrainingLoop:
         data_seed: int = 0,
         sync_peers: int = 1,
         sync_timeout_s: float = 60.0,
+        gradient_step: GradientStep | None = None,
     ):
         self.spec, self.run_model, self.optimizers = spec, run_model, optimizers
         self.texts, self.device = texts, device
@@ -90,6 +93,8 @@ class TrainingLoop:
         self.show_progress, self.data_seed = show_progress, data_seed
         self.sync_peers, self.sync_timeout_s = sync_peers, sync_timeout_s
         self._pending = {shard: ShardReport(shard) for shard in optimizers}
+        # fp32, the whole batch at once unless the worker set a precision and micro-batch size
+        self.gradient_step = gradient_step or GradientStep(Precision("fp32"), device)
         self.skipped_steps = 0  # steps whose loss or gradients were not finite: never averaged, never credited
         self._last_recovery = -math.inf
 
@@ -208,11 +213,10 @@ class TrainingLoop:
                                                                              started)):
                 data_epoch, input_ids, labels = next(batches)
                 step_started = time.monotonic()
-                loss = model(input_ids=input_ids.to(self.device), labels=labels.to(self.device)).loss
+                loss = self.gradient_step.run(model, input_ids, labels)  # forward and backward, micro-batched
                 if not torch.isfinite(loss):
                     self._skip_non_finite_step("loss")
                     continue
-                loss.backward()
                 if not self._gradients_finite():
                     self._skip_non_finite_step("gradient")
                     continue
