@@ -213,7 +213,7 @@ def test_units_of_the_cli():
 
 
 LEAF_COMMANDS = ["coordinator", "launch", "donate", "pull", "release", "export", "status", "leaderboard", "demo",
-                 "token create", "token list", "token revoke", "run", "peer ban", "peer unban"]
+                 "doctor", "token create", "token list", "token revoke", "run", "peer ban", "peer unban"]
 
 
 @pytest.mark.parametrize("command", LEAF_COMMANDS)
@@ -222,7 +222,7 @@ def test_every_command_help_shows_an_example_and_defaults(command):
     assert result.exit_code == 0, result.output
     example = result.output.split("Example:", 1)[1].strip().splitlines()[0]
     assert example.startswith(f"swarm {command} "), example
-    assert "default: 127.0.0.1:50051" in " ".join(result.output.split()) or command in ("demo", "coordinator")
+    assert "default: 127.0.0.1:50051" in " ".join(result.output.split()) or command in ("demo", "coordinator", "doctor")
     if command in ("coordinator", "donate", "demo", "pull", "launch"):
         assert len(re.findall(r"default: \S", result.output)) >= 3
 

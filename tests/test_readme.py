@@ -64,6 +64,8 @@ EXEMPT = {
 COVERED_ELSEWHERE = {
     ("swarm", "demo"): "test_readme.py::test_swarm_demo_runs_with_limits",
 }
+# The run whose donor is stopped once it trained an epoch: the pull after it gets the version its hand-over published
+HANDED_OVER = "house-bot"
 # Commands run by a handler below, by first words.
 RUN_HERE = [("export",), ("mkdir",), ("cp",), ("swarm",)]
 
@@ -187,6 +189,7 @@ class Runbook:
             "postgresql+psycopg://nomoat:secret@127.0.0.1/nomoat": f"sqlite:///{self.tmp / 'public.db'}",
             "coord.example.org": self.host_ip, "198.51.100.7": self.host_ip,
             "/srv/nomoat": str(self.tmp / "srv"), "docs/example-run.toml": str(EXAMPLE_SPEC),
+            "docs/example-chats.jsonl": str(ROOT / "docs" / "example-chats.jsonl"),
             "sha256:...": self.latest_fingerprint(),
         }
         return dict(sorted(table.items(), key=lambda item: -len(item[0])))
@@ -326,7 +329,9 @@ class Runbook:
             while True:
                 assert donor.process.poll() is None and time.monotonic() < deadline, donor.output()[-3000:]
                 state = client.status(run).runs[0]
-                if run != "myrun" and client.leaderboard(run, include_unverified=True).total_samples:
+                if run == HANDED_OVER and all(shard.epoch >= 1 for shard in state.shard_status):
+                    break  # it trained an epoch: stopped, it hands its final state over and a version is published
+                if run not in ("myrun", HANDED_OVER) and client.leaderboard(run, include_unverified=True).total_samples:
                     break  # it trained (its DHT peer is up) and its receipts arrived
                 if run == "myrun" and all(shard.epoch >= 1 for shard in state.shard_status):
                     published = client.publish_now(run)
@@ -386,6 +391,10 @@ def test_every_readme_command_runs(runbook):
     assert (work / "adapter" / "adapter_model.safetensors").is_file()
     assert (work / "hf-repo" / "README.md").is_file()
     assert "pulled myrun version 1" in output_of(runbook, "swarm pull")
+    assert "pulled house-bot version 1" in output_of(runbook, "swarm pull", "house-bot")  # the donor's hand-over
+    assert (work / "house-bot" / "adapter_model.safetensors").is_file()
+    assert "precisions on cpu: fp32, bf16" in output_of(runbook, "swarm doctor")
+    assert "round trip" in output_of(runbook, "swarm doctor") and "download rate" in output_of(runbook, "swarm doctor")
     assert "myrun version 1 is a release" in output_of(runbook, "swarm release")
     assert "launched run 'example'" in output_of(runbook, "swarm launch", "--spec")
     assert "launched run 'stories'" in output_of(runbook, "swarm launch", "--name stories")
@@ -443,9 +452,16 @@ def test_the_example_spec_launches_with_its_values(runbook):
 
 def test_swarm_demo_runs_with_limits(tmp_path):
     """README's `swarm demo`, shortened: one worker, one shard, 20 s of training (the default is 2 workers for
-    60 s); it publishes two versions, pulls one and prints the eval loss of base model and adapter."""
+    60 s); it publishes two versions, pulls one and prints the eval loss of base model and adapter. It keeps its
+    files in its own folder: the user's config and cache folders are as they were (its donor does not read the
+    user's config.toml either), and the trusted coordinator key, the pull cache and the identity are the demo's."""
     workdir = tmp_path / "demo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    config_home, cache_home = tmp_path / "home-config", tmp_path / "home-cache"
+    (config_home / "nomoat").mkdir(parents=True)
+    user_config = 'device = "cuda:7"\n'  # a donor that read the user's config.toml would fail on this machine
+    (config_home / "nomoat" / "config.toml").write_text(user_config)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "XDG_CONFIG_HOME": str(config_home),
+           "XDG_CACHE_HOME": str(cache_home),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(CLI + ["demo", "--workers", "1", "--seconds", "20", "--shards", "1", "--workdir",
                                  str(workdir)], capture_output=True, text=True, env=env, timeout=400)
@@ -453,3 +469,10 @@ def test_swarm_demo_runs_with_limits(tmp_path):
     assert re.search(r"eval loss on the held-out split: base model [0-9.]+ -> with the swarm's adapter [0-9.]+",
                      done.stdout), done.stdout
     assert (workdir / "coordinator.log").is_file() and (workdir / "worker0.log").is_file()
+    assert sorted(p.relative_to(config_home).as_posix() for p in config_home.rglob("*")) == [
+        "nomoat", "nomoat/config.toml"]
+    assert (config_home / "nomoat" / "config.toml").read_text() == user_config and not cache_home.exists()
+    demo_user = workdir / "user-config" / "nomoat"
+    assert (demo_user / "known_coordinators.json").is_file() and (demo_user / "seen_versions.json").is_file()
+    assert list((workdir / "user-cache" / "nomoat" / "adapters").iterdir())
+    assert sorted(p.name for p in workdir.glob("worker*.key")) == ["worker0.key"]
