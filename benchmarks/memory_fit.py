@@ -1,9 +1,9 @@
 """The fit estimate (swarm.memory_fit) against the measured peak memory of one training step, side by side.
 
-On a CPU the peak is the process's peak resident memory above what it held before the model was built
-(``ru_maxrss``; one torch thread, so that per-thread arenas do not vary with the machine's load), measured in a
-fresh subprocess per case; on CUDA (``--device cuda``) it is
-``torch.cuda.max_memory_allocated`` plus the context. Prints one row per case.
+On a CPU the peak is the process's peak resident memory (``ru_maxrss``) above what was resident just before the
+model was built (one torch thread, so that per-thread arenas do not vary with the machine's load; glibc's mmap
+threshold fixed), measured in a fresh subprocess per case; on CUDA (``--device cuda``) it is
+``torch.cuda.max_memory_allocated``. Prints one row per case.
 
     python benchmarks/memory_fit.py                 # CPU: Llama-style models built from configs, fp32 and bf16
     python benchmarks/memory_fit.py --device cuda   # adds 8bit and 4bit
@@ -40,7 +40,11 @@ def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 torch.manual_seed(0)
 ids = torch.randint(0, vocab, (batch, seq))
-before = peak()
+if device.type == "cuda":
+    before = peak()
+else:  # what is resident now, not the high-water mark: the imports may have peaked higher and freed it
+    import psutil
+    before = psutil.Process().memory_info().rss
 config = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=i, num_hidden_layers=layers,
                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq)
 base = LlamaForCausalLM(config)

@@ -114,15 +114,14 @@ def test_an_8b_llama_fits_a_12_gb_card_in_4bit_at_seq_len_1024_and_not_in_bf16()
 
 def test_the_fit_estimate_is_near_the_measured_peak_memory_of_a_training_step():
     """A Llama built from a config, two training steps, measured in a fresh process (peak resident memory above
-    what it held before the model was built). The estimate must not be below the measurement (a fit check that
-    lets an out-of-memory through), nor far above it. Seen: the benchmark's case 2 at 363 MB alone and at 250 MB
-    when this module runs whole (the same child process; glibc's arenas differ), against an estimate of 401 MB."""
+    what was resident before the model was built). The estimate must not be below the measurement (a fit check
+    that lets an out-of-memory through), nor far above it. Seen: +11% (fp32) and +3% (bf16)."""
     loader = importlib.util.spec_from_file_location("memory_fit_benchmark", ROOT / "benchmarks" / "memory_fit.py")
     benchmark = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(benchmark)
     for case, precision in ((benchmark.CASES[1], "fp32"), (benchmark.CASES[2], "bf16")):
         measured, estimated = benchmark.measure(case, precision, "cpu"), benchmark.estimate(case, precision, "cpu")
-        assert 0.9 < estimated / measured < 1.7, (case, precision, estimated / 1e6, measured / 1e6)
+        assert 0.9 < estimated / measured < 1.3, (case, precision, estimated / 1e6, measured / 1e6)
 
 
 def test_bf16_training_reaches_the_eval_loss_of_fp32_within_2_percent():
