@@ -49,7 +49,7 @@ def coordinator(
     access_token_lifetime: float = typer.Option(600.0, min=10.0, max=86400.0, help="Seconds a worker's swarm "
                                                 "access token lasts (workers renew it after a third of it)."),
     limit: list[str] = typer.Option([], help="Change one of the coordinator's limits, NAME=VALUE (repeatable), "
-                                    "e.g. rate_per_s=20; the limits are listed in the README."),
+                                    "e.g. rate_per_s=20; the limits are listed in docs/SECURITY.md."),
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:

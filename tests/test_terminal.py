@@ -90,7 +90,9 @@ class PtyDonor(PtyProcess):
     def __init__(self, coordinator: Coordinator, workdir: Path, name: str, extra: list[str]):
         """``swarm donate`` to a run of its own, ``name`` (peers that left a shared run stay in its DHT records a
         while, and a wait for peers would count them)."""
-        coordinator.runs.launch(RunSpec(name=name, data_slices=1, batch_size_per_step=4, target_batch_size=8))
+        # publishing only on hand-overs: a donor stopped after training leaves a version of its final state
+        coordinator.runs.launch(RunSpec(name=name, data_slices=1, batch_size_per_step=4, target_batch_size=8,
+                                        publish_interval_s=3600))
         self.workdir = workdir
         self.identity = workdir / f"{name}.key"
         super().__init__(["donate", "-c", coordinator.address, "--run", name, "--identity", str(self.identity),
@@ -111,7 +113,7 @@ class PtyDonor(PtyProcess):
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     """One coordinator for the module's donors (each donor has its own identity and run)."""
-    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("coordinator"), port=0, publish=False)
+    config = CoordinatorConfig(data_dir=tmp_path_factory.mktemp("coordinator"), port=0)
     with Coordinator(config) as running:
         yield running
 
@@ -162,6 +164,10 @@ def test_ctrl_c_during_training_delivers_the_receipts_and_leaves(coordinator, tm
     assert trained and int(trained.group(1)) > 0, output
     _clean(output)
     assert donor.outbox_pending() == 0
+    # the final state was handed over: a version of it is published
+    assert "the coordinator keeps the final state: published version 1" in output, output
+    version = coordinator.storage.versions.get_version("training")
+    assert version is not None and version.version == 1 and version.epoch >= 1
     rows, _, _ = coordinator.service.leaderboard("training", include_unverified=True)
     (row,) = [row for row in rows if row.peer_id == donor._peer_id()]
     assert row.receipts >= 1 and row.samples > 0
