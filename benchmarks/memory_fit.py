@@ -1,8 +1,8 @@
 """The fit estimate (swarm.memory_fit) against the measured peak memory of one training step, side by side.
 
-On a CPU the peak is the process's peak resident memory (``ru_maxrss``) above what was resident just before the
-model was built (one torch thread, so that per-thread arenas do not vary with the machine's load; glibc's mmap
-threshold fixed), measured in a fresh subprocess per case; on CUDA (``--device cuda``) it is
+On a CPU the peak is the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs`` to
+what is resident just before the model is built) above that; one torch thread, so that per-thread arenas do not
+vary with the machine's load, and glibc's mmap threshold fixed; a fresh subprocess per case; on CUDA (``--device cuda``) it is
 ``torch.cuda.max_memory_allocated``. Prints one row per case.
 
     python benchmarks/memory_fit.py                 # CPU: Llama-style models built from configs, fp32 and bf16
@@ -25,7 +25,7 @@ CASES = [  # hidden, intermediate, layers, heads, kv heads, vocab, seq_len, micr
 ]
 
 MEASURE = r"""
-import json, resource, sys, torch
+import json, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from swarm.model import build_lora_model
 from swarm.precision import cast_base_weights, precision_of
@@ -34,17 +34,21 @@ from worker.gradient_step import GradientStep
 h, i, layers, heads, kv, vocab, seq, batch, ckpt, precision, device = json.loads(sys.argv[1])
 device = torch.device(device)
 torch.set_num_threads(1)
+def status_kb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) * 1024
+def resident():
+    return status_kb("VmRSS")
 def peak():
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return status_kb("VmHWM")
 torch.manual_seed(0)
 ids = torch.randint(0, vocab, (batch, seq))
-if device.type == "cuda":
-    before = peak()
-else:  # what is resident now, not the high-water mark: the imports may have peaked higher and freed it
-    import psutil
-    before = psutil.Process().memory_info().rss
+if device.type == "cpu":  # reset the high-water mark to what is resident now: the imports may have peaked higher
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+before = peak() if device.type == "cuda" else resident()
 config = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=i, num_hidden_layers=layers,
                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq)
 base = LlamaForCausalLM(config)

@@ -13,6 +13,7 @@ from coordinator.servicer import CoordinatorServicer
 from coordinator.storage import UnknownRunError
 from nomoat_proto import coordinator_pb2 as pb
 from nomoat_proto import coordinator_pb2_grpc as pb_grpc
+from swarm.sample_wire import CHUNK_SAMPLES
 
 SECRET = "/srv/nomoat/coordinator.db: disk I/O error"
 
@@ -37,8 +38,17 @@ class FailingService:
         yield  # a generator, as the real one is
 
     def data_slice(self, run_name, data_slice, worker_id=""):
-        yield ["a text"]
-        raise KeyError(SECRET)  # a bug in the middle of a stream
+        return BrokenSlice(["a text"] * (CHUNK_SAMPLES + 10))
+
+
+class BrokenSlice(list):
+    """A data slice whose reading fails after its first chunk was sent: a bug in the middle of a stream."""
+
+    def __iter__(self):
+        for index, sample in enumerate(super().__iter__()):
+            if index == CHUNK_SAMPLES + 5:
+                raise KeyError(SECRET)
+            yield sample
 
 
 @pytest.fixture(scope="module")
