@@ -67,6 +67,9 @@ def donate(
     except KeyboardInterrupt:  # a second Ctrl-C: leave now
         from swarm.reaper import kill_descendants
 
+        # this process's threads that talk to them (multiprocessing's resource sharer, passing a state download's
+        # file descriptors to an averager) fail as they die: nothing of that is news to someone leaving now
+        threading.excepthook = lambda args: None
         kill_descendants()  # hivemind's processes, before they find this one gone (each would log a traceback)
         typer.echo("aborted", err=True)
         sys.stdout.flush()

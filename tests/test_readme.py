@@ -390,12 +390,13 @@ def test_every_readme_command_runs(runbook):
     assert (work / "adapter" / "adapter_config.json").is_file()
     assert (work / "adapter" / "adapter_model.safetensors").is_file()
     assert (work / "hf-repo" / "README.md").is_file()
-    assert "pulled myrun version 1" in output_of(runbook, "swarm pull")
+    # version 1 from publish_now, and the donor's hand-over at its SIGTERM may have published version 2
+    assert re.search(r"pulled myrun version [12] ", output_of(runbook, "swarm pull"))
     assert "pulled house-bot version 1" in output_of(runbook, "swarm pull", "house-bot")  # the donor's hand-over
     assert (work / "house-bot" / "adapter_model.safetensors").is_file()
     assert "precisions on cpu: fp32, bf16" in output_of(runbook, "swarm doctor")
     assert "round trip" in output_of(runbook, "swarm doctor") and "download rate" in output_of(runbook, "swarm doctor")
-    assert "myrun version 1 is a release" in output_of(runbook, "swarm release")
+    assert re.search(r"myrun version [12] is a release", output_of(runbook, "swarm release"))
     assert "launched run 'example'" in output_of(runbook, "swarm launch", "--spec")
     assert "launched run 'stories'" in output_of(runbook, "swarm launch", "--name stories")
     assert "run homerun is removed" in output_of(runbook, "swarm run remove")

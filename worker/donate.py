@@ -38,6 +38,7 @@ from worker.swarm_membership import SwarmMembership, authorizer_of, gate_of
 from worker.training import ShardReport, TrainingLimits, TrainingLoop, TrainingSummary
 
 logger = get_logger(__name__)
+PROGRESS_STORE_S = 1.0  # a progress record reported now is in the DHT within this (hivemind stores it in the background)
 
 
 @dataclass
@@ -187,6 +188,9 @@ def donate(config: DonateConfig, stop: threading.Event | None = None) -> Trainin
                     summary.steps, summary.samples, summary.epochs, summary.samples_by_shard)
         final_epoch = min(optimizer.local_epoch for optimizer in optimizers.values())
         if config.hand_over_timeout_s > 0 and final_epoch > (start.epoch if start else 0):
+            for optimizer in optimizers.values():
+                optimizer.report_progress_now()
+            time.sleep(PROGRESS_STORE_S)  # the records reach the DHT before the coordinator reads them
             hand_over_final_state(client, assignment.worker_id, identity, final_epoch, config.hand_over_timeout_s)
         if config.linger_s > 0 and not stop.is_set():
             logger.info("serving the averaged state for %.0fs more", config.linger_s)

@@ -29,8 +29,8 @@ class GradientStep:
         self._halved = False
 
     def run(self, model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of the batch; the batch's mean loss (detached; non-finite: its gradients must be
-        dropped). Halves the micro-batch and retries on CUDA out-of-memory, down to one sample."""
+        """Forward and backward of the batch; the batch's mean loss (detached; non-finite, also for a batch with no
+        loss token: its gradients must be dropped). Halves the micro-batch and retries on CUDA out-of-memory, down to one sample."""
         while True:
             try:
                 return self._run(model, input_ids, labels)
@@ -49,6 +49,8 @@ class GradientStep:
     def _run(self, model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         size = self.micro_batch_size or len(input_ids)
         total_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())  # causal LM: each label predicts the next token
+        if total_tokens == 0:  # nothing to learn from (every answer cut off by seq_len): a mean over no tokens
+            return torch.tensor(float("nan"))
         total = torch.zeros((), device=self.device)
         for start in range(0, len(input_ids), size):
             ids = input_ids[start:start + size].to(self.device)

@@ -137,6 +137,12 @@ class ShardOptimizer(hivemind.Optimizer):
         """After the last step: let a background round finish and be applied (nothing is left in flight)."""
         self.state_averager.step(wait_for_delayed_updates=True)
 
+    def report_progress_now(self) -> None:
+        """Publish this peer's progress record at its current epoch now (the tracker otherwise refreshes it every
+        ``progress_refresh_s``): the coordinator bounds a snapshot's epoch by these records, and a hand-over
+        right after fast epochs would otherwise find this peer "beyond" its own stale record."""
+        self.tracker.report_local_progress(self.local_epoch, self.tracker.local_progress.samples_accumulated)
+
     def start_at_epoch(self, epoch: int) -> None:
         """Continue the shard's epochs from ``epoch`` (its parameters were loaded from a published version of that
         epoch): the state is shared, and progress reported, as that epoch's, as after hivemind's state download."""
