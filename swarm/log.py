@@ -40,6 +40,12 @@ EXPECTED_WARNINGS = (
     ("hivemind.averaging.matchmaking", "It is recommended to use request_timeout smaller than min_matchmaking_time"),
     # PEFT reads transformers' deprecated is_gradient_checkpointing when it wraps every model
     ("py.warnings", "`is_gradient_checkpointing` is deprecated"),
+    # an averager's matchmaking, cancelled when a round ends with no other peer, leaves its asyncio tasks to be
+    # collected: hivemind 1.1.12 logs each GeneratorExit, asyncio the pending tasks (seen in CI, 1 donor in ~20;
+    # not fixed at the cause: the tasks are inside hivemind's Matchmaking)
+    ("hivemind.utils.asyncio", "Exception in <Task cancelling"),
+    ("asyncio", "Task was destroyed but it is pending"),
+    ("asyncio", "aclose(): asynchronous generator is already running"),
 )
 
 

@@ -16,7 +16,7 @@ Usage::
 
     shape = ModelShape.from_config(AutoConfig.from_pretrained("meta-llama/Llama-3.1-8B"))
     need = estimate_memory(shape, spec.lora, "4bit", seq_len=1024, micro_batch=1, checkpointing=True)
-    print(need.describe())     # "about 7.9 GB (weights 5.6, LoRA 0.1, activations 1.6, overhead 0.6)"
+    print(need.describe())     # "about 8.9 GB (weights 5.7 GB, LoRA 171 MB, activations 1.8 GB, overhead 1.2 GB)"
 """
 
 from __future__ import annotations
@@ -96,8 +96,13 @@ class MemoryEstimate:
         return self.weights + self.lora + self.activations + self.overhead
 
     def describe(self) -> str:
-        return (f"about {self.total / GB:.1f} GB (weights {self.weights / GB:.1f}, LoRA {self.lora / GB:.2f}, "
-                f"activations {self.activations / GB:.1f}, overhead {self.overhead / GB:.1f})")
+        return (f"about {size_text(self.total)} (weights {size_text(self.weights)}, LoRA {size_text(self.lora)}, "
+                f"activations {size_text(self.activations)}, overhead {size_text(self.overhead)})")
+
+
+def size_text(size: float) -> str:
+    """``size`` bytes for a person: GB with one decimal from 1 GB on, else whole MB."""
+    return f"{size / GB:.1f} GB" if size >= GB else f"{size / 1e6:.0f} MB"
 
 
 def estimate_memory(shape: ModelShape, lora: LoraSpec, precision: str, seq_len: int, micro_batch: int,
