@@ -14,7 +14,6 @@ import torch
 from transformers import LlamaConfig
 
 from swarm.data import encode_batch, load_texts
-from swarm.evaluation import eval_loss
 from swarm.memory_fit import GB, ModelShape, estimate_memory
 from swarm.model import base_model_fingerprint, build_tiny_model, lora_parameters
 from swarm.precision import PrecisionError, precision_of
@@ -28,6 +27,14 @@ from worker.model_setup import build_run_model
 CPU = torch.device("cpu")
 SPEC = RunSpec(name="prec", base_model="tiny", dataset="sample", seq_len=64)
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    loader = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
 
 
 def batch(size=8):
@@ -116,9 +123,7 @@ def test_the_fit_estimate_is_near_the_measured_peak_memory_of_a_training_step():
     """A Llama built from a config, two training steps, measured in a fresh process (peak resident memory above
     what was resident before the model was built). The estimate must not be below the measurement (a fit check
     that lets an out-of-memory through), nor far above it. Seen: +11% (fp32) and +3% (bf16)."""
-    loader = importlib.util.spec_from_file_location("memory_fit_benchmark", ROOT / "benchmarks" / "memory_fit.py")
-    benchmark = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(benchmark)
+    benchmark = load_benchmark("memory_fit")
     for case, precision in ((benchmark.CASES[1], "fp32"), (benchmark.CASES[2], "bf16")):
         measured, estimated = benchmark.measure(case, precision, "cpu"), benchmark.estimate(case, precision, "cpu")
         assert 0.9 < estimated / measured < 1.3, (case, precision, estimated / 1e6, measured / 1e6)
@@ -126,21 +131,8 @@ def test_the_fit_estimate_is_near_the_measured_peak_memory_of_a_training_step():
 
 def test_bf16_training_reaches_the_eval_loss_of_fp32_within_2_percent():
     """(seen: 4.4508 fp32, 4.4531 bf16; at lr 0.01 both oscillate by more than 2% between evaluations)"""
-    texts = load_texts("sample")
-    train, held_out = texts[:1600], texts[1800:2000]
-    losses = {}
-    for name in ("fp32", "bf16"):
-        precision = precision_of(name, CPU)
-        run_model = build_run_model(SPEC, precision=precision)
-        model = run_model.model.train()
-        optimizer = torch.optim.AdamW(lora_parameters(model).values(), lr=0.003)
-        step = GradientStep(precision, CPU)
-        for index in range(200):
-            ids, labels = encode_batch(train[index * 8 % 1600:][:8], run_model.tokenizer, SPEC.seq_len)
-            step.run(model, ids, labels)
-            optimizer.step()
-            optimizer.zero_grad()
-        losses[name] = eval_loss(model, held_out, run_model.tokenizer, SPEC.seq_len)
+    benchmark = load_benchmark("precision_convergence")
+    losses = {name: benchmark.eval_losses(name, checkpoints=(200,))[0] for name in ("fp32", "bf16")}
     assert losses["bf16"] < losses["fp32"] * 1.02 and losses["fp32"] < 4.6, losses
 
 
