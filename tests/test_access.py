@@ -277,6 +277,9 @@ def test_a_hand_over_is_taken_only_from_the_worker_itself(coordinator, keys):
     altered = signed_hand_over(coordinator, alice, assignment.worker_id, alice.peer_id, 3)
     altered.epoch = 4  # the signature binds the epoch
     assert refused(coordinator, "HandOverState", altered).code() == grpc.StatusCode.PERMISSION_DENIED
+    negative = refused(coordinator, "HandOverState", signed_hand_over(coordinator, alice, assignment.worker_id,
+                                                                      alice.peer_id, -1))
+    assert negative.code() == grpc.StatusCode.INVALID_ARGUMENT and "epoch must be >= 0" in negative.details()
     # the worker's own hand-over is answered: this coordinator publishes nothing (--no-publish), and says so
     reply = call(coordinator, "HandOverState", signed_hand_over(coordinator, alice, assignment.worker_id,
                                                                 alice.peer_id, 3))
